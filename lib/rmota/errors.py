@@ -84,3 +84,13 @@ def describe_err_code(err_code):
     if st is not None:
         return "HTTP %d" % st
     return "ERR CODE 0x%08x" % err_code
+
+
+class ProtocolError(Exception):
+    """A line from the ESP did not have the shape ESP-AT documents (e.g. a malformed
+    ``+RMFWNOTIFY``). ``line`` holds the offending bytes (truncated to 80)."""
+
+    def __init__(self, reason, line=b""):
+        self.reason = reason
+        self.line = bytes(line[:80])
+        super().__init__(reason)

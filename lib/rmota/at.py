@@ -1,0 +1,585 @@
+"""The AT link to an ESP running ESP-AT: a sans-I/O stream parser and a command layer.
+
+``ATParser`` is fed raw bytes and calls a handler; it never touches the UART, so the same
+object runs under pytest, the MicroPython unix port and a board. ``ATLink`` owns the
+UART, one fixed receive buffer, the parser, the command in flight and the URC queue.
+
+Framing facts (ESP-AT docs, "AT Command Set" and "HTTP AT Commands"; DESIGN.md section 1):
+
+- lines end with ``\\r\\n``; final results are ``OK``, ``ERROR``, ``SEND OK``,
+  ``SEND FAIL``, ``SET OK``; ``ERR CODE:0x...`` comes before ``ERROR`` when
+  ``AT+SYSLOG=1``; ``busy p...`` means the ESP dropped our input;
+- the data prompt is ``\\r\\nOK\\r\\n\\r\\n>`` with nothing after ``>``;
+- ``AT+HTTPCGET`` output is records ``+HTTPCGET:<len>,<len raw bytes>\\r\\n``: only the
+  length delimits the payload, which may contain ``\\r\\nOK\\r\\n`` or ``+HTTPCGET:``;
+- URCs may arrive at any time, also between two records of a running download.
+
+Usage::
+
+    link = ATLink(uart, line_max=2048, record_max=2048)
+    link.subscribe(lambda kind, line: print(kind, line))
+    resp = link.command(b"AT+RMOTAFETCH", timeout_ms=2000)   # blocking helper
+    cmd = link.send(b"AT", timeout_ms=500)                    # non-blocking
+    while not cmd.done:
+        link.poll()
+"""
+
+from .compat import Clock
+from .errors import CommandError, ESPBusy, ESPReset, LinkTimeout
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+_LINE = const(0)
+_PAYLOAD = const(1)
+_TRAIL_CR = const(2)
+_TRAIL_LF = const(3)
+_SKIP = const(4)
+
+_CR = const(13)
+_LF = const(10)
+_GT = const(62)
+_COMMA = const(44)
+_REC_PREFIX = b"+HTTPCGET:"
+_REC_PREFIX_LEN = const(10)
+_MAX_LEN_DIGITS = const(8)
+
+
+class ATParser:
+    """Incremental parser of the ESP-AT output stream.
+
+    ``handler`` is an object with four methods, called synchronously from ``feed()``:
+
+    - ``on_line(mv)``: a complete line without its ``\\r\\n`` (a memoryview of the
+      parser's line buffer, valid only during the call; empty lines are not reported);
+    - ``on_prompt()``: a ``>`` at the start of a line (ESP-AT's data prompt);
+    - ``on_record(mv)``: the payload of one ``+HTTPCGET`` record, delivered only after
+      its closing ``\\r\\n`` was seen (a memoryview of the record buffer, valid only
+      during the call);
+    - ``on_frame_error(reason)``: a malformed record (bad length, missing ``\\r\\n``,
+      aborted) or a line over ``line_max`` (reason ``"line too long"``); nothing of
+      the bad record is delivered.
+
+    ``line_max`` (bytes) caps a line; ``record_max`` (bytes) caps a record's payload and
+    should be the largest rx size the host asks ``AT+HTTPCGET`` for (ESP-AT allows up
+    to 10240). Both buffers are allocated once here; ``feed()`` allocates a small
+    constant per record (one memoryview slice per copy) and nothing per byte.
+    Raises ``ValueError`` for sizes below 16 bytes.
+    """
+
+    def __init__(self, handler, line_max=2048, record_max=2048):
+        if line_max < 16 or record_max < 16:
+            raise ValueError("line_max and record_max must be >= 16")
+        self.handler = handler
+        self._line = bytearray(line_max)
+        self._lmv = memoryview(self._line)
+        self._rec = bytearray(record_max)
+        self._rmv = memoryview(self._rec)
+        self._cap = line_max
+        self._n = 0  # bytes in the line buffer
+        self._need = 0  # payload bytes still to come in the current record
+        self._have = 0  # payload bytes already in the record buffer
+        self._state = _LINE
+        self.lines = 0
+        self.records = 0
+        self.frame_errors = 0
+        self.overflows = 0
+
+    def in_record(self):
+        """True while inside a ``+HTTPCGET`` record (payload or its ``\\r\\n``)."""
+        return self._state in (_PAYLOAD, _TRAIL_CR, _TRAIL_LF)
+
+    def reset(self):
+        """Forget any partial line or record (after an ESP reset or a resync)."""
+        self._n = 0
+        self._need = 0
+        self._have = 0
+        self._state = _LINE
+
+    def abort_record(self, reason="record stalled"):
+        """End a record that stopped arriving (inactivity timeout): report a frame
+        error and return to line mode. No-op outside a record."""
+        if self.in_record():
+            self.reset()
+            self._frame_error(reason)
+
+    def _frame_error(self, reason):
+        self.frame_errors += 1
+        self.handler.on_frame_error(reason)
+
+    def feed(self, buf, n=None):
+        """Parse the first ``n`` bytes of ``buf`` (bytes or bytearray; default all).
+        Returns nothing; results go to the handler."""
+        if n is None:
+            n = len(buf)
+        mv = memoryview(buf)
+        i = 0
+        h = self.handler
+        while i < n:
+            st = self._state
+            if st == _PAYLOAD:
+                k = self._need
+                if k > n - i:
+                    k = n - i
+                have = self._have
+                self._rmv[have : have + k] = mv[i : i + k]
+                self._have = have + k
+                self._need -= k
+                i += k
+                if self._need == 0:
+                    self._state = _TRAIL_CR
+                continue
+            c = buf[i]
+            if st == _TRAIL_CR:
+                if c == _CR:
+                    self._state = _TRAIL_LF
+                    i += 1
+                else:  # the byte starts whatever follows: parse it as a line
+                    self.reset()
+                    self._frame_error("record not ended by CRLF")
+                continue
+            if st == _TRAIL_LF:
+                if c == _LF:
+                    i += 1
+                    self._state = _LINE
+                    self.records += 1
+                    h.on_record(self._rmv[: self._have])
+                    self._have = 0
+                else:
+                    self.reset()
+                    self._frame_error("record not ended by CRLF")
+                continue
+            if st == _SKIP:  # discard up to the end of a line that cannot be used
+                j = buf.find(b"\n", i, n)
+                if j < 0:
+                    return
+                i = j + 1
+                self._state = _LINE
+                continue
+            # _LINE
+            if self._n == 0:
+                if c == _GT:
+                    i += 1
+                    h.on_prompt()
+                    continue
+                if c == _CR or c == _LF:
+                    i += 1
+                    continue
+            j = buf.find(b"\n", i, n)
+            e = n if j < 0 else j
+            room = self._cap - self._n
+            if e - i > room:
+                self.overflows += 1
+                self._n = 0
+                self._frame_error("line too long")
+                self._state = _SKIP
+                continue
+            start_n = self._n
+            self._lmv[start_n : start_n + e - i] = mv[i:e]
+            self._n = start_n + e - i
+            if self._n >= _REC_PREFIX_LEN and self._line[0] == 43:  # '+'
+                r = self._record_header(start_n)
+                if r == -2:  # malformed record header
+                    self._n = 0
+                    self._frame_error("bad record length")
+                    self._state = _LINE if j >= 0 else _SKIP
+                    i = e + 1 if j >= 0 else n
+                    continue
+                if r >= 0:  # r = bytes of this segment used up to the comma
+                    i += r
+                    self._n = 0
+                    if self._need > len(self._rec):
+                        self._need = 0
+                        self._frame_error("record length over rx size")
+                        self._state = _LINE
+                    else:
+                        self._have = 0
+                        self._state = _PAYLOAD if self._need else _TRAIL_CR
+                    continue
+            if j < 0:
+                return
+            i = j + 1
+            ln = self._n
+            if ln and self._line[ln - 1] == _CR:
+                ln -= 1
+            self._n = 0
+            if ln:
+                self.lines += 1
+                h.on_line(self._lmv[:ln])
+
+    def _record_header(self, start_n):
+        """Check whether the line buffer holds a ``+HTTPCGET:<digits>,`` record header.
+
+        Returns -1 (not a record header, or not complete yet), -2 (malformed: a
+        non-digit before the comma or too many digits), or the number of bytes of the
+        segment copied in at ``start_n`` up to and including the comma, with
+        ``self._need`` set to the length."""
+        line = self._line
+        if not line.startswith(_REC_PREFIX):
+            return -1
+        end = self._n
+        if end and line[end - 1] == _CR:
+            end -= 1  # a whole line "+HTTPCGET:..." ending in CR
+        v = 0
+        k = _REC_PREFIX_LEN
+        while k < end:
+            c = line[k]
+            if c == _COMMA:
+                if k == _REC_PREFIX_LEN:
+                    return -2
+                self._need = v
+                return k + 1 - start_n
+            if c < 48 or c > 57 or k - _REC_PREFIX_LEN >= _MAX_LEN_DIGITS:
+                return -2
+            v = v * 10 + c - 48
+            k += 1
+        if end < self._n or k - _REC_PREFIX_LEN > _MAX_LEN_DIGITS:
+            return -2  # the line ended without a comma
+        return -1
+
+
+# Final result lines (ESP-AT "AT Messages").
+_FINALS = (b"OK", b"ERROR", b"SET OK", b"SEND OK", b"SEND FAIL")
+
+# URC kinds, by line prefix (DESIGN.md section 1). Matched in order; a prefix that is a
+# whole line is compared exactly.
+URC_READY = "ready"
+URC_BUSY = "busy"
+URC_WIFI = "wifi"
+URC_RM = "rainmaker"
+URC_FWNOTIFY = "fwnotify"
+URC_RMOTA = "rmota"
+URC_RECV = "recv"
+URC_UNKNOWN = "unknown"
+URC_FRAMING = "framing"
+
+_URC_TABLE = (
+    (b"+RMFWNOTIFY:", URC_FWNOTIFY),
+    (b"+RMOTA:", URC_RMOTA),
+    (b"+RMRECV:", URC_RECV),
+    (b"+RM", URC_RM),  # +RMCONNECTED, +RMDISCONNECTED, +RMRESET, +RMREBOOT, ...
+    (b"WIFI ", URC_WIFI),
+    (b"busy ", URC_BUSY),
+    (b"ready", URC_READY),
+)
+
+
+class Command:
+    """One command in flight on an ``ATLink``.
+
+    Fields, filled in by ``ATLink.poll()``: ``done`` (bool), ``final`` (bytes: ``b"OK"``,
+    ``b"ERROR"``, ``b"SET OK"``, ..., ``b">"`` for a prompt, or None when it timed out
+    or the ESP reset), ``lines`` (list of bytes: response lines carrying the command's
+    own ``+NAME:`` prefix), ``err_code`` (int from ``ERR CODE:0x...`` or None), ``busy``
+    (the ESP answered ``busy p...``), ``reset`` (the ESP printed ``ready`` meanwhile),
+    ``timed_out``.
+    """
+
+    def __init__(self, cmd, prefix, t0_ms, timeout_ms, prompt):
+        self.cmd = cmd
+        self.prefix = prefix
+        self.t0_ms = t0_ms
+        self.timeout_ms = timeout_ms
+        self.prompt = prompt
+        self.done = False
+        self.final = None
+        self.lines = []
+        self.err_code = None
+        self.busy = False
+        self.reset = False
+        self.timed_out = False
+
+    @property
+    def ok(self):
+        """True when the command ended with a success final result or its prompt."""
+        return self.final in (b"OK", b"SET OK", b"SEND OK", b">")
+
+    def check(self):
+        """Return self if ``ok``; else raise ``LinkTimeout``, ``ESPReset``, ``ESPBusy``
+        or ``CommandError`` (with ``err_code`` and ``http_status``)."""
+        if self.ok:
+            return self
+        if self.reset:
+            raise ESPReset("ESP reset during %r" % (self.cmd,))
+        if self.busy and self.final is None:
+            raise ESPBusy("busy p... for %r" % (self.cmd,))
+        if self.final is None:
+            raise LinkTimeout("no answer to %r" % (self.cmd,))
+        raise CommandError(self.cmd, self.final, self.err_code)
+
+
+def quote(s):
+    """Quote a string parameter for an AT command (bytes or str → bytes), escaping
+    ``\\``, ``"`` and ``,`` with a backslash as ESP-AT's parser requires (ESP-AT docs,
+    "AT Command Types": escape characters in string parameters)."""
+    if isinstance(s, str):
+        s = s.encode()
+    out = bytearray(b'"')
+    for c in s:
+        if c == 92 or c == 34 or c == 44:
+            out.append(92)
+        out.append(c)
+    out.append(34)
+    return bytes(out)
+
+
+class ATLink:
+    """The shared AT link: UART + parser + one command in flight + URC subscribers.
+
+    ``uart``: a ``machine.UART``-like stream (``readinto(buf)`` returning None when
+    nothing is waiting, ``n``, or 0 when closed; ``write``). ``clock``: an object with
+    ``ticks_ms``/``ticks_diff``/``sleep_ms`` (default: the real clock). ``line_max``,
+    ``record_max``: see ``ATParser`` (bytes). ``rxbuf_size``: bytes read from the UART
+    per ``poll()``. ``urc_queue``: URCs kept between two polls; beyond it the oldest is
+    dropped and counted in ``urc_drops``. All buffers are allocated here.
+
+    Records of ``AT+HTTPCGET`` go to ``link.sink`` (an object with ``record(mv)`` and
+    ``frame_error(reason)``) while it is set; without a sink they are counted in
+    ``stray_records`` and dropped.
+    """
+
+    def __init__(
+        self,
+        uart,
+        clock=None,
+        line_max=2048,
+        record_max=2048,
+        rxbuf_size=1024,
+        urc_queue=8,
+        log=None,
+    ):
+        if rxbuf_size < 16 or urc_queue < 1:
+            raise ValueError("rxbuf_size >= 16 and urc_queue >= 1 required")
+        self.uart = uart
+        self.clock = clock or Clock()
+        self.parser = ATParser(self, line_max, record_max)
+        self._rx = bytearray(rxbuf_size)
+        self._subs = []
+        self._q = []
+        self._qmax = urc_queue
+        self.log = log
+        self.sink = None
+        self.cmd = None
+        self.last_rx_ms = self.clock.ticks_ms()
+        self.resets = 0
+        self.urc_drops = 0
+        self.stray_records = 0
+        self.stray_prompts = 0
+        self.echo_lines = 0
+        self.late_finals = 0
+        self.closed = False
+        self._data_len = 0  # bytes the ESP would want after a prompt we gave up on
+
+    # --- parser handler -------------------------------------------------------------
+    def on_line(self, mv):
+        c = self.cmd
+        if c and not c.done and c.prefix and _starts(mv, c.prefix):
+            c.lines.append(bytes(mv))  # the command's own response line
+            return
+        for prefix, kind in _URC_TABLE:
+            if _starts(mv, prefix):
+                if kind == URC_READY:
+                    if len(mv) != 5:
+                        break
+                    self.resets += 1
+                    self.parser.reset()
+                    if c and not c.done:
+                        c.reset = True
+                        self._finish(c, None)
+                elif kind == URC_BUSY and c and not c.done:
+                    c.busy = True
+                    if not c.prompt:  # the ESP dropped the command: no final result
+                        self._finish(c, None)
+                self._queue(kind, mv)
+                return
+        if c and not c.done:
+            for f in _FINALS:
+                if mv == f:
+                    if c.prompt and f == b"OK":
+                        return  # the OK before a '>' prompt
+                    self._finish(c, f)
+                    return
+        elif mv == b"OK" or mv == b"ERROR" or mv == b"SET OK":
+            self.late_finals += 1  # for a command we gave up on
+            return
+        if _starts(mv, b"ERR CODE:0x"):
+            if c and not c.done:
+                c.err_code = _hex(mv, 11)
+            return
+        if _starts(mv, b"AT"):
+            self.echo_lines += 1  # the ESP echoes commands while ATE1 is on
+            return
+        self._queue(URC_UNKNOWN, mv)
+
+    def on_prompt(self):
+        c = self.cmd
+        if c and not c.done and c.prompt:
+            self._finish(c, b">")
+            return
+        self.stray_prompts += 1
+        # The ESP waits for data after a prompt we are no longer waiting for (it said
+        # busy, then prompted after all). Feed it NULs: ESP-AT refuses a URL with a NUL
+        # (ERROR) instead of swallowing our next command as data.
+        if self._data_len:
+            self.write(bytes(self._data_len))
+            self._data_len = 0
+
+    def on_record(self, mv):
+        s = self.sink
+        if s is None:
+            self.stray_records += 1
+        else:
+            s.record(mv)
+
+    def on_frame_error(self, reason):
+        s = self.sink
+        if s is not None:
+            s.frame_error(reason)
+        self._queue(URC_FRAMING, reason.encode() if isinstance(reason, str) else reason)
+
+    # --- internals ------------------------------------------------------------------
+    def _finish(self, c, final):
+        c.final = final
+        c.done = True
+        if c.prompt and final != b">":
+            self._data_len = c.prompt if c.prompt is not True else 0
+
+    def _queue(self, kind, mv):
+        if len(self._q) >= self._qmax:
+            self._q.pop(0)
+            self.urc_drops += 1
+        self._q.append((kind, bytes(mv)))
+
+    # --- public API -----------------------------------------------------------------
+    def subscribe(self, fn):
+        """Call ``fn(kind, line)`` for every URC (``kind`` one of the ``URC_*`` names,
+        ``line`` bytes). Unknown lines come as ``URC_UNKNOWN``, never dropped silently;
+        framing errors as ``URC_FRAMING``. Called from ``poll()``, after parsing."""
+        self._subs.append(fn)
+
+    def unsubscribe(self, fn):
+        if fn in self._subs:
+            self._subs.remove(fn)
+
+    def write(self, data, timeout_ms=2000):
+        """Write all of ``data`` (bytes-like) to the UART. Raises ``LinkTimeout`` when
+        the UART accepts nothing for ``timeout_ms``."""
+        mv = memoryview(data)
+        n = len(mv)
+        off = 0
+        clk = self.clock
+        t0 = clk.ticks_ms()
+        while off < n:
+            w = self.uart.write(mv[off:] if off else mv)
+            if w:
+                off += w
+                t0 = clk.ticks_ms()
+            elif clk.ticks_diff(clk.ticks_ms(), t0) > timeout_ms:
+                raise LinkTimeout("UART write stalled")
+            else:
+                clk.sleep_ms(1)
+
+    def send(self, cmd, timeout_ms=2000, prompt=False):
+        """Send ``cmd`` (bytes, without ``\\r\\n``) and return its ``Command``.
+
+        Non-blocking: the answer is collected by later ``poll()`` calls. ``prompt``:
+        the command is answered by ESP-AT's ``>`` data prompt (``AT+HTTPURLCFG=<len>``,
+        ``AT+HTTPCHEAD=<len>``); pass the data length (int) so that a prompt that comes
+        after we gave up can be neutralised. A command still in flight is abandoned
+        (its late final result is ignored)."""
+        c = self.cmd
+        if c and not c.done:
+            self._finish(c, None)
+            c.timed_out = True
+        prefix = None
+        if cmd[:3] == b"AT+":
+            k = 3
+            while k < len(cmd) and cmd[k] not in b"=?":
+                k += 1
+            prefix = b"+" + cmd[3:k] + b":"
+        c = Command(cmd, prefix, self.clock.ticks_ms(), timeout_ms, prompt)
+        self.cmd = c
+        self.write(cmd)
+        self.write(b"\r\n")
+        return c
+
+    def send_data(self, data, timeout_ms=2000):
+        """After a prompt: write ``data`` raw (not escaped: ESP-AT reads exactly the
+        announced length) and return a ``Command`` that completes on the next final
+        result (``SET OK`` for HTTPURLCFG, ``OK`` for HTTPCHEAD, or ``ERROR``)."""
+        c = Command(b"<data>", None, self.clock.ticks_ms(), timeout_ms, False)
+        self.cmd = c
+        self.write(data)
+        return c
+
+    def poll(self):
+        """Read what the UART holds (at most one receive buffer), parse it, time out the
+        command in flight, and deliver queued URCs to subscribers. Returns the number of
+        bytes read (0 when nothing was waiting). Never blocks."""
+        n = self.uart.readinto(self._rx)
+        clk = self.clock
+        now = clk.ticks_ms()
+        if n:
+            self.last_rx_ms = now
+            self.parser.feed(self._rx, n)
+        elif n == 0:
+            self.closed = True
+        c = self.cmd
+        if c and not c.done and clk.ticks_diff(now, c.t0_ms) > c.timeout_ms:
+            # A prompt wait after busy, or any command: give up.
+            c.timed_out = True
+            self._finish(c, None)
+        if self._q:
+            q = self._q
+            self._q = []
+            for kind, line in q:
+                for fn in self._subs:
+                    fn(kind, line)
+        return n or 0
+
+    def idle_ms(self):
+        """Milliseconds since the last byte arrived."""
+        return self.clock.ticks_diff(self.clock.ticks_ms(), self.last_rx_ms)
+
+    def wait(self, c):
+        """Poll until ``c`` is done; sleeps 1 ms between empty polls. Returns ``c``."""
+        while not c.done:
+            if not self.poll():
+                self.clock.sleep_ms(1)
+        return c
+
+    def command(self, cmd, timeout_ms=2000):
+        """Blocking: send ``cmd`` and wait for its final result. Returns the ``Command``
+        on ``OK``; raises ``LinkTimeout``, ``ESPBusy``, ``ESPReset`` or ``CommandError``."""
+        return self.wait(self.send(cmd, timeout_ms)).check()
+
+
+def _starts(mv, prefix):
+    n = len(prefix)
+    if len(mv) < n:
+        return False
+    for k in range(n):
+        if mv[k] != prefix[k]:
+            return False
+    return True
+
+
+def _hex(mv, start):
+    v = 0
+    for k in range(start, len(mv)):
+        c = mv[k]
+        if 48 <= c <= 57:
+            d = c - 48
+        elif 97 <= c <= 102:
+            d = c - 87
+        elif 65 <= c <= 70:
+            d = c - 55
+        else:
+            break
+        v = (v << 4) | d
+    return v
