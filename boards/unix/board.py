@@ -1,0 +1,264 @@
+"""The desktop board profile (DESIGN.md section 4; docs/interfaces.md "Board profile").
+
+Runs unchanged under the MicroPython unix port and CPython. The "device" is a NOR flash
+file (``nor.NORFlash``) and a pty or serial port (``uart.UnixUART``). Flash layout, in
+4,096-byte sectors::
+
+    sectors     bytes            use
+    0 .. 1      0x000000  8 KiB  boot record, ping-pong (bootrec.py)
+    2 .. 513    0x002000  2 MiB  slot 0
+    514 .. 1025 0x202000  2 MiB  slot 1
+    1026 .. 1041 0x402000 64 KiB journal area (littlefs later, issue 3)
+    total 1042 sectors = 4,268,032 bytes
+
+Constructing a ``Board`` is the power-on: it runs the boot logic once (``bootrec.boot``),
+which may write the boot record (trial → trial_booted, rollback) and raises
+``bootrec.Bricked`` when nothing can boot. ``reboot()`` ends the process with exit code
+75; the runner starts a new one, which is the reboot.
+
+Usage::
+
+    provision("/tmp/flash.bin", factory_image, version=1)
+    board = Board("/tmp/flash.bin", "/dev/pts/5", "/tmp/flash.journal")
+    slot = board.inactive_slot()          # Slot(index, size, bdev)
+    ...                                   # the agent writes and verifies the image
+    board.commit(slot.index, n, digest, version)
+    board.reboot()                        # SystemExit(75)
+
+The environment used by ``firmware/main.py``: ``RMOTA_FLASH`` (flash file), ``RMOTA_UART``
+(pty path), ``RMOTA_JOURNAL`` (journal path); see ``Board.from_env()``.
+"""
+
+import hashlib
+import json
+import os
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+from bootrec import Bootloader, provision_record
+from nor import SECTOR_SIZE, NORFlash, Partition
+
+BOOT_SECTOR = const(0)
+BOOT_SECTORS = const(2)
+SLOT_SECTORS = const(512)  # 2 MiB
+SLOT_SECTOR = (2, 514)  # first sector of slot 0 and slot 1
+JOURNAL_SECTOR = const(1026)
+JOURNAL_SECTORS = const(16)  # 64 KiB
+FLASH_SECTORS = const(1042)
+FLASH_SIZE = FLASH_SECTORS * SECTOR_SIZE
+SLOT_SIZE = SLOT_SECTORS * SECTOR_SIZE
+
+REBOOT_EXIT_CODE = const(75)
+
+DEFAULT_SETTINGS = {
+    "baud": 115200,
+    "rx_size": 2048,  # AT+HTTPCGET rx size, bytes (ESP-AT default 2048, max 10240)
+    "tx_size": 2048,
+    "http_timeout_ms": 5000,  # AT+HTTPCGET network-idle timeout (ESP-AT default)
+    "line_max": 2048,  # DESIGN.md section 2: longest legitimate line is a +RMFWNOTIFY
+    "uart_rxbuf": 4096,  # receive buffer of the faithful UART mode (issue 3)
+    "allow_raw": False,  # never accept a raw (headerless) image on this board
+}
+
+
+class Slot:
+    """A flash slot: ``index`` (0/1), ``size`` (bytes), ``bdev`` (``nor.Partition``,
+    MicroPython's extended block-device protocol)."""
+
+    def __init__(self, index, size, bdev):
+        self.index = index
+        self.size = size
+        self.bdev = bdev
+
+    def __repr__(self):
+        return "Slot(%d, %d)" % (self.index, self.size)
+
+
+class JSONJournal:
+    """The agent's journal as a small JSON file at ``path``, replaced atomically (write
+    ``path + ".tmp"``, flush, ``os.rename``): after a cut the file holds the old or the new
+    record, never a mix. Values must be JSON types (encode bytes, e.g. as hex).
+
+    Stand-in until the littlefs journal on the NOR model (issue 3); same interface."""
+
+    def __init__(self, path):
+        self.path = path
+        self._tmp = path + ".tmp"
+
+    def load(self):
+        """The saved dict, or None when there is none or the file is unreadable (corrupt,
+        partial, not a dict). Never raises for a bad file."""
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except OSError:
+            return None
+        try:
+            d = json.loads(raw)
+        except Exception:  # ValueError on both runtimes; be safe with any decoder error
+            return None
+        return d if isinstance(d, dict) else None
+
+    def save(self, d):
+        """Replace the record with dict ``d`` atomically. Raises ``TypeError``/
+        ``ValueError`` when ``d`` is not JSON-serialisable (nothing is written then)."""
+        text = json.dumps(d)
+        with open(self._tmp, "w") as f:
+            f.write(text)
+            f.flush()
+        os.rename(self._tmp, self.path)
+
+    def clear(self):
+        """Remove the record (load() then returns None)."""
+        for p in (self.path, self._tmp):
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+
+
+def _default_clock():
+    from rmota.compat import Clock
+
+    return Clock()
+
+
+class Board:
+    """The desktop board. ``flash_path``: the NOR flash file (``FLASH_SIZE`` bytes; with
+    ``create=True`` a blank one is made, which has no boot record). ``uart_path``: pty or
+    tty for the AT link (``uart`` is None without it). ``journal_path``: the journal file
+    (default ``flash_path + ".journal"``). ``settings``: overrides of
+    ``DEFAULT_SETTINGS``. ``clock``: defaults to ``rmota.compat.Clock()``.
+
+    ``boot=True`` (default) runs the boot logic now and raises ``bootrec.Bricked`` when
+    nothing can boot; ``boot=False`` only reads the record (for inspection tools).
+
+    Attributes: ``board_id`` (b"unix"), ``uart``, ``clock``, ``settings``, ``journal``,
+    ``nor``, ``slots`` (two ``Partition``), ``journal_bdev`` (``Partition`` over the
+    journal area), ``loader`` (``bootrec.Bootloader``)."""
+
+    board_id = b"unix"
+
+    def __init__(
+        self,
+        flash_path,
+        uart_path=None,
+        journal_path=None,
+        create=False,
+        settings=None,
+        clock=None,
+        boot=True,
+    ):
+        self.settings = dict(DEFAULT_SETTINGS)
+        if settings:
+            self.settings.update(settings)
+        self.nor = NORFlash(flash_path, FLASH_SIZE, SECTOR_SIZE, create=create)
+        self.slots = [Partition(self.nor, s, SLOT_SECTORS) for s in SLOT_SECTOR]
+        self.journal_bdev = Partition(self.nor, JOURNAL_SECTOR, JOURNAL_SECTORS)
+        self.loader = Bootloader(self.nor, self.slots, BOOT_SECTOR)
+        if boot:
+            self.loader.boot()
+        else:
+            self.loader.peek()
+        self.journal = JSONJournal(journal_path or (flash_path + ".journal"))
+        self.clock = clock if clock is not None else _default_clock()
+        self.uart = None
+        if uart_path:
+            from uart import UnixUART
+
+            self.uart = UnixUART(
+                uart_path, self.settings["baud"], rxbuf=self.settings["uart_rxbuf"]
+            )
+
+    @classmethod
+    def from_env(cls, **kw):
+        """A Board from ``RMOTA_FLASH`` (required; ``ValueError`` if unset),
+        ``RMOTA_UART`` and ``RMOTA_JOURNAL``; keyword arguments go to the constructor."""
+        flash = os.getenv("RMOTA_FLASH")
+        if not flash:
+            raise ValueError("RMOTA_FLASH is not set")
+        return cls(flash, os.getenv("RMOTA_UART") or None, os.getenv("RMOTA_JOURNAL") or None, **kw)
+
+    # -- the board interface (docs/interfaces.md) ---------------------------------------
+
+    def running_slot(self):
+        """Index (0/1) of the slot that booted."""
+        return self.loader.running
+
+    def inactive_slot(self):
+        """The ``Slot`` that is not running: the only one an update may write."""
+        i = 1 - self.loader.running
+        return Slot(i, SLOT_SIZE, self.slots[i])
+
+    def running_version(self):
+        """Image version (int, header field ``image_version``) of the running image."""
+        return self.loader.record.versions[self.loader.running]
+
+    def commit(self, index, image_len, sha256, image_version):
+        """Point the boot record at slot ``index`` (``image_len`` bytes, 32-byte
+        ``sha256``, int ``image_version``), on trial. Raises ``ValueError`` for the
+        running slot or a bad argument."""
+        self.loader.commit(index, image_len, sha256, image_version)
+
+    def reboot(self):
+        """End the process with exit code 75; the runner starts a new one (the reboot).
+        The flash is closed first, so nothing that runs during the exit can write it.
+        Does not return."""
+        try:
+            if self.uart is not None:
+                self.uart.close()
+        finally:
+            self.nor.close()
+            raise SystemExit(REBOOT_EXIT_CODE)
+
+    def boot_state(self):
+        """``{"slot": running index, "trial": bool, "rolled_back": bool}``: ``trial`` is
+        True while the running image is on trial and not confirmed; ``rolled_back`` is
+        True when the last trial fell back (until the next commit)."""
+        ld = self.loader
+        return {"slot": ld.running, "trial": ld.trial, "rolled_back": ld.rolled_back}
+
+    def confirm(self):
+        """Mark the running trial image good (no-op when not on trial)."""
+        self.loader.confirm()
+
+    def close(self):
+        """Release the flash file and the UART (tests)."""
+        if self.uart is not None:
+            self.uart.close()
+        self.nor.close()
+
+
+def provision(flash_path, image, version, journal_path=None):
+    """Create a fresh flash file at ``flash_path`` (all sectors erased) with the factory
+    ``image`` (bytes-like, as it sits in the slot, at most 2 MiB) in slot 0, confirmed,
+    with image version ``version``; slot 1 empty. Removes the journal at ``journal_path``
+    (default ``flash_path + ".journal"``). Raises ``ValueError`` for an empty or too
+    large image."""
+    n = len(image)
+    if not 0 < n <= SLOT_SIZE:
+        raise ValueError("factory image must be 1..%d bytes" % SLOT_SIZE)
+    nor = NORFlash(flash_path, FLASH_SIZE, SECTOR_SIZE, create=True)
+    try:
+        slot = Partition(nor, SLOT_SECTOR[0], SLOT_SECTORS)
+        mv = memoryview(image)
+        block = 0
+        for off in range(0, n, SECTOR_SIZE):
+            slot.ioctl(6, block)
+            slot.writeblocks(block, mv[off : off + SECTOR_SIZE], 0)
+            block += 1
+        provision_record(nor, 0, n, hashlib.sha256(image).digest(), version, BOOT_SECTOR)
+    finally:
+        nor.close()
+    JSONJournal(journal_path or (flash_path + ".journal")).clear()
+
+
+def from_env(**kw):
+    """Same as ``Board.from_env()``."""
+    return Board.from_env(**kw)

@@ -1,0 +1,102 @@
+"""Inspect and prepare the desktop board's flash file (CPython or the MicroPython unix port).
+
+    flashtool.py provision FLASH IMAGE [VERSION]   factory image into slot 0, confirmed
+    flashtool.py status FLASH                      boot record and slot digests
+    flashtool.py boot FLASH                        run the boot logic, print the slot
+
+``IMAGE`` is either an rmota image (header + payload: the payload goes to the slot and
+the version comes from the header unless ``VERSION`` is given) or a raw binary (then
+``VERSION`` is required). ``boot`` changes the record as a power-on would (trial →
+trial_booted, rollback). Exit codes: 0 ok, 2 usage, 3 bricked.
+"""
+
+import sys
+
+_here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+for _p in (_here, _here + "/../../lib"):
+    if _p not in sys.path:
+        sys.path.append(_p)
+
+import hashlib  # noqa: E402
+
+from board import FLASH_SIZE, SLOT_SECTOR, SLOT_SIZE, Board, provision  # noqa: E402
+from bootrec import STATE_NAMES, Bricked  # noqa: E402
+
+
+def _hex(b):
+    return "".join("%02x" % x for x in b)
+
+
+def _read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def cmd_provision(flash, image_path, version=None):
+    data = _read_file(image_path)
+    if data[:4] == b"RMOT":
+        from rmota.image import ImageHeader
+
+        hdr = ImageHeader.parse(data)
+        payload = data[hdr.header_len : hdr.header_len + hdr.image_len]
+        if hashlib.sha256(payload).digest() != hdr.sha256:
+            print("image payload does not match its header's SHA-256")
+            return 3
+        if version is None:
+            version = hdr.image_version
+        data = payload
+    elif version is None:
+        print("a raw image needs a VERSION")
+        return 2
+    provision(flash, data, int(version))
+    print("provisioned %s: slot 0, %d bytes, version %d, sha256 %s" % (
+        flash, len(data), int(version), _hex(hashlib.sha256(data).digest())))
+    return 0
+
+
+def cmd_status(flash):
+    try:
+        b = Board(flash, boot=False)
+    except Bricked as e:
+        print("bricked:", e.reason)
+        return 3
+    rec = b.loader.record
+    print("flash %s (%d bytes), record seq %d" % (flash, FLASH_SIZE, rec.seq))
+    print("active slot %d, state %s, rolled_back %s" % (
+        rec.active, STATE_NAMES[rec.state], rec.rolled_back))
+    for i in (0, 1):
+        ok = b.loader.verify(i, rec)
+        print("slot %d @ sector %d (%d bytes): length %d, version %d, sha256 %s, %s" % (
+            i, SLOT_SECTOR[i], SLOT_SIZE, rec.lengths[i], rec.versions[i],
+            _hex(rec.digests[i]), "verified" if ok else "empty" if not rec.lengths[i] else "BAD"))
+    b.close()
+    return 0
+
+
+def cmd_boot(flash):
+    try:
+        b = Board(flash)
+    except Bricked as e:
+        print("bricked:", e.reason)
+        return 3
+    st = b.boot_state()
+    print("booted slot %d version %d trial %s rolled_back %s%s" % (
+        st["slot"], b.running_version(), st["trial"], st["rolled_back"],
+        (" (fell back: %s)" % b.loader.fell_back) if b.loader.fell_back else ""))
+    b.close()
+    return 0
+
+
+def main(argv):
+    if len(argv) >= 3 and argv[0] == "provision":
+        return cmd_provision(argv[1], argv[2], argv[3] if len(argv) > 3 else None)
+    if len(argv) == 2 and argv[0] == "status":
+        return cmd_status(argv[1])
+    if len(argv) == 2 and argv[0] == "boot":
+        return cmd_boot(argv[1])
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
