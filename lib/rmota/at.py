@@ -85,6 +85,8 @@ class ATParser:
         self._need = 0  # payload bytes still to come in the current record
         self._have = 0  # payload bytes already in the record buffer
         self._state = _LINE
+        self._fbuf = None
+        self._fmv = None
         self.lines = 0
         self.records = 0
         self.frame_errors = 0
@@ -117,7 +119,10 @@ class ATParser:
         Returns nothing; results go to the handler."""
         if n is None:
             n = len(buf)
-        mv = memoryview(buf)
+        if buf is not self._fbuf:  # the link feeds the same buffer every time
+            self._fbuf = buf
+            self._fmv = memoryview(buf)
+        mv = self._fmv
         i = 0
         h = self.handler
         while i < n:
@@ -127,7 +132,7 @@ class ATParser:
                 if k > n - i:
                     k = n - i
                 have = self._have
-                self._rmv[have : have + k] = mv[i : i + k]
+                self._rec[have : have + k] = mv[i : i + k]
                 self._have = have + k
                 self._need -= k
                 i += k
@@ -180,7 +185,7 @@ class ATParser:
                 self._state = _SKIP
                 continue
             start_n = self._n
-            self._lmv[start_n : start_n + e - i] = mv[i:e]
+            self._line[start_n : start_n + e - i] = mv[i:e]
             self._n = start_n + e - i
             if self._n >= _REC_PREFIX_LEN and self._line[0] == 43:  # '+'
                 r = self._record_header(start_n)

@@ -1,0 +1,264 @@
+"""ATLink: commands and final results, prompts, busy, ERR CODE, URC dispatch, resets,
+line caps, and allocations per record. Runs under CPython and MicroPython."""
+
+import sys
+import unittest
+
+from fakeuart import FakeUART
+from rmota.at import URC_FRAMING, URC_FWNOTIFY, URC_READY, URC_UNKNOWN, ATLink, ATParser, quote
+from rmota.compat import VirtualClock
+from rmota.errors import CommandError, ESPBusy, ESPReset, LinkTimeout
+
+IS_MP = sys.implementation.name == "micropython"
+
+
+def _link(chunk=None, **kw):
+    u = FakeUART(chunk)
+    clk = VirtualClock()
+    link = ATLink(u, clock=clk, **kw)
+    urcs = []
+    link.subscribe(lambda k, line: urcs.append((k, line)))
+    return u, link, urcs
+
+
+def _run(link, c, limit=10000):
+    for _ in range(limit):
+        if c.done:
+            return c
+        if not link.poll():
+            link.clock.sleep_ms(1)
+    raise AssertionError("command never completed")
+
+
+class TestCommands(unittest.TestCase):
+    def test_ok_and_response_lines(self):
+        u, link, urcs = _link()
+        c = link.send(b"AT+HTTPURLCFG?")
+        self.assertEqual(bytes(u.tx), b"AT+HTTPURLCFG?\r\n")
+        u.feed(b"+HTTPURLCFG:8,http://x\r\n\r\nOK\r\n")
+        _run(link, c)
+        self.assertEqual(c.final, b"OK")
+        self.assertEqual(c.lines, [b"+HTTPURLCFG:8,http://x"])
+        self.assertEqual(urcs, [])
+
+    def test_error_with_code(self):
+        u, link, urcs = _link()
+        c = link.send(b'AT+HTTPCGET=""')
+        u.feed(b"ERR CODE:0x010a7193\r\n\r\nERROR\r\n")
+        _run(link, c)
+        with self.assertRaises(CommandError) as cm:
+            c.check()
+        self.assertEqual(cm.exception.err_code, 0x010A7193)
+        self.assertEqual(cm.exception.http_status, 403)
+
+    def test_timeout_on_virtual_clock(self):
+        u, link, urcs = _link()
+        c = link.send(b"AT", timeout_ms=500)
+        _run(link, c)
+        self.assertTrue(c.timed_out)
+        self.assertGreaterEqual(link.clock.ticks_ms(), 500)
+        with self.assertRaises(LinkTimeout):
+            c.check()
+
+    def test_busy_drops_the_command(self):
+        u, link, urcs = _link()
+        c = link.send(b"AT")
+        u.feed(b"\r\nbusy p...\r\n")
+        _run(link, c)
+        self.assertTrue(c.busy)
+        with self.assertRaises(ESPBusy):
+            c.check()
+
+    def test_prompt_after_ok(self):
+        u, link, urcs = _link()
+        c = link.send(b"AT+HTTPURLCFG=8", prompt=8)
+        u.feed(b"\r\nOK\r\n\r\n>")
+        _run(link, c)
+        self.assertEqual(c.final, b">")
+        d = link.send_data(b"http://x")
+        u.feed(b"\r\nSET OK\r\n")
+        _run(link, d)
+        self.assertEqual(d.final, b"SET OK")
+        self.assertEqual(bytes(u.tx), b"AT+HTTPURLCFG=8\r\nhttp://x")
+
+    def test_busy_then_late_prompt_within_wait(self):
+        # issue 4 case 10, second variant: busy p..., then the prompt 200 ms later.
+        u, link, urcs = _link()
+        c = link.send(b"AT+HTTPURLCFG=20", timeout_ms=1000, prompt=20)
+        u.feed(b"ERR CODE:0x010b0000\r\n\r\nbusy p...\r\n")
+        for _ in range(200):
+            link.poll()
+            link.clock.sleep_ms(1)
+        self.assertFalse(c.done)
+        u.feed(b"\r\nOK\r\n\r\n>")
+        _run(link, c)
+        self.assertEqual(c.final, b">")
+        self.assertTrue(c.busy)
+
+    def test_stray_prompt_gets_nul_padding(self):
+        # A prompt after we gave up: the ESP would read our next command as URL bytes.
+        u, link, urcs = _link()
+        c = link.send(b"AT+HTTPURLCFG=20", timeout_ms=100, prompt=20)
+        u.feed(b"\r\nbusy p...\r\n")
+        _run(link, c)
+        self.assertIsNone(c.final)
+        u.tx = bytearray()
+        u.feed(b"\r\nOK\r\n\r\n>")
+        link.poll()
+        self.assertEqual(bytes(u.tx), b"\x00" * 20)
+        self.assertEqual(link.stray_prompts, 1)
+
+    def test_ready_fails_command_and_is_a_urc(self):
+        u, link, urcs = _link()
+        c = link.send(b"AT+RMOTAFETCH")
+        u.feed(b"+HTTPCGET:2048,IJK\r\nready\r\n")
+        # a record cut by a reset: the inactivity path aborts it; here the link parser
+        # sees "ready" only after the record is aborted
+        link.poll()
+        link.parser.abort_record()
+        u.feed(b"\r\nready\r\n")
+        _run(link, c)
+        self.assertTrue(c.reset)
+        with self.assertRaises(ESPReset):
+            c.check()
+        self.assertIn((URC_READY, b"ready"), urcs)
+
+    def test_echo_is_ignored(self):
+        u, link, urcs = _link()
+        c = link.send(b"AT")
+        u.feed(b"AT\r\n\r\nOK\r\n")
+        _run(link, c)
+        self.assertEqual(c.final, b"OK")
+        self.assertEqual(link.echo_lines, 1)
+        self.assertEqual(urcs, [])
+
+    def test_late_final_is_not_taken_by_next_command(self):
+        u, link, urcs = _link()
+        c = link.send(b"AT", timeout_ms=10)
+        _run(link, c)
+        u.feed(b"\r\nOK\r\n")
+        link.poll()
+        self.assertEqual(link.late_finals, 1)
+
+
+class TestURCs(unittest.TestCase):
+    def test_case4_final_urc_and_partial_header_in_one_read(self):
+        # issue 4 case 4: one read returns the final result, a URC and part of the next
+        # record header.
+        u, link, urcs = _link()
+        c = link.send(b"AT")
+        u.feed(b"\r\nOK\r\n+RMFWNOTIFY:0,12,https://h/p?q,1.2.3,JOB1\r\n+HTTPC")
+        link.poll()
+        self.assertEqual(c.final, b"OK")
+        self.assertEqual(urcs, [(URC_FWNOTIFY, b"+RMFWNOTIFY:0,12,https://h/p?q,1.2.3,JOB1")])
+        self.assertEqual(link.parser._n, 6)  # "+HTTPC" kept for the next read
+        got = []
+
+        class Sink:
+            def record(self, mv):
+                got.append(bytes(mv))
+
+            def frame_error(self, r):
+                got.append(r)
+
+        link.sink = Sink()
+        u.feed(b"GET:3,abc\r\n")
+        link.poll()
+        self.assertEqual(got, [b"abc"])
+
+    def test_unknown_lines_reach_subscribers(self):
+        u, link, urcs = _link()
+        u.feed(b"+SOMETHINGNEW:1\r\nhello\r\n")
+        link.poll()
+        self.assertEqual(urcs, [(URC_UNKNOWN, b"+SOMETHINGNEW:1"), (URC_UNKNOWN, b"hello")])
+
+    def test_queue_drops_oldest_and_counts(self):
+        u, link, urcs = _link(urc_queue=3)
+        u.feed(b"".join(b"+RMOTA:%d\r\n" % k for k in range(5)))
+        link.poll()
+        self.assertEqual([line for k, line in urcs], [b"+RMOTA:2", b"+RMOTA:3", b"+RMOTA:4"])
+        self.assertEqual(link.urc_drops, 2)
+
+    def test_line_over_cap_is_dropped_counted(self):
+        u, link, urcs = _link(line_max=64)
+        u.feed(b"+RMRECV:" + b"x" * 100 + b"\r\n+RMCONNECTED\r\n")
+        link.poll()
+        self.assertEqual(link.parser.overflows, 1)
+        self.assertEqual(urcs[-1], ("rainmaker", b"+RMCONNECTED"))
+        self.assertEqual(urcs[0][0], URC_FRAMING)
+
+
+class TestQuote(unittest.TestCase):
+    def test_escapes(self):
+        self.assertEqual(quote('a,b"c\\d'), b'"a\\,b\\"c\\\\d"')
+        self.assertEqual(quote(b"plain"), b'"plain"')
+
+
+class _Count:
+    def __init__(self):
+        self.n = 0
+
+    def on_line(self, mv):
+        pass
+
+    def on_prompt(self):
+        pass
+
+    def on_record(self, mv):
+        self.n += len(mv)
+
+    def on_frame_error(self, r):
+        pass
+
+
+def _stream(rec_len, count):
+    one = b"+HTTPCGET:%d," % rec_len + bytes(range(256)) * (rec_len // 256) + bytes(rec_len % 256)
+    return bytearray((one + b"\r\n") * count)
+
+
+class TestAllocation(unittest.TestCase):
+    def _alloc_per_record(self, rec_len):
+        import gc
+
+        data = _stream(rec_len, 1)
+        step = len(data)  # one whole record per read, as with a big rx buffer
+        h = _Count()
+        p = ATParser(h, 256, 10240)
+        buf = bytearray(step)
+        p.feed(buf, 0)
+        gc.collect()
+        if IS_MP:
+            gc.disable()
+            a0 = gc.mem_alloc()
+        else:
+            import tracemalloc
+
+            tracemalloc.start()
+            a0 = tracemalloc.get_traced_memory()[0]
+        for i in range(20):
+            buf[:] = data  # the same bytes for every record: a copy that allocates nothing
+            p.feed(buf, step)
+        if IS_MP:
+            used = gc.mem_alloc() - a0
+            gc.enable()
+        else:
+            import tracemalloc
+
+            used = tracemalloc.get_traced_memory()[0] - a0  # retained, not peak
+            tracemalloc.stop()
+        self.assertEqual(h.n, rec_len * 20)
+        self.assertEqual(p.records, 20)
+        return used
+
+    def test_per_record_cost_does_not_grow_with_record_length(self):
+        small = self._alloc_per_record(64)
+        mid = self._alloc_per_record(2048)
+        big = self._alloc_per_record(10240)
+        # One read per record: the parser allocates a few 32-byte memoryview objects per
+        # record (MicroPython), the same for every record length.
+        if IS_MP:
+            self.assertEqual(small, mid)
+            self.assertEqual(mid, big)
+            self.assertLessEqual(big // 20, 3 * 32)
+        else:  # CPython frees slices at once: nothing may be retained per record
+            self.assertLess(big, 1024)

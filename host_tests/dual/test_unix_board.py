@@ -1,0 +1,562 @@
+"""The desktop board (boards/unix, DESIGN.md section 4): NOR flash model, partitions,
+boot record, boot logic and journal. Runs under CPython (pytest) and MicroPython
+(host_tests/mp_run.py test_unix_board).
+
+Power cuts here are made by a NORFlash subclass that raises instead of ending the
+process; host_tests/test_power_cut.py checks the real kill in a child process."""
+
+import hashlib
+import os
+import unittest
+
+import board as unix_board
+from board import SLOT_SIZE, Board, JSONJournal, provision
+from bootrec import RECORD_SIZE, BootRecord, BootStore, Bricked
+from nor import NORFlash, Partition
+
+_SEQ = [0]
+
+
+def _tmp(tag):
+    # No tempfile on MicroPython: a random name under /tmp.
+    _SEQ[0] += 1
+    rnd = "".join("%02x" % b for b in os.urandom(6))
+    return "/tmp/rmota_ut_%s_%s_%d" % (tag, rnd, _SEQ[0])
+
+
+def _rm(*paths):
+    for p in paths:
+        for q in (p, p + ".journal", p + ".journal.tmp"):
+            try:
+                os.remove(q)
+            except OSError:
+                pass
+
+
+class _Cut(Exception):
+    pass
+
+
+class CuttableNOR(NORFlash):
+    """A power cut that raises (the test carries on and 'reboots' by reopening)."""
+
+    def power_cut(self):
+        self._dead = True
+        raise _Cut()
+
+
+def _read(nor, addr, n):
+    b = bytearray(n)
+    nor.read(addr, b)
+    return bytes(b)
+
+
+def _file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _put_file(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _get_region(path, off, n):
+    with open(path, "rb") as f:
+        f.seek(off)
+        return f.read(n)
+
+
+def _put_region(path, off, data):
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(data)
+
+
+def _image(n, seed):
+    # Deterministic pseudo-random bytes (no random module needed).
+    out = bytearray(n)
+    x = seed * 2654435761 + 12345
+    for i in range(n):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+        out[i] = (x >> 16) & 0xFF
+    return bytes(out)
+
+
+class TestNOR(unittest.TestCase):
+    def setUp(self):
+        self.path = _tmp("nor")
+        self.nor = CuttableNOR(self.path, 4 * 4096, create=True)
+
+    def tearDown(self):
+        try:
+            self.nor.close()
+        except Exception:
+            pass
+        _rm(self.path)
+
+    def test_erased_reads_ff(self):
+        self.assertEqual(_read(self.nor, 0, 4 * 4096), b"\xff" * (4 * 4096))
+
+    def test_program_is_and(self):
+        self.nor.program(100, b"\x0f\xf0\x55\xff")
+        self.nor.program(100, b"\xff\x3c\xaa\x00")
+        self.assertEqual(_read(self.nor, 99, 6), b"\xff\x0f\x30\x00\x00\xff")
+        # programming 0xFF over programmed bits changes nothing: bits never go back to 1
+        self.nor.program(100, b"\xff\xff\xff\xff")
+        self.assertEqual(_read(self.nor, 100, 4), b"\x0f\x30\x00\x00")
+
+    def test_program_spans_sectors(self):
+        self.nor.program(4090, b"\x00" * 12)
+        self.assertEqual(_read(self.nor, 4088, 16), b"\xff\xff" + b"\x00" * 12 + b"\xff\xff")
+
+    def test_erase_whole_sector_only(self):
+        self.nor.program(0, b"\x00" * (3 * 4096))
+        self.nor.erase(1)
+        self.assertEqual(_read(self.nor, 4095, 1), b"\x00")
+        self.assertEqual(_read(self.nor, 4096, 4096), b"\xff" * 4096)
+        self.assertEqual(_read(self.nor, 8192, 1), b"\x00")
+        with self.assertRaises(ValueError):
+            self.nor.erase(4)
+        with self.assertRaises(ValueError):
+            self.nor.erase(-1)
+
+    def test_counters(self):
+        self.nor.erase(2)
+        self.nor.erase(2)
+        self.nor.erase(0)
+        self.nor.program(0, b"ab")
+        self.assertEqual(list(self.nor.erase_counts), [1, 0, 2, 0])
+        self.assertEqual(self.nor.erase_ops, 3)
+        self.assertEqual(self.nor.program_ops, 1)
+        self.assertEqual(self.nor.op_count, 4)
+        # reads are not operations
+        _read(self.nor, 0, 10)
+        self.assertEqual(self.nor.op_count, 4)
+
+    def test_out_of_range(self):
+        with self.assertRaises(ValueError):
+            self.nor.program(4 * 4096 - 1, b"ab")
+        with self.assertRaises(ValueError):
+            _read(self.nor, 4 * 4096, 1)
+        self.assertEqual(self.nor.op_count, 0)
+        self.assertEqual(_read(self.nor, 4 * 4096 - 1, 1), b"\xff")
+
+    def test_file_size_checked(self):
+        with self.assertRaises(ValueError):
+            NORFlash(self.path, 8 * 4096)
+
+    def test_torn_program(self):
+        self.nor.program(0, b"\xf0" * 8)
+        self.nor.cut_at(1, 3)
+        with self.assertRaises(_Cut):
+            self.nor.program(0, b"\x0f" * 8)
+        # first 3 bytes programmed (AND), the rest old
+        self.assertEqual(_file_bytes(self.path)[:9], b"\x00" * 3 + b"\xf0" * 5 + b"\xff")
+        # a dead flash refuses everything
+        with self.assertRaises(OSError):
+            self.nor.program(0, b"\x00")
+
+    def test_torn_erase(self):
+        self.nor.program(4096, b"\x00" * 4096)
+        self.nor.cut_at(1, 1000)
+        with self.assertRaises(_Cut):
+            self.nor.erase(1)
+        data = _file_bytes(self.path)[4096:8192]
+        self.assertEqual(data[:1000], b"\xff" * 1000)
+        self.assertEqual(data[1000:], b"\x00" * 3096)
+
+    def test_cut_after_whole_operation(self):
+        self.nor.cut_at(0, 99999)
+        with self.assertRaises(_Cut):
+            self.nor.program(10, b"\x00\x00")
+        self.assertEqual(_file_bytes(self.path)[9:13], b"\xff\x00\x00\xff")
+
+    def test_cut_at_zero_bytes(self):
+        self.nor.program(0, b"\x00")
+        self.nor.cut_at(1, 0)
+        with self.assertRaises(_Cut):
+            self.nor.erase(0)
+        self.assertEqual(_file_bytes(self.path)[0:1], b"\x00")
+
+    def test_reopen_keeps_contents(self):
+        self.nor.program(5, b"xyz")
+        self.nor.close()
+        again = NORFlash(self.path, 4 * 4096)
+        self.assertEqual(_read(again, 5, 3), b"xyz")
+        again.close()
+
+
+class TestPartition(unittest.TestCase):
+    def setUp(self):
+        self.path = _tmp("part")
+        self.nor = NORFlash(self.path, 8 * 4096, create=True)
+        self.a = Partition(self.nor, 2, 3)
+        self.b = Partition(self.nor, 5, 2)
+
+    def tearDown(self):
+        self.nor.close()
+        _rm(self.path)
+
+    def test_ioctl(self):
+        self.assertEqual(self.a.ioctl(1, 0), 0)
+        self.assertEqual(self.a.ioctl(2, 0), 0)
+        self.assertEqual(self.a.ioctl(3, 0), 0)
+        self.assertEqual(self.a.ioctl(4, 0), 3)
+        self.assertEqual(self.a.ioctl(5, 0), 4096)
+
+    def test_read_write_offset(self):
+        self.a.writeblocks(1, b"hello", 10)
+        buf = bytearray(5)
+        self.a.readblocks(1, buf, 10)
+        self.assertEqual(bytes(buf), b"hello")
+        self.assertEqual(_read(self.nor, (2 + 1) * 4096 + 10, 5), b"hello")
+
+    def test_two_arg_writeblocks_does_not_erase(self):
+        self.a.writeblocks(0, b"\x0f" * 4096)
+        self.a.writeblocks(0, b"\xf0" * 4096)
+        buf = bytearray(4096)
+        self.a.readblocks(0, buf)
+        self.assertEqual(bytes(buf), b"\x00" * 4096)
+        self.assertEqual(self.nor.erase_ops, 0)
+        self.assertEqual(self.a.ioctl(6, 0), 0)
+        self.a.readblocks(0, buf)
+        self.assertEqual(bytes(buf), b"\xff" * 4096)
+        self.assertEqual(self.nor.erase_counts[2], 1)
+
+    def test_write_spans_blocks(self):
+        self.a.writeblocks(0, b"\x00" * 5000, 100)
+        self.assertEqual(_read(self.nor, 2 * 4096 + 99, 1), b"\xff")
+        self.assertEqual(_read(self.nor, 2 * 4096 + 5099, 2), b"\x00\xff")
+
+    def test_cannot_reach_neighbours(self):
+        before = _file_bytes(self.path)
+        with self.assertRaises(ValueError):
+            self.a.writeblocks(2, b"\x00" * 2, 4095)  # one byte past the end
+        with self.assertRaises(ValueError):
+            self.a.writeblocks(3, b"\x00")
+        with self.assertRaises(ValueError):
+            self.a.writeblocks(-1, b"\x00", 4095)
+        with self.assertRaises(ValueError):
+            self.a.readblocks(0, bytearray(3 * 4096 + 1))
+        with self.assertRaises(ValueError):
+            self.a.ioctl(6, 3)
+        with self.assertRaises(ValueError):
+            self.b.ioctl(6, -1)
+        self.assertEqual(_file_bytes(self.path), before)
+        self.assertEqual(self.nor.op_count, 0)
+        # the last byte of a partition is reachable, and only it changes
+        self.a.writeblocks(2, b"\x00", 4095)
+        self.assertEqual(_read(self.nor, 5 * 4096 - 1, 2), b"\x00\xff")
+
+    def test_partition_must_fit(self):
+        with self.assertRaises(ValueError):
+            Partition(self.nor, 6, 3)
+
+
+def _record(active, seq_tag):
+    r = BootRecord(active=active)
+    r.lengths[active] = 1000 + seq_tag
+    r.versions[active] = seq_tag
+    r.digests[active] = bytes([seq_tag]) * 32
+    return r
+
+
+class TestBootRecord(unittest.TestCase):
+    def setUp(self):
+        self.path = _tmp("rec")
+        NORFlash(self.path, 4 * 4096, create=True).close()
+
+    def tearDown(self):
+        _rm(self.path)
+
+    def test_round_trip(self):
+        r = _record(1, 7)
+        r.rolled_back = True
+        r.seq = 42
+        back = BootRecord.unpack(r.pack())
+        self.assertEqual(len(r.pack()), RECORD_SIZE)
+        self.assertEqual(back.active, 1)
+        self.assertEqual(back.seq, 42)
+        self.assertTrue(back.rolled_back)
+        self.assertEqual(back.lengths, [0, 1007])
+        self.assertEqual(back.digests[1], b"\x07" * 32)
+        bad = r.pack()
+        bad[20] ^= 1
+        self.assertIsNone(BootRecord.unpack(bad))
+        self.assertIsNone(BootRecord.unpack(b"\xff" * RECORD_SIZE))
+
+    def test_ping_pong(self):
+        nor = NORFlash(self.path, 4 * 4096)
+        st = BootStore(nor)
+        self.assertIsNone(st.read())
+        where = []
+        for k in range(1, 6):
+            st.write(_record(k & 1, k))
+            rec, w = st.newest()
+            where.append(w)
+            self.assertEqual(rec.seq, k)
+            self.assertEqual(rec.versions[k & 1], k)
+        self.assertEqual(where, [0, 1, 0, 1, 0])
+        self.assertEqual(list(nor.erase_counts), [3, 2, 0, 0])
+        nor.close()
+
+    def _torn_everywhere(self, writes_before):
+        # Base state: ``writes_before`` records written. Then tear the next write (erase of
+        # the spare sector = op 0, program of the record = op 1) at every byte: the store
+        # must read back the old record or the new one, nothing else.
+        nor = NORFlash(self.path, 4 * 4096, create=True)
+        st = BootStore(nor)
+        for k in range(1, writes_before + 1):
+            st.write(_record(k & 1, k))
+        nor.close()
+        base = _file_bytes(self.path)
+        new_tag = writes_before + 1
+        seen_old = seen_new = 0
+        for op, length in ((0, 4096), (1, RECORD_SIZE)):
+            for byte in range(length + 1):
+                _put_file(self.path, base)
+                nor = CuttableNOR(self.path, 4 * 4096)
+                nor.cut_at(op, byte)
+                try:
+                    BootStore(nor).write(_record(new_tag & 1, new_tag))
+                    self.fail("no cut")
+                except _Cut:
+                    pass
+                again = NORFlash(self.path, 4 * 4096)
+                rec = BootStore(again).read()
+                again.close()
+                self.assertIsNotNone(rec, "no record after cut at op %d byte %d" % (op, byte))
+                if rec.seq == new_tag:
+                    self.assertEqual(rec.versions[new_tag & 1], new_tag)
+                    seen_new += 1
+                else:
+                    self.assertEqual(rec.seq, writes_before)
+                    self.assertEqual(rec.versions[writes_before & 1], writes_before)
+                    seen_old += 1
+        # only the complete program makes the new record
+        self.assertEqual(seen_new, 1)
+        self.assertEqual(seen_old, 4096 + 1 + RECORD_SIZE)
+
+    def test_torn_write_every_byte_spare_blank(self):
+        self._torn_everywhere(1)
+
+    def test_torn_write_every_byte_spare_holds_older(self):
+        self._torn_everywhere(2)
+
+
+def _write_slot(bdev, data):
+    mv = memoryview(data)
+    block = 0
+    for off in range(0, len(data), 4096):
+        bdev.ioctl(6, block)
+        bdev.writeblocks(block, mv[off : off + 4096], 0)
+        block += 1
+
+
+class TestBoot(unittest.TestCase):
+    def setUp(self):
+        self.path = _tmp("board")
+        self.v1 = _image(5000, 1)
+        self.v2 = _image(9000, 2)
+        provision(self.path, self.v1, 1)
+        self.boards = []
+
+    def tearDown(self):
+        for b in self.boards:
+            try:
+                b.close()
+            except Exception:
+                pass
+        _rm(self.path)
+
+    def _power_on(self, **kw):
+        # Each Board is a new process: the previous one is gone (closed).
+        for b in self.boards:
+            try:
+                b.close()
+            except Exception:
+                pass
+        b = Board(self.path, **kw)
+        self.boards.append(b)
+        return b
+
+    def _update(self, b, data, version):
+        slot = b.inactive_slot()
+        _write_slot(slot.bdev, data)
+        b.commit(slot.index, len(data), hashlib.sha256(data).digest(), version)
+        return slot.index
+
+    def test_factory_state(self):
+        b = self._power_on()
+        self.assertEqual(b.board_id, b"unix")
+        self.assertEqual(b.boot_state(), {"slot": 0, "trial": False, "rolled_back": False})
+        self.assertEqual(b.running_slot(), 0)
+        self.assertEqual(b.running_version(), 1)
+        s = b.inactive_slot()
+        self.assertEqual((s.index, s.size), (1, SLOT_SIZE))
+        self.assertEqual(s.bdev.ioctl(4, 0) * s.bdev.ioctl(5, 0), SLOT_SIZE)
+        self.assertIsNone(b.uart)
+        self.assertEqual(b.settings["line_max"], 2048)
+        self.assertFalse(b.settings["allow_raw"])
+        # a steady boot writes nothing
+        self.assertEqual(b.nor.op_count, 0)
+
+    def test_settings_override(self):
+        b = self._power_on(settings={"rx_size": 4096})
+        self.assertEqual(b.settings["rx_size"], 4096)
+        self.assertEqual(b.settings["baud"], 115200)
+
+    def test_trial_confirm(self):
+        b = self._power_on()
+        self.assertEqual(self._update(b, self.v2, 2), 1)
+        b = self._power_on()
+        self.assertEqual(b.boot_state(), {"slot": 1, "trial": True, "rolled_back": False})
+        self.assertEqual(b.running_version(), 2)
+        b.confirm()
+        self.assertFalse(b.boot_state()["trial"])
+        b = self._power_on()
+        self.assertEqual(b.boot_state(), {"slot": 1, "trial": False, "rolled_back": False})
+        self.assertEqual(b.inactive_slot().index, 0)
+        ops = b.nor.op_count
+        b.confirm()  # not on trial: no-op, no write
+        self.assertEqual(b.nor.op_count, ops)
+
+    def test_unconfirmed_trial_rolls_back(self):
+        b = self._power_on()
+        self._update(b, self.v2, 2)
+        b = self._power_on()  # trial → trial_booted
+        self.assertTrue(b.boot_state()["trial"])
+        b = self._power_on()  # never confirmed: roll back
+        self.assertEqual(b.boot_state(), {"slot": 0, "trial": False, "rolled_back": True})
+        self.assertEqual(b.running_version(), 1)
+        b = self._power_on()  # stays rolled back, remembers it
+        self.assertEqual(b.boot_state(), {"slot": 0, "trial": False, "rolled_back": True})
+        # the next commit clears rolled_back
+        self._update(b, self.v2, 3)
+        b = self._power_on()
+        self.assertEqual(b.boot_state(), {"slot": 1, "trial": True, "rolled_back": False})
+
+    def test_commit_refuses_running_slot(self):
+        b = self._power_on()
+        with self.assertRaises(ValueError):
+            b.commit(0, len(self.v1), hashlib.sha256(self.v1).digest(), 5)
+        with self.assertRaises(ValueError):
+            b.commit(1, SLOT_SIZE + 1, b"\x00" * 32, 5)
+        with self.assertRaises(ValueError):
+            b.commit(1, 10, b"\x00" * 31, 5)
+        with self.assertRaises(ValueError):
+            b.commit(2, 10, b"\x00" * 32, 5)
+
+    def test_corrupt_trial_image_falls_back(self):
+        b = self._power_on()
+        idx = self._update(b, self.v2, 2)
+        b.slots[idx].writeblocks(1, b"\x00", 7)  # one flipped byte after the commit
+        b = self._power_on()
+        st = b.boot_state()
+        self.assertEqual(st["slot"], 0)
+        self.assertFalse(st["trial"])
+        self.assertTrue(st["rolled_back"])
+        self.assertIsNotNone(b.loader.fell_back)
+
+    def test_corrupt_confirmed_slot_falls_back_to_verified_other(self):
+        b = self._power_on()
+        self._update(b, self.v2, 2)
+        b = self._power_on()
+        b.confirm()  # slot 1 confirmed; slot 0 still holds v1
+        b.slots[1].writeblocks(0, b"\x00", 0)
+        b = self._power_on()
+        self.assertEqual(b.running_slot(), 0)
+        self.assertEqual(b.running_version(), 1)
+
+    def test_bricked_both_slots_bad(self):
+        b = self._power_on()
+        b.slots[0].writeblocks(0, b"\x00", 0)
+        with self.assertRaises(Bricked):
+            self._power_on()
+
+    def test_bricked_no_record(self):
+        for b in self.boards:
+            b.close()
+        self.boards = []
+        _rm(self.path)
+        with self.assertRaises(Bricked):
+            Board(self.path, create=True)
+        b = Board(self.path, boot=False)  # blank flash, not booted: nothing to adopt
+        self.assertIsNone(b.loader.record)
+        b.close()
+
+    def test_reboot_exits_75_and_closes_flash(self):
+        b = self._power_on()
+        with self.assertRaises(SystemExit) as cm:
+            b.reboot()
+        code = cm.exception.code if hasattr(cm.exception, "code") else cm.exception.args[0]
+        self.assertEqual(code, 75)
+        with self.assertRaises(OSError):
+            b.nor.program(0, b"\x00")
+
+    def test_boot_cut_at_every_operation(self):
+        # Commit, then power-cut the boot that marks the trial as booted (erase = op 0,
+        # program = op 1) at a few bytes of each: the next boot must still come up,
+        # from the old record (trial: boots the new slot) or the new one (trial_booted:
+        # rolls back).
+        b = self._power_on()
+        self._update(b, self.v2, 2)
+        b.close()
+        base = _get_region(self.path, 0, 2 * 4096)  # the boot only touches the record
+        for op, byte in ((0, 0), (0, 50), (0, 4096), (1, 0), (1, 95), (1, 96)):
+            _put_region(self.path, 0, base)
+            nor = CuttableNOR(self.path, unix_board.FLASH_SIZE)
+            nor.cut_at(op, byte)
+            with self.assertRaises(_Cut):
+                Board(self.path, nor=nor)
+            nor.close()
+            b = self._power_on()
+            st = b.boot_state()
+            got = (st["slot"], st["trial"], st["rolled_back"])
+            want = (1, True, False) if (op, byte) != (1, 96) else (0, False, True)
+            self.assertEqual(got, want, "cut at op %d byte %d" % (op, byte))
+
+
+class TestJournal(unittest.TestCase):
+    def setUp(self):
+        self.path = _tmp("journal")
+        self.j = JSONJournal(self.path)
+
+    def tearDown(self):
+        self.j.clear()
+        _rm(self.path)
+
+    def test_missing_is_none(self):
+        self.assertIsNone(self.j.load())
+
+    def test_round_trip_and_replace(self):
+        self.j.save({"job": "abc", "done": 4096, "crcs": [1, 2, 3]})
+        self.assertEqual(self.j.load(), {"job": "abc", "done": 4096, "crcs": [1, 2, 3]})
+        self.j.save({"job": "abc", "done": 8192})
+        self.assertEqual(self.j.load(), {"job": "abc", "done": 8192})
+        self.j.clear()
+        self.assertIsNone(self.j.load())
+        self.j.clear()  # clearing twice is fine
+
+    def test_corrupt_or_partial_file_is_none(self):
+        for junk in (b'{"job": "ab', b"", b"\xff\xfe\x00garbage", b"[1, 2]", b"null"):
+            _put_file(self.path, junk)
+            self.assertIsNone(self.j.load(), junk)
+
+    def test_leftover_tmp_is_ignored(self):
+        self.j.save({"stage": 1})
+        _put_file(self.path + ".tmp", b'{"stage": 2')  # a cut during the next save
+        self.assertEqual(self.j.load(), {"stage": 1})
+        self.j.save({"stage": 2})
+        self.assertEqual(self.j.load(), {"stage": 2})
+
+    def test_unserialisable_leaves_old(self):
+        self.j.save({"stage": 1})
+        with self.assertRaises(TypeError):
+            self.j.save({"blob": b"bytes are not JSON"})
+        self.assertEqual(self.j.load(), {"stage": 1})
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,106 @@
+"""Parsers for the RainMaker URCs the agent acts on (ESP-AT "RainMaker AT Commands").
+
+- ``+RMFWNOTIFY:<type>,<size>,<url>,<fw_version>,<ota_job_id>``: a host-MCU OTA job.
+  The URL is a presigned S3 URL and may contain commas, so type and size are taken from
+  the left and version and job id from the right (DESIGN.md section 1).
+- ``+RMOTA:<status>``: the ESP's own (Wi-Fi MCU) OTA status.
+
+Usage::
+
+    note = parse_fwnotify(b"+RMFWNOTIFY:0,76,https://h/p?q,1.2.3,JOB1")
+    note.size, note.url, note.fw_version, note.job_id
+"""
+
+from .errors import ProtocolError
+
+# RainMaker OTA status values (AT+RMOTARESULT <status>, +RMOTA:<status>).
+OTA_IN_PROGRESS = 1
+OTA_SUCCEEDED = 2
+OTA_FAILED = 3
+OTA_DELAYED = 4
+OTA_REJECTED = 5
+
+STATUS_NAMES = {
+    1: "in progress",
+    2: "succeeded",
+    3: "failed",
+    4: "delayed",
+    5: "rejected",
+}
+
+_FW_PREFIX = b"+RMFWNOTIFY:"
+_OTA_PREFIX = b"+RMOTA:"
+
+
+class FWNotify:
+    """One host-MCU OTA notification. ``type`` (int, always 0 today), ``size`` (bytes,
+    the whole image), ``url`` (bytes), ``fw_version`` (str, or None for the literal
+    ``null``), ``job_id`` (str)."""
+
+    def __init__(self, typ, size, url, fw_version, job_id):
+        self.type = typ
+        self.size = size
+        self.url = url
+        self.fw_version = fw_version
+        self.job_id = job_id
+
+    def __repr__(self):
+        return "FWNotify(%d, %d, <url %d B>, %r, %r)" % (
+            self.type,
+            self.size,
+            len(self.url),
+            self.fw_version,
+            self.job_id,
+        )
+
+
+def _uint(b, what, line):
+    if not b or len(b) > 10:
+        raise ProtocolError("bad " + what, line)
+    v = 0
+    for c in b:
+        if c < 48 or c > 57:
+            raise ProtocolError("bad " + what, line)
+        v = v * 10 + c - 48
+    return v
+
+
+def parse_fwnotify(line):
+    """Parse a ``+RMFWNOTIFY`` line (bytes-like, without ``\\r\\n``) → ``FWNotify``.
+
+    Raises ``ProtocolError`` when a field is missing or malformed: type or size not a
+    decimal number, size 0, an empty URL or job id, or a job id with a quote or
+    backslash (it is sent back in ``AT+RMOTARESULT``)."""
+    line = bytes(line)
+    if not line.startswith(_FW_PREFIX):
+        raise ProtocolError("not +RMFWNOTIFY", line)
+    body = line[len(_FW_PREFIX) :]
+    a = body.find(b",")
+    b = body.find(b",", a + 1) if a >= 0 else -1
+    z = body.rfind(b",")
+    y = body.rfind(b",", 0, z) if z >= 0 else -1
+    if a < 0 or b < 0 or y <= b:
+        raise ProtocolError("+RMFWNOTIFY needs 5 fields", line)
+    typ = _uint(body[:a], "type", line)
+    size = _uint(body[a + 1 : b], "size", line)
+    if size == 0:
+        raise ProtocolError("size 0", line)
+    url = body[b + 1 : y]
+    ver = body[y + 1 : z]
+    job = body[z + 1 :]
+    if not url or not job:
+        raise ProtocolError("empty url or job id", line)
+    for c in job:
+        if c < 33 or c > 126 or c == 34 or c == 92:
+            raise ProtocolError("bad job id", line)
+    fw_version = None if ver == b"null" else ver.decode()
+    return FWNotify(typ, size, url, fw_version, job.decode())
+
+
+def parse_rmota(line):
+    """Parse ``+RMOTA:<status>`` → int status (any non-negative number: callers decide
+    what they know). Raises ``ProtocolError`` on a malformed line."""
+    line = bytes(line)
+    if not line.startswith(_OTA_PREFIX):
+        raise ProtocolError("not +RMOTA", line)
+    return _uint(line[len(_OTA_PREFIX) :].strip(), "status", line)
