@@ -41,7 +41,7 @@ except ImportError:  # CPython
         return x
 
 
-from bootrec import Bootloader, provision_record
+from bootrec import Bootloader, Bricked, provision_record
 from nor import SECTOR_SIZE, NORFlash, Partition
 
 BOOT_SECTOR = const(0)
@@ -106,8 +106,13 @@ class JSONJournal:
         return d if isinstance(d, dict) else None
 
     def save(self, d):
-        """Replace the record with dict ``d`` atomically. Raises ``TypeError``/
-        ``ValueError`` when ``d`` is not JSON-serialisable (nothing is written then)."""
+        """Replace the record with dict ``d`` atomically. Values: dict (str keys), list,
+        str, int, float, bool, None. Raises ``TypeError`` for anything else, on both
+        runtimes (MicroPython's json would write bytes as a string); nothing is written
+        then."""
+        if not isinstance(d, dict):
+            raise TypeError("journal record must be a dict")
+        _check_json(d)
         text = json.dumps(d)
         with open(self._tmp, "w") as f:
             f.write(text)
@@ -121,6 +126,22 @@ class JSONJournal:
                 os.remove(p)
             except OSError:
                 pass
+
+
+def _check_json(x):
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return
+    if isinstance(x, (list, tuple)):
+        for v in x:
+            _check_json(v)
+        return
+    if isinstance(x, dict):
+        for k in x:
+            if not isinstance(k, str):
+                raise TypeError("journal keys must be str")
+            _check_json(x[k])
+        return
+    raise TypeError("not a JSON type: %s" % type(x).__name__)
 
 
 def _default_clock():
@@ -137,7 +158,9 @@ class Board:
     ``DEFAULT_SETTINGS``. ``clock``: defaults to ``rmota.compat.Clock()``.
 
     ``boot=True`` (default) runs the boot logic now and raises ``bootrec.Bricked`` when
-    nothing can boot; ``boot=False`` only reads the record (for inspection tools).
+    nothing can boot; ``boot=False`` only reads the record, if any (inspection tools).
+    ``nor``: an already open ``nor.NORFlash`` of ``FLASH_SIZE`` bytes to use instead of
+    opening ``flash_path`` (tests inject one armed with ``cut_at``).
 
     Attributes: ``board_id`` (b"unix"), ``uart``, ``clock``, ``settings``, ``journal``,
     ``nor``, ``slots`` (two ``Partition``), ``journal_bdev`` (``Partition`` over the
@@ -154,18 +177,26 @@ class Board:
         settings=None,
         clock=None,
         boot=True,
+        nor=None,
     ):
         self.settings = dict(DEFAULT_SETTINGS)
         if settings:
             self.settings.update(settings)
-        self.nor = NORFlash(flash_path, FLASH_SIZE, SECTOR_SIZE, create=create)
+        if nor is None:
+            nor = NORFlash(flash_path, FLASH_SIZE, SECTOR_SIZE, create=create)
+        elif nor.size != FLASH_SIZE:
+            raise ValueError("flash must have %d bytes" % FLASH_SIZE)
+        self.nor = nor
         self.slots = [Partition(self.nor, s, SLOT_SECTORS) for s in SLOT_SECTOR]
         self.journal_bdev = Partition(self.nor, JOURNAL_SECTOR, JOURNAL_SECTORS)
         self.loader = Bootloader(self.nor, self.slots, BOOT_SECTOR)
         if boot:
             self.loader.boot()
         else:
-            self.loader.peek()
+            try:
+                self.loader.peek()
+            except Bricked:
+                pass  # inspection of a blank or broken flash: loader.record stays None
         self.journal = JSONJournal(journal_path or (flash_path + ".journal"))
         self.clock = clock if clock is not None else _default_clock()
         self.uart = None
@@ -183,7 +214,9 @@ class Board:
         flash = os.getenv("RMOTA_FLASH")
         if not flash:
             raise ValueError("RMOTA_FLASH is not set")
-        return cls(flash, os.getenv("RMOTA_UART") or None, os.getenv("RMOTA_JOURNAL") or None, **kw)
+        return cls(
+            flash, os.getenv("RMOTA_UART") or None, os.getenv("RMOTA_JOURNAL") or None, **kw
+        )
 
     # -- the board interface (docs/interfaces.md) ---------------------------------------
 

@@ -136,7 +136,9 @@ class BootRecord:
             return None
         r = cls(active, state, bool(flags & _FLAG_ROLLED_BACK), seq)
         for i in (0, 1):
-            length, version, digest = struct.unpack_from(_SLOT_FMT, buf, _HEAD_SIZE + i * _SLOT_SIZE)
+            length, version, digest = struct.unpack_from(
+                _SLOT_FMT, buf, _HEAD_SIZE + i * _SLOT_SIZE
+            )
             r.lengths[i] = length
             r.versions[i] = version
             r.digests[i] = bytes(digest)

@@ -17,7 +17,7 @@ for _p in (_here, _here + "/../../lib"):
     if _p not in sys.path:
         sys.path.append(_p)
 
-import hashlib  # noqa: E402
+import hashlib  # noqa: E402  (after the sys.path set-up)
 
 from board import FLASH_SIZE, SLOT_SECTOR, SLOT_SIZE, Board, provision  # noqa: E402
 from bootrec import STATE_NAMES, Bricked  # noqa: E402
@@ -49,8 +49,10 @@ def cmd_provision(flash, image_path, version=None):
         print("a raw image needs a VERSION")
         return 2
     provision(flash, data, int(version))
-    print("provisioned %s: slot 0, %d bytes, version %d, sha256 %s" % (
-        flash, len(data), int(version), _hex(hashlib.sha256(data).digest())))
+    print(
+        "provisioned %s: slot 0, %d bytes, version %d, sha256 %s"
+        % (flash, len(data), int(version), _hex(hashlib.sha256(data).digest()))
+    )
     return 0
 
 
@@ -62,13 +64,24 @@ def cmd_status(flash):
         return 3
     rec = b.loader.record
     print("flash %s (%d bytes), record seq %d" % (flash, FLASH_SIZE, rec.seq))
-    print("active slot %d, state %s, rolled_back %s" % (
-        rec.active, STATE_NAMES[rec.state], rec.rolled_back))
+    print(
+        "active slot %d, state %s, rolled_back %s"
+        % (rec.active, STATE_NAMES[rec.state], rec.rolled_back)
+    )
     for i in (0, 1):
         ok = b.loader.verify(i, rec)
-        print("slot %d @ sector %d (%d bytes): length %d, version %d, sha256 %s, %s" % (
-            i, SLOT_SECTOR[i], SLOT_SIZE, rec.lengths[i], rec.versions[i],
-            _hex(rec.digests[i]), "verified" if ok else "empty" if not rec.lengths[i] else "BAD"))
+        print(
+            "slot %d @ sector %d (%d bytes): length %d, version %d, sha256 %s, %s"
+            % (
+                i,
+                SLOT_SECTOR[i],
+                SLOT_SIZE,
+                rec.lengths[i],
+                rec.versions[i],
+                _hex(rec.digests[i]),
+                "verified" if ok else "empty" if not rec.lengths[i] else "BAD",
+            )
+        )
     b.close()
     return 0
 
@@ -80,9 +93,16 @@ def cmd_boot(flash):
         print("bricked:", e.reason)
         return 3
     st = b.boot_state()
-    print("booted slot %d version %d trial %s rolled_back %s%s" % (
-        st["slot"], b.running_version(), st["trial"], st["rolled_back"],
-        (" (fell back: %s)" % b.loader.fell_back) if b.loader.fell_back else ""))
+    print(
+        "booted slot %d version %d trial %s rolled_back %s%s"
+        % (
+            st["slot"],
+            b.running_version(),
+            st["trial"],
+            st["rolled_back"],
+            (" (fell back: %s)" % b.loader.fell_back) if b.loader.fell_back else "",
+        )
+    )
     b.close()
     return 0
 
