@@ -127,8 +127,8 @@ BOARD_CHILD = """
 import sys
 sys.path.insert(0, %(board)r)
 sys.path.insert(0, %(lib)r)
-from board import Board
-b = Board.from_env()
+import board
+b = board.open()  # the entry point firmware/main.py uses: Board.from_env()
 st = b.boot_state()
 print("booted", st["slot"], st["trial"], st["rolled_back"])
 b.reboot()

@@ -26,7 +26,8 @@ Boot logic (``boot(nor, slots)``), as a bootloader runs it at power-on:
 - confirmed: boot the active slot;
 - trial: mark it trial_booted, boot the new slot (the application must confirm);
 - trial_booted (booted once, never confirmed): roll back - the other slot becomes
-  active and confirmed, ``rolled_back`` is set.
+  active and confirmed, ``rolled_back`` is set, and the failed trial's entry is cleared
+  (it never boots again).
 
 The chosen slot's image is verified (SHA-256 over its recorded length, read back from
 flash). If it fails, the other slot is booted if it verifies (the record is rewritten to
@@ -273,6 +274,12 @@ class Bootloader:
             new.active = chosen
             new.state = CONFIRMED
             new.rolled_back = True
+            # The slot left behind held an unconfirmed trial or a failing image: forget
+            # it, so it can never boot later as a fall-back of its own.
+            dead = 1 - chosen
+            new.lengths[dead] = 0
+            new.versions[dead] = 0
+            new.digests[dead] = _NO_DIGEST
         if new is not None:
             self.store.write(new)
             rec = new

@@ -432,6 +432,16 @@ class TestBoot(unittest.TestCase):
         self.assertEqual(b.running_version(), 1)
         b = self._power_on()  # stays rolled back, remembers it
         self.assertEqual(b.boot_state(), {"slot": 0, "trial": False, "rolled_back": True})
+        # the failed trial is forgotten: it can never boot as a fall-back later
+        self.assertEqual(b.loader.record.lengths[1], 0)
+        b.slots[0].writeblocks(0, b"\x00", 0)
+        with self.assertRaises(Bricked):
+            self._power_on()
+        fix = Board(self.path, boot=False)  # repair slot 0 "with a programmer"
+        self.boards.append(fix)
+        _write_slot(fix.slots[0], self.v1)
+        b = self._power_on()
+        self.assertEqual(b.running_slot(), 0)
         # the next commit clears rolled_back
         self._update(b, self.v2, 3)
         b = self._power_on()
@@ -494,6 +504,8 @@ class TestBoot(unittest.TestCase):
         self.assertEqual(code, 75)
         with self.assertRaises(OSError):
             b.nor.program(0, b"\x00")
+        with self.assertRaises(OSError):
+            b.journal.save({"late": 1})
 
     def test_boot_cut_at_every_operation(self):
         # Commit, then power-cut the boot that marks the trial as booted (erase = op 0,
