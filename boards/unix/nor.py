@@ -14,7 +14,8 @@ environment variable ``RMOTA_CUT="op,byte"``, read at construction) stops the
 operation with that index after ``byte_index`` of its bytes are done - a torn program
 leaves its first bytes programmed and the rest old, a torn erase its first bytes 0xFF and
 the rest old - and ends the process at once, as a power cut would: ``os._exit(137)`` on
-CPython, ``kill -9`` of itself on the MicroPython unix port (which has no ``os._exit``).
+CPython, ``kill -9`` of itself on the MicroPython unix port (which has no ``os._exit``;
+the pid comes from ``/proc/self/stat``, else ``RMOTA_PID``, else the shell's ``$PPID``).
 
 ``Partition`` exposes a run of sectors in MicroPython's extended block-device protocol
 (the one ``esp32.Partition``, ``rp2.Flash`` and ``pyb.Flash`` speak), so the agent's
@@ -179,7 +180,7 @@ class NORFlash:
         op = self.op_count
         self.op_count = op + 1
         if op == self._cut_op:
-            return self._cut_byte if self._cut_byte < length else length
+            return min(self._cut_byte, length)
         return -1
 
     # -- the file ----------------------------------------------------------------------
