@@ -1,0 +1,58 @@
+"""On-board entry point: power-on → boot logic → host OTA agent → (reboot).
+
+On a board, copy ``lib/rmota`` and your board profile (as ``board.py``) to the device
+and run this file as ``main.py``. On the desktop (``boards/unix``) run it under the
+MicroPython unix port::
+
+    MICROPYPATH=lib:boards/unix RMOTA_FLASH=flash.bin RMOTA_UART=/dev/pts/5 \
+        micropython firmware/main.py
+
+``board.open()`` powers the board on (the unix board runs its boot logic there). The
+agent then confirms a freshly committed image, delivers any pending result, fetches a
+job with ``AT+RMOTAFETCH`` and works it. Exit codes on the unix port: 0 done,
+75 reboot (the runner starts the process again), 1 defect.
+"""
+
+import sys
+
+import board as board_profile
+from rmota.agent import HostOTA
+from rmota.at import ATLink
+
+
+class _Progress:
+    """Prints the download progress every 10 %."""
+
+    def __init__(self):
+        self.shown = -1
+
+    def __call__(self, done, total):
+        pct = done * 100 // total if total else 100
+        if pct // 10 != self.shown:
+            self.shown = pct // 10
+            print("[main] progress %d%% (%d of %d B)" % (pct, done, total))
+
+
+def main():
+    b = board_profile.open()
+    bs = b.boot_state()
+    print("[main] booted slot %d version %d%s" % (bs["slot"], b.running_version(),
+                                                  " (trial)" if bs["trial"] else ""))
+    s = b.settings
+    link = ATLink(
+        b.uart,
+        clock=b.clock,
+        line_max=s["line_max"],
+        record_max=s["rx_size"],
+        rxbuf_size=s["uart_rxbuf"],
+    )
+    agent = HostOTA(link, b, progress=_Progress())
+    state = agent.run(until_idle=True)
+    if agent.result:
+        print("[main] result status %d: %s" % agent.result)
+    print("[main] agent %s; errors %d" % (state, agent.errors))
+    return 1 if agent.errors and agent.last_error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
