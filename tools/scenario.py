@@ -72,6 +72,21 @@ def factory_image():
     return b"rmota factory application v1\n" * 512
 
 
+def dirty_slot(flash, index=1, seed=b"old"):
+    """Fill slot ``index`` with leftover bytes (an older, abandoned download), so that a
+    missing erase before programming corrupts the new image instead of going unseen."""
+    b = unix_board.Board(flash, boot=False)
+    try:
+        part = b.slots[index]
+        n = part.ioctl(4, 0)
+        block = bytes(hashlib.sha256(seed).digest()) * 128
+        for k in range(n):
+            part.ioctl(6, k)
+            part.writeblocks(k, block, 0)
+    finally:
+        b.close()
+
+
 def run_update(
     payload,
     version=2,
@@ -97,6 +112,7 @@ def run_update(
     os.makedirs(workdir, exist_ok=True)
     flash = os.path.join(workdir, "flash.bin")
     unix_board.provision(flash, factory_image(), FACTORY_VERSION)
+    dirty_slot(flash, 1)
     if image is None:
         image = make_image(payload, board_id, version)
     srv = HTTPFiles().start()
@@ -146,6 +162,7 @@ def run_update(
     r.http_requests = emu.http_requests
     r.wire_rx = len(emu.rx)
     r.wire_tx = len(emu.tx)
+    r.emu = emu
     b = unix_board.Board(flash, boot=False)
     try:
         rec = b.loader.record

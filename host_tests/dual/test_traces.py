@@ -2,10 +2,10 @@
 byte boundary, and in pseudo-random splits; each must give the trace's expected events.
 Runs under CPython and MicroPython."""
 
-import random
 import unittest
 
 import tracefmt
+from prng import PRNG
 from eventlog import EventLog
 from rmota.at import ATParser
 
@@ -52,19 +52,15 @@ class TestTraces(unittest.TestCase):
                     self.fail("%s cut at %d: %r" % (n, k, got))
 
     def test_random_splits(self):
-        rnd = random.Random(1234) if hasattr(random, "Random") else None
+        rnd = PRNG(1234)
         for n in tracefmt.names():
             t = tracefmt.load(n)
             if not t.expect:
                 continue
             data = t.esp_bytes()
             for trial in range(40):
-                if rnd:
-                    k = rnd.randint(1, 12)
-                    cuts = sorted(rnd.randint(1, len(data) - 1) for _ in range(k))
-                else:
-                    random.seed(trial)
-                    cuts = sorted(random.randint(1, len(data) - 1) for _ in range(8))
+                k = rnd.randint(1, 12)
+                cuts = sorted(rnd.randint(1, len(data) - 1) for _ in range(k))
                 self.assertEqual(replay(data, cuts), t.expect, n)
 
     def test_byte_by_byte(self):

@@ -177,13 +177,9 @@ class ATParser:
                     continue
             j = buf.find(b"\n", i, n)
             e = n if j < 0 else j
-            room = self._cap - self._n
-            if e - i > room:
-                self.overflows += 1
-                self._n = 0
-                self._frame_error("line too long")
-                self._state = _SKIP
-                continue
+            over = e - i > self._cap - self._n
+            if over:  # copy what fits: it may still be a record header
+                e = i + self._cap - self._n
             start_n = self._n
             self._line[start_n : start_n + e - i] = mv[i:e]
             self._n = start_n + e - i
@@ -192,8 +188,8 @@ class ATParser:
                 if r == -2:  # malformed record header
                     self._n = 0
                     self._frame_error("bad record length")
-                    self._state = _LINE if j >= 0 else _SKIP
-                    i = e + 1 if j >= 0 else n
+                    self._state = _LINE if j >= 0 and not over else _SKIP
+                    i = j + 1 if j >= 0 and not over else e
                     continue
                 if r >= 0:  # r = bytes of this segment used up to the comma
                     i += r
@@ -206,6 +202,13 @@ class ATParser:
                         self._have = 0
                         self._state = _PAYLOAD if self._need else _TRAIL_CR
                     continue
+            if over:
+                self.overflows += 1
+                self._n = 0
+                self._frame_error("line too long")
+                self._state = _SKIP
+                i = e
+                continue
             if j < 0:
                 return
             i = j + 1
