@@ -459,6 +459,8 @@ class ESPEmulator:
         self._tx_free_at = 0.0
         self._intended = 0  # wire offset: bytes meant for the host so far
         self._conn = None  # the HTTP connection of a running download
+        self._active = None  # token of the running AT+HTTPCGET, or None
+        self._cmd_seq = 0
         # Cloud side (survives ESP reboots).
         self.job = None
         self.results = []
@@ -556,12 +558,11 @@ class ESPEmulator:
         literal ``null``), ``job_id`` (str). With ``passive`` and the cloud connected, the
         ESP prints ``+RMFWNOTIFY:0,<size>,<url>,<fw_version>,<job_id>`` unsolicited and
         the job is pending. Returns the notification line (bytes, ``\\r\\n`` included)."""
-        self.job = dict(url=url, size=int(size), fw_version=fw_version, job_id=job_id)
-        line = self._notification()
-        if passive:
-            with self._lock:
-                if self.cloud_up and not self._rebooting:
-                    self._notify()
+        with self._lock:
+            self.job = dict(url=url, size=int(size), fw_version=fw_version, job_id=job_id)
+            line = self._notification()
+            if passive and self.cloud_up and not self._rebooting:
+                self._notify()
         return line
 
     def push_wifi_ota(self, statuses, map_delayed=True):
@@ -631,6 +632,9 @@ class ESPEmulator:
         # Raw write with optional baud pacing (10 bits per byte, 8N1). Caller holds the lock.
         if not data:
             return
+        # Logged first, so that whatever the host has read is already in tx.
+        self.tx += data
+        self.trace.append((time.monotonic() - self._t0, "E<", bytes(data)))
         if self.baud:
             step = max(1, self.baud // 1000)  # about 10 ms of line time per write
             for i in range(0, len(data), step):
@@ -643,8 +647,6 @@ class ESPEmulator:
                 self.port.write(part)
         else:
             self.port.write(data)
-        self.tx += data
-        self.trace.append((time.monotonic() - self._t0, "E<", bytes(data)))
 
     def _out(self, data, span=None, boot_id=None):
         """Send ``data`` through the wire faults. ``span``: (start, end, body offset) of
@@ -752,6 +754,7 @@ class ESPEmulator:
         self._boot_id += 1
         self.boots += 1
         self._close_conn()
+        self._active = None
         self._raw = None
         self._line.clear()
         self._line_over = False
@@ -1141,10 +1144,12 @@ class ESPEmulator:
                 return
             url = self.url
         self._running = True
+        self._cmd_seq += 1
+        self._active = token = self._cmd_seq
         boot_id = self._boot_id
         t = threading.Thread(
             target=self._cget_thread,
-            args=(url, rx, timeout_ms, list(self.headers), boot_id),
+            args=(url, rx, timeout_ms, list(self.headers), boot_id, token),
             name="espat-httpcget",
             daemon=True,
         )
@@ -1153,19 +1158,34 @@ class ESPEmulator:
         t.start()
 
     # --- AT+HTTPCGET -------------------------------------------------------------------
-    def _cget_thread(self, url, rx, timeout_ms, headers, boot_id):
+    def _cget_thread(self, url, rx, timeout_ms, headers, boot_id, token):
         try:
-            self._cget(url, rx, timeout_ms, headers, boot_id)
+            self._cget(url, rx, timeout_ms, headers, boot_id, token)
         except Exception as e:  # a defect of the emulator: say so, and end the command
             print("espat_emu: AT+HTTPCGET failed: %r" % (e,), file=sys.stderr)
-            self._error(ERR_HTTP, boot_id=boot_id)
+            self._finish(token, boot_id, None, ERR_HTTP)
         finally:
             with self._lock:
-                if boot_id == self._boot_id:
+                if self._active == token:  # ended without a final result (silence)
+                    self._active = None
                     self._running = False
-                    self._close_conn()
 
-    def _connect(self, url, timeout_ms, headers):
+    def _finish(self, token, boot_id, final, code=None):
+        """Write the final result of download ``token`` and mark the ESP idle, in one step
+        under the lock (a command that arrives after it must not be refused as busy).
+        ``final`` None means ERROR, preceded by ``ERR CODE:<code>`` with SYSLOG on."""
+        with self._lock:
+            if boot_id != self._boot_id or self._active != token or self._stop.is_set():
+                return
+            if final is None:
+                self._error(code)
+            else:
+                self._out(final)
+            if self._active == token:
+                self._active = None
+                self._running = False
+
+    def _connect(self, url, timeout_ms, headers, token):
         parts = urllib.parse.urlsplit(url.decode("latin-1"))
         target = parts.path or "/"
         if parts.query:
@@ -1177,30 +1197,52 @@ class ESPEmulator:
             host, port = parts.hostname, parts.port or 80
         conn = http.client.HTTPConnection(host, port, timeout=(timeout_ms / 1000) or None)
         with self._lock:
-            self._conn = conn
+            if self._active != token:
+                raise ConnectionAbortedError("rebooted before the request")
+            self._conn = conn  # so that a reboot or stop() can cut it
+        try:
+            return self._request(conn, target, parts.netloc, headers)
+        except BaseException:
+            self._drop_conn(conn)
+            raise
+
+    def _drop_conn(self, conn):
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+        conn.close()
+
+    def _request(self, conn, target, netloc, headers):
         conn.putrequest("GET", target, skip_host=True, skip_accept_encoding=True)
         names = set()
         for h in headers:
             k, _, v = h.partition(b":")
             names.add(k.strip().lower())
         if b"host" not in names:
-            conn.putheader("Host", parts.netloc)
+            conn.putheader("Host", netloc)
         if b"user-agent" not in names:
             conn.putheader("User-Agent", "ESP32 HTTP Client/1.0")
         for h in headers:
             k, _, v = h.partition(b":")
             conn.putheader(k.strip().decode("latin-1"), v.strip().decode("latin-1"))
         conn.endheaders()
-        return conn.getresponse()
+        return conn, conn.getresponse()
 
-    def _cget(self, url, rx, timeout_ms, headers, boot_id):
-        f = self.faults
+    def _cget(self, url, rx, timeout_ms, headers, boot_id, token):
         self.http_requests += 1
         try:
-            resp = self._connect(url, timeout_ms, headers)
+            conn, resp = self._connect(url, timeout_ms, headers, token)
         except (OSError, http.client.HTTPException, ValueError, UnicodeError):
-            self._error(ERR_HTTP, boot_id=boot_id)  # connection failed
+            self._finish(token, boot_id, None, ERR_HTTP)  # connection failed
             return
+        try:
+            self._stream(resp, rx, boot_id, token)
+        finally:
+            self._drop_conn(conn)
+
+    def _stream(self, resp, rx, boot_id, token):
+        # Body first, as records of 1..rx bytes; the status decides the final result after.
+        f = self.faults
         status = resp.status
         body_off = 0
         rec_idx = 0
@@ -1219,13 +1261,23 @@ class ESPEmulator:
             if not self.wifi_up:
                 broken = True
                 break
+            # Record sizes come from the seeded RNG (any 1..rx), so a healthy transfer is
+            # reproducible; a timeout or a cut still delivers what had arrived.
             n = self._rng.randint(1, rx)
+            data = bytearray()
+            eof = False
             try:
-                data = resp.read(n)
-            except http.client.IncompleteRead as e:
-                data, broken = e.partial, True
+                while len(data) < n:
+                    part = resp.read1(n - len(data))
+                    if not part:
+                        eof = True
+                        # Content-Length not reached: the server cut the body short.
+                        broken = bool(resp.length)
+                        break
+                    data += part
             except (OSError, http.client.HTTPException, ValueError):
-                data, broken = b"", True
+                broken = True  # network-idle timeout, reset, or a reboot closed it
+            data = bytes(data)
             t = f.truncate_body_at
             if t is not None and body_off + len(data) >= t:
                 f.truncate_body_at = None
@@ -1237,27 +1289,23 @@ class ESPEmulator:
                     return  # rebooted or silenced mid-record
                 body_off += len(data)
                 rec_idx += 1
-            if truncated or broken or not data:
+            if truncated or broken or eof:
                 break
-        with self._lock:
-            self._close_conn()
-        if self._stop.is_set():
-            return
         if truncated:
-            self._out(f.truncate_final, boot_id=boot_id)
+            self._finish(token, boot_id, f.truncate_final)
             return
         if broken and not self.truncated_ok:
-            self._error(ERR_HTTP, boot_id=boot_id)
+            self._finish(token, boot_id, None, ERR_HTTP)
             return
         if status >= 400:
             # Body first, status afterwards: ERR CODE carries it (0x010a7193 for 403).
-            self._error(ERR_HTTP | (status & 0xFFF), boot_id=boot_id)
+            self._finish(token, boot_id, None, ERR_HTTP | (status & 0xFFF))
             return
         final = OK
         if f.mangle_final is not None:
             final, f.mangle_final = f.mangle_final, None
             f.log.append(("mangle_final", final))
-        self._out(final, boot_id=boot_id)
+        self._finish(token, boot_id, final)
 
     def _record(self, data, base, idx, boot_id):
         """Write one ``+HTTPCGET:<len>,<payload>\\r\\n`` record in one piece, applying the
@@ -1330,6 +1378,9 @@ def padded_url(host, path, length=1083):
 # Command line
 # ------------------------------------------------------------------------------------------
 def main(argv=None):
+    """The command line (see the module docstring): serve a pty or a serial port, optionally
+    announce a job for ``--image`` served by a local ``HTTPFiles``; runs until SIGINT or
+    SIGTERM (or, with ``--exit-on-final``, a result of 2 or 5). Returns the exit code, 0."""
     ap = argparse.ArgumentParser(description="ESP-AT (RainMaker) emulator for rmota")
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--pty", action="store_true", help="serve a pty; print its path")
@@ -1358,7 +1409,8 @@ def main(argv=None):
     else:
         import serial
 
-        port = SerialPort(serial.Serial(a.serial, a.baud, timeout=0.05))
+        # A device path, or any pyserial URL (rfc2217://, socket://, loop://).
+        port = SerialPort(serial.serial_for_url(a.serial, a.baud, timeout=0.05))
     emu = ESPEmulator(
         port,
         http_base=srv.base_url,
