@@ -488,6 +488,16 @@ def test_fetch_and_reboot_forget_the_pending_flag(rig):
     assert h.cmd(b'AT+RMOTARESULT=0,"JOB1",1,"resuming"') == OK
 
 
+def test_fetch_notification_may_come_late(rig):
+    emu = rig.make(fetch_notify_delay_s=0.15)
+    emu.push_job("http://h/fw.bin", 76, "1.2.3", "JOB1", passive=False)
+    h = rig.host
+    t0 = time.monotonic()
+    assert h.cmd(b"AT+RMOTAFETCH") == OK
+    assert h.read_until(b"\r\n") == b"+RMFWNOTIFY:0,76,http://h/fw.bin,1.2.3,JOB1\r\n"
+    assert time.monotonic() - t0 >= 0.14
+
+
 def test_cloud_down_refuses_fetch_and_result(rig):
     emu = rig.make()
     h = rig.host

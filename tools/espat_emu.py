@@ -406,7 +406,8 @@ class ESPEmulator:
     to ``ready``), ``reconnect_delay_s`` (``ready`` to ``WIFI GOT IP``, and again to
     ``+RMCONNECTED``), ``autofetch`` (print a pending cloud job's notification by itself
     when the cloud connects), ``fetch_notify_first`` (AT+RMOTAFETCH prints the
-    notification before its OK), ``truncated_ok`` (a body cut short by the server ends in
+    notification before its OK), ``fetch_notify_delay_s`` (or that long after its OK:
+    the cloud answers the fetch asynchronously), ``truncated_ok`` (a body cut short by the server ends in
     OK: firmware built before Aug 2025).
 
     Observable state: ``results`` (list of ``(job_id, status, info)`` accepted by
@@ -433,6 +434,7 @@ class ESPEmulator:
         reconnect_delay_s=0.02,
         autofetch=False,
         fetch_notify_first=False,
+        fetch_notify_delay_s=0.0,
         truncated_ok=False,
     ):
         if hasattr(port, "in_waiting") and not isinstance(port, SerialPort):
@@ -447,6 +449,7 @@ class ESPEmulator:
         self.reconnect_delay_s = reconnect_delay_s
         self.autofetch = autofetch
         self.fetch_notify_first = fetch_notify_first
+        self.fetch_notify_delay_s = fetch_notify_delay_s
         self.truncated_ok = truncated_ok
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
@@ -832,9 +835,17 @@ class ESPEmulator:
     # --- input -------------------------------------------------------------------------
     def _reader(self):
         while not self._stop.is_set():
-            data = self.port.read(4096)
+            try:
+                data = self.port.read(4096)
+            except OSError as e:  # e.g. a USB-serial adapter unplugged: keep trying
+                print("espat_emu: port read failed: %r" % (e,), file=sys.stderr)
+                self._stop.wait(0.5)
+                continue
             if data:
-                self._on_input(data)
+                try:
+                    self._on_input(data)
+                except Exception as e:  # a defect of the emulator: show it, keep serving
+                    print("espat_emu: input handling failed: %r" % (e,), file=sys.stderr)
 
     def _on_input(self, data):
         with self._lock:
@@ -1006,6 +1017,13 @@ class ESPEmulator:
             return
         self._final_ok()
         if self.job is not None:
+            if self.fetch_notify_delay_s > 0:
+                self._schedule(self.fetch_notify_delay_s, self._notify_if_connected)
+            else:
+                self._notify()
+
+    def _notify_if_connected(self):
+        if self.job is not None and self.cloud_up:
             self._notify()
 
     def _cmd_rmotaresult(self, name, form, args):
