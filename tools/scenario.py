@@ -1,6 +1,11 @@
-"""Run a whole host OTA on the desktop: HTTP server + ESP-AT emulator + the agent as a
-separate process (MicroPython unix port or CPython) on the unix board, rebooting it as
-often as it asks. Used by ``make demo`` (tools/demo.py) and the end-to-end tests.
+"""Run a whole host OTA on the desktop: HTTP server + ESP-AT emulator + the agent on the
+unix board, rebooting it as often as it asks. Used by ``make demo`` (tools/demo.py), the
+end-to-end tests and the field-case tests.
+
+The agent runs either as its own process (MicroPython unix port or CPython; a reboot is
+the process ending with exit code 75 and a new one starting) or in this process
+(``Bench.run_inprocess``: a reboot is ``SystemExit(75)`` caught here and a new ``Board``
+powered on), which lets tests look at the agent's counters.
 
 Usage::
 
@@ -38,33 +43,12 @@ REBOOT = 75
 class Result:
     """What a run did: ``final_status`` (the emulator's last accepted
     ``AT+RMOTARESULT`` status), ``results`` (all of them), ``job_finished`` (the cloud
-    job is gone: status 2 or 5 was accepted), ``boots`` (agent processes started),
+    job is gone: status 2 or 5 was accepted), ``boots`` (agent starts),
     ``exit_codes``, ``slot`` (index the board boots), ``slot_sha256`` (digest of that
-    slot's image as read back from the flash file), ``image_len``, ``elapsed_s``,
-    ``output`` (everything the agent printed), ``http_requests``, ``wire_rx``/``wire_tx``
-    (bytes the ESP received / sent)."""
-
-
-def _runtime_cmd(runtime):
-    main = os.path.join(ROOT, "firmware", "main.py")
-    if runtime == "micropython":
-        return [MICROPYTHON, "-X", "heapsize=512k", main]
-    if runtime == "cpython":
-        return [sys.executable, main]
-    raise ValueError("runtime must be micropython or cpython")
-
-
-def _env(runtime, flash, uart):
-    env = dict(os.environ)
-    path = os.pathsep.join(os.path.join(ROOT, p) for p in ("lib", "boards/unix"))
-    if runtime == "micropython":
-        env["MICROPYPATH"] = path
-    else:
-        env["PYTHONPATH"] = path
-    env["RMOTA_FLASH"] = flash
-    env["RMOTA_UART"] = uart
-    env["RMOTA_JOURNAL"] = flash + ".journal"
-    return env
+    slot's image as read back from the flash file), ``image_len``, ``record`` (the boot
+    record), ``elapsed_s``, ``output`` (lines the agent printed), ``http_requests``,
+    ``wire_rx``/``wire_tx`` (bytes the ESP received / sent), ``emu``, ``agents``
+    (in-process runs: the agent objects, one per boot)."""
 
 
 def factory_image():
@@ -78,13 +62,163 @@ def dirty_slot(flash, index=1, seed=b"old"):
     b = unix_board.Board(flash, boot=False)
     try:
         part = b.slots[index]
-        n = part.ioctl(4, 0)
         block = bytes(hashlib.sha256(seed).digest()) * 128
-        for k in range(n):
+        for k in range(part.ioctl(4, 0)):
             part.ioctl(6, k)
             part.writeblocks(k, block, 0)
     finally:
         b.close()
+
+
+class Bench:
+    """The desktop test bench for one OTA job. A context manager: on entry it provisions
+    ``workdir/flash.bin`` (factory image, version 1, slot 1 dirty), serves ``image`` at a
+    1,083-character presigned-style URL and announces the job through the emulator
+    (pending for ``AT+RMOTAFETCH``, or pushed as a URC with ``passive``)."""
+
+    def __init__(
+        self,
+        image,
+        workdir,
+        faults=None,
+        emu_options=None,
+        passive=False,
+        job_id=JOB_ID,
+        fw_version="2.0.0",
+    ):
+        os.makedirs(workdir, exist_ok=True)
+        self.image = image
+        self.flash = os.path.join(workdir, "flash.bin")
+        self.faults = faults or Faults(0)
+        self.emu_options = emu_options or {}
+        self.passive = passive
+        self.job_id = job_id
+        self.fw_version = fw_version
+        self.result = Result()
+        self.result.output = []
+        self.result.exit_codes = []
+        self.result.agents = []
+
+    def __enter__(self):
+        unix_board.provision(self.flash, factory_image(), FACTORY_VERSION)
+        dirty_slot(self.flash, 1)
+        self.srv = HTTPFiles().start()
+        self.port = PtyPort()
+        self.emu = ESPEmulator(
+            self.port, http_base=self.srv.base_url, faults=self.faults, **self.emu_options
+        )
+        self.srv.add(OBJECT_PATH, self.image)
+        self.url = presigned_url("127.0.0.1:%d" % self.srv.port, OBJECT_PATH)
+        self.emu.start()
+        self.emu.push_job(
+            self.url, len(self.image), self.fw_version, self.job_id, passive=self.passive
+        )
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.result.elapsed_s = time.monotonic() - self.t0
+        self.emu.stop()
+        self.port.close()
+        self.srv.stop()
+        self._collect()
+
+    def env(self, runtime):
+        env = dict(os.environ)
+        path = os.pathsep.join(os.path.join(ROOT, p) for p in ("lib", "boards/unix"))
+        env["MICROPYPATH" if runtime == "micropython" else "PYTHONPATH"] = path
+        env["RMOTA_FLASH"] = self.flash
+        env["RMOTA_UART"] = self.port.slave_path
+        env["RMOTA_JOURNAL"] = self.flash + ".journal"
+        return env
+
+    def run_process(self, runtime="micropython", max_boots=4, timeout_s=600, echo=None, heap="512k"):
+        """Run ``firmware/main.py`` as a process until it exits with anything but 75."""
+        main = os.path.join(ROOT, "firmware", "main.py")
+        if runtime == "micropython":
+            cmd = [MICROPYTHON, "-X", "heapsize=" + heap, main]
+        elif runtime == "cpython":
+            cmd = [sys.executable, main]
+        else:
+            raise ValueError("runtime must be micropython or cpython")
+        r = self.result
+        deadline = time.monotonic() + timeout_s
+        for _ in range(max_boots):
+            proc = subprocess.Popen(
+                cmd, env=self.env(runtime), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+            try:
+                for raw in proc.stdout:
+                    line = raw.decode(errors="replace").rstrip("\n")
+                    r.output.append(line)
+                    if echo:
+                        echo(line)
+                    if time.monotonic() > deadline:
+                        proc.kill()
+                code = proc.wait(timeout=max(1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            r.exit_codes.append(code)
+            if code != REBOOT:
+                break
+        return r
+
+    def run_inprocess(self, settings=None, agent_kw=None, max_boots=4, timeout_ms=300000,
+                      board_factory=None):
+        """Run the agent in this process (CPython) until it is idle; a reboot
+        (``SystemExit(75)``) powers a new ``Board`` on. ``board_factory(flash, uart)``
+        may return a wrapped board (tests record calls)."""
+        from rmota.agent import HostOTA
+        from rmota.at import ATLink
+        from rmota.log import Logger
+
+        r = self.result
+        for _ in range(max_boots):
+            if board_factory:
+                b = board_factory(self.flash, self.port.slave_path, settings)
+            else:
+                b = unix_board.Board(self.flash, self.port.slave_path, settings=settings)
+            s = b.settings
+            link = ATLink(b.uart, clock=b.clock, line_max=s["line_max"],
+                          record_max=s["rx_size"], rxbuf_size=s["uart_rxbuf"])
+            agent = HostOTA(link, b, log=Logger("rmota", sink=r.output.append),
+                            **(agent_kw or {}))
+            r.agents.append(agent)
+            try:
+                agent.run(until_idle=True, timeout_ms=timeout_ms)
+                r.exit_codes.append(0)
+                b.close()
+                break
+            except SystemExit as e:
+                r.exit_codes.append(e.code)
+                if e.code != REBOOT:
+                    raise
+        return r
+
+    def _collect(self):
+        r = self.result
+        emu = self.emu
+        r.emu = emu
+        r.boots = len(r.exit_codes)
+        r.results = list(emu.results)
+        r.final_status = emu.job_status
+        r.job_finished = emu.job is None
+        r.http_requests = emu.http_requests
+        r.wire_rx = len(emu.rx)
+        r.wire_tx = len(emu.tx)
+        b = unix_board.Board(self.flash, boot=False)
+        try:
+            rec = b.loader.record
+            r.record = rec
+            r.slot = rec.active
+            r.image_len = rec.lengths[rec.active]
+            buf = bytearray(r.image_len)
+            b.slots[rec.active].readblocks(0, buf)
+            r.slot_sha256 = hashlib.sha256(buf).digest()
+        finally:
+            b.close()
 
 
 def run_update(
@@ -100,78 +234,25 @@ def run_update(
     max_boots=4,
     timeout_s=600,
     echo=None,
-    job_id=JOB_ID,
-    fw_version="2.0.0",
+    **bench_kw,
 ):
-    """Provision a fresh flash with ``factory_image()`` (version 1), serve ``image``
-    (default: ``payload`` wrapped as an rmota image for ``board_id`` and ``version``)
-    at a 1,083-character presigned-style URL, announce it as a RainMaker job (pending for
-    ``AT+RMOTAFETCH``, or pushed as a URC with ``passive``), and run the agent process
-    until it exits 0 (a reboot, exit 75, starts it again, at most ``max_boots``).
-    ``echo``: a function called with each line the agent prints. Returns ``Result``."""
-    os.makedirs(workdir, exist_ok=True)
-    flash = os.path.join(workdir, "flash.bin")
-    unix_board.provision(flash, factory_image(), FACTORY_VERSION)
-    dirty_slot(flash, 1)
+    """One job end to end with the agent as a process (``runtime`` "micropython" or
+    "cpython"). ``image`` defaults to ``payload`` wrapped for ``board_id`` and
+    ``version``. Returns ``Result``."""
     if image is None:
         image = make_image(payload, board_id, version)
-    srv = HTTPFiles().start()
-    port = PtyPort()
-    emu = ESPEmulator(
-        port, http_base=srv.base_url, faults=faults or Faults(0), **(emu_options or {})
-    )
-    r = Result()
-    r.output = []
-    r.exit_codes = []
-    t0 = time.monotonic()
-    try:
-        srv.add(OBJECT_PATH, image)
-        url = presigned_url("127.0.0.1:%d" % srv.port, OBJECT_PATH)
-        emu.start()
-        emu.push_job(url, len(image), fw_version, job_id, passive=passive)
-        cmd = _runtime_cmd(runtime)
-        env = _env(runtime, flash, port.slave_path)
-        for boot in range(max_boots):
-            proc = subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
-            )
-            try:
-                for raw in proc.stdout:
-                    line = raw.decode(errors="replace").rstrip("\n")
-                    r.output.append(line)
-                    if echo:
-                        echo(line)
-                    if time.monotonic() - t0 > timeout_s:
-                        proc.kill()
-                code = proc.wait(timeout=max(1, timeout_s - (time.monotonic() - t0)))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-            r.exit_codes.append(code)
-            if code != REBOOT:
-                break
-        r.elapsed_s = time.monotonic() - t0
-    finally:
-        emu.stop()
-        port.close()
-        srv.stop()
-    r.boots = len(r.exit_codes)
-    r.results = list(emu.results)
-    r.final_status = emu.job_status
-    r.job_finished = emu.job is None
-    r.http_requests = emu.http_requests
-    r.wire_rx = len(emu.rx)
-    r.wire_tx = len(emu.tx)
-    r.emu = emu
-    b = unix_board.Board(flash, boot=False)
-    try:
-        rec = b.loader.record
-        r.slot = rec.active
-        r.image_len = rec.lengths[rec.active]
-        buf = bytearray(r.image_len)
-        b.slots[rec.active].readblocks(0, buf)
-        r.slot_sha256 = hashlib.sha256(buf).digest()
-        r.record = rec
-    finally:
-        b.close()
-    return r
+    with Bench(image, workdir, faults, emu_options, passive, **bench_kw) as bench:
+        bench.run_process(runtime, max_boots, timeout_s, echo)
+    return bench.result
+
+
+def run_inprocess(payload, version=2, workdir="/tmp/rmota-run", board_id=b"unix", image=None,
+                  faults=None, emu_options=None, passive=False, settings=None, agent_kw=None,
+                  board_factory=None, **bench_kw):
+    """The same job with the agent in this process (CPython). Returns ``Result`` with
+    ``agents``."""
+    if image is None:
+        image = make_image(payload, board_id, version)
+    with Bench(image, workdir, faults, emu_options, passive, **bench_kw) as bench:
+        bench.run_inprocess(settings, agent_kw, board_factory=board_factory)
+    return bench.result

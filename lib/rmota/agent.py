@@ -438,6 +438,7 @@ class HostOTA:
                 break
             failures += 1
             self.attempts += 1
+            self.log.warn("attempt %d failed: %s" % (failures, self._why(verdict)))
             if self.esp_reset:
                 yield from self._init_esp()
                 fresh = yield from self._refetch(note.job_id)
@@ -476,6 +477,8 @@ class HostOTA:
     def _why(self, verdict):
         if isinstance(verdict, int):
             return "HTTP %d" % verdict if verdict else "HTTP connection failed"
+        if isinstance(verdict, ImageError):
+            return verdict.reason[:_INFO_MAX]
         return str(verdict)[:_INFO_MAX]
 
     def _set_url(self, url):
