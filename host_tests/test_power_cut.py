@@ -143,7 +143,6 @@ def _board_child(tmp_path, runtime, flash, cut=None):
     env.pop("RMOTA_CUT", None)
     env.pop("RMOTA_UART", None)
     env["RMOTA_FLASH"] = flash
-    env["RMOTA_JOURNAL"] = flash + ".journal"
     if cut:
         env["RMOTA_CUT"] = cut
     return subprocess.run(

@@ -129,7 +129,6 @@ class Bench:
         env["MICROPYPATH" if runtime == "micropython" else "PYTHONPATH"] = path
         env["RMOTA_FLASH"] = self.flash
         env["RMOTA_UART"] = self.port.slave_path
-        env["RMOTA_JOURNAL"] = self.flash + ".journal"
         return env
 
     def run_process(self, runtime="micropython", max_boots=4, timeout_s=600, echo=None, heap="512k"):

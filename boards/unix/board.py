@@ -19,18 +19,18 @@ which may write the boot record (trial → trial_booted, rollback) and raises
 Usage::
 
     provision("/tmp/flash.bin", factory_image, version=1)
-    board = Board("/tmp/flash.bin", "/dev/pts/5", "/tmp/flash.journal")
+    board = Board("/tmp/flash.bin", "/dev/pts/5")
     slot = board.inactive_slot()          # Slot(index, size, bdev)
     ...                                   # the agent writes and verifies the image
     board.commit(slot.index, n, digest, version)
     board.reboot()                        # SystemExit(75)
 
 The environment used by ``firmware/main.py``: ``RMOTA_FLASH`` (flash file), ``RMOTA_UART``
-(pty path), ``RMOTA_JOURNAL`` (journal path); see ``Board.from_env()``.
+(pty path); see ``Board.from_env()``. The journal (``rmota.journal.Journal``) lives on
+littlefs in the journal area of the same flash (``lfs.mount``).
 """
 
 import hashlib
-import json
 import os
 
 try:
@@ -41,8 +41,10 @@ except ImportError:  # CPython
         return x
 
 
+import lfs
 from bootrec import Bootloader, Bricked, provision_record
 from nor import SECTOR_SIZE, NORFlash, Partition
+from rmota.journal import Journal
 
 BOOT_SECTOR = const(0)
 BOOT_SECTORS = const(2)
@@ -55,10 +57,6 @@ FLASH_SIZE = FLASH_SECTORS * SECTOR_SIZE
 SLOT_SIZE = SLOT_SECTORS * SECTOR_SIZE
 
 REBOOT_EXIT_CODE = const(75)
-
-# This module defines ``open()`` (the board-profile entry point), which shadows the
-# built-in inside it: keep the built-in under another name for the journal's files.
-_open_file = open
 
 DEFAULT_SETTINGS = {
     "baud": 115200,
@@ -84,82 +82,6 @@ class Slot:
         return "Slot(%d, %d)" % (self.index, self.size)
 
 
-class JSONJournal:
-    """The agent's journal as a small JSON file at ``path``, replaced atomically (write
-    ``path + ".tmp"``, flush, ``os.rename``): after a cut the file holds the old or the new
-    record, never a mix. Values must be JSON types (encode bytes, e.g. as hex).
-
-    Stand-in until the littlefs journal on the NOR model (issue 3); same interface."""
-
-    def __init__(self, path):
-        self.path = path
-        self._tmp = path + ".tmp"
-        self._closed = False
-
-    def close(self):
-        """Refuse every later ``save``/``clear`` (``OSError``): after ``Board.reboot()``
-        nothing may change persistent state."""
-        self._closed = True
-
-    def _writable(self):
-        if self._closed:
-            raise OSError(5, "journal closed (rebooting)")
-
-    def load(self):
-        """The saved dict, or None when there is none or the file is unreadable (corrupt,
-        partial, not a dict). Never raises for a bad file."""
-        try:
-            with _open_file(self.path, "rb") as f:
-                raw = f.read()
-        except OSError:
-            return None
-        try:
-            d = json.loads(raw)
-        except Exception:  # ValueError on both runtimes; be safe with any decoder error
-            return None
-        return d if isinstance(d, dict) else None
-
-    def save(self, d):
-        """Replace the record with dict ``d`` atomically. Values: dict (str keys), list,
-        str, int, float, bool, None. Raises ``TypeError`` for anything else, on both
-        runtimes (MicroPython's json would write bytes as a string); nothing is written
-        then."""
-        self._writable()
-        if not isinstance(d, dict):
-            raise TypeError("journal record must be a dict")
-        _check_json(d)
-        text = json.dumps(d)
-        with _open_file(self._tmp, "w") as f:
-            f.write(text)
-            f.flush()
-        os.rename(self._tmp, self.path)
-
-    def clear(self):
-        """Remove the record (load() then returns None)."""
-        self._writable()
-        for p in (self.path, self._tmp):
-            try:
-                os.remove(p)
-            except OSError:
-                pass
-
-
-def _check_json(x):
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return
-    if isinstance(x, (list, tuple)):
-        for v in x:
-            _check_json(v)
-        return
-    if isinstance(x, dict):
-        for k in x:
-            if not isinstance(k, str):
-                raise TypeError("journal keys must be str")
-            _check_json(x[k])
-        return
-    raise TypeError("not a JSON type: %s" % type(x).__name__)
-
-
 def _default_clock():
     from rmota.compat import Clock
 
@@ -169,8 +91,7 @@ def _default_clock():
 class Board:
     """The desktop board. ``flash_path``: the NOR flash file (``FLASH_SIZE`` bytes; with
     ``create=True`` a blank one is made, which has no boot record). ``uart_path``: pty or
-    tty for the AT link (``uart`` is None without it). ``journal_path``: the journal file
-    (default ``flash_path + ".journal"``). ``settings``: overrides of
+    tty for the AT link (``uart`` is None without it). ``settings``: overrides of
     ``DEFAULT_SETTINGS``. ``clock``: defaults to ``rmota.compat.Clock()``.
 
     ``boot=True`` (default) runs the boot logic now and raises ``bootrec.Bricked`` when
@@ -188,7 +109,6 @@ class Board:
         self,
         flash_path,
         uart_path=None,
-        journal_path=None,
         create=False,
         settings=None,
         clock=None,
@@ -213,7 +133,7 @@ class Board:
                 self.loader.peek()
             except Bricked:
                 pass  # inspection of a blank or broken flash: loader.record stays None
-        self.journal = JSONJournal(journal_path or (flash_path + ".journal"))
+        self._journal = None
         self.clock = clock if clock is not None else _default_clock()
         self.uart = None
         if uart_path:
@@ -226,15 +146,23 @@ class Board:
     @classmethod
     def from_env(cls, **kw):
         """A Board from ``RMOTA_FLASH`` (required; ``ValueError`` if unset),
-        ``RMOTA_UART`` and ``RMOTA_JOURNAL``; keyword arguments go to the constructor."""
+        and ``RMOTA_UART``; keyword arguments go to the constructor."""
         flash = os.getenv("RMOTA_FLASH")
         if not flash:
             raise ValueError("RMOTA_FLASH is not set")
         return cls(
-            flash, os.getenv("RMOTA_UART") or None, os.getenv("RMOTA_JOURNAL") or None, **kw
+            flash, os.getenv("RMOTA_UART") or None, **kw
         )
 
     # -- the board interface (docs/interfaces.md) ---------------------------------------
+
+    @property
+    def journal(self):
+        """The agent's ``rmota.journal.Journal`` on littlefs in the journal area, mounted
+        (and on a blank area formatted) on first use."""
+        if self._journal is None:
+            self._journal = Journal(lfs.mount(self.journal_bdev))
+        return self._journal
 
     def running_slot(self):
         """Index (0/1) of the slot that booted."""
@@ -263,8 +191,7 @@ class Board:
             if self.uart is not None:
                 self.uart.close()
         finally:
-            self.nor.close()
-            self.journal.close()
+            self.nor.close()  # the journal lives on it: closed too
             raise SystemExit(REBOOT_EXIT_CODE)
 
     def boot_state(self):
@@ -285,12 +212,11 @@ class Board:
         self.nor.close()
 
 
-def provision(flash_path, image, version, journal_path=None):
+def provision(flash_path, image, version):
     """Create a fresh flash file at ``flash_path`` (all sectors erased) with the factory
     ``image`` (bytes-like, as it sits in the slot, at most 2 MiB) in slot 0, confirmed,
-    with image version ``version``; slot 1 empty. Removes the journal at ``journal_path``
-    (default ``flash_path + ".journal"``). Raises ``ValueError`` for an empty or too
-    large image."""
+    with image version ``version``; slot 1 empty; the journal area blank (the first
+    power-on formats it). Raises ``ValueError`` for an empty or too large image."""
     n = len(image)
     if not 0 < n <= SLOT_SIZE:
         raise ValueError("factory image must be 1..%d bytes" % SLOT_SIZE)
@@ -306,7 +232,6 @@ def provision(flash_path, image, version, journal_path=None):
         provision_record(nor, 0, n, hashlib.sha256(image).digest(), version, BOOT_SECTOR)
     finally:
         nor.close()
-    JSONJournal(journal_path or (flash_path + ".journal")).clear()
 
 
 def from_env(**kw):

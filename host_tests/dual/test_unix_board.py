@@ -10,7 +10,9 @@ import os
 import unittest
 
 import board as unix_board
-from board import SLOT_SIZE, Board, JSONJournal, provision
+from board import SLOT_SIZE, Board, provision
+from lfs import mount
+from rmota.journal import Journal
 from bootrec import RECORD_SIZE, BootRecord, BootStore, Bricked
 from nor import NORFlash, Partition
 
@@ -531,37 +533,46 @@ class TestBoot(unittest.TestCase):
 
 
 class TestJournal(unittest.TestCase):
+    """The agent's journal on littlefs over the NOR model (DESIGN.md section 4)."""
+
+    SECTORS = 16
+
     def setUp(self):
         self.path = _tmp("journal")
-        self.j = JSONJournal(self.path)
+        NORFlash(self.path, self.SECTORS * 4096, create=True).close()
+        self.j = self._open()
+
+    def _open(self, nor=None):
+        self.nor = nor or NORFlash(self.path, self.SECTORS * 4096)
+        return Journal(mount(Partition(self.nor, 0, self.SECTORS)))
 
     def tearDown(self):
-        self.j.clear()
+        self.nor.close()
         _rm(self.path)
 
     def test_missing_is_none(self):
         self.assertIsNone(self.j.load())
+        self.assertEqual(self.j.crcs(), [])
 
     def test_round_trip_and_replace(self):
-        self.j.save({"job": "abc", "done": 4096, "crcs": [1, 2, 3]})
-        self.assertEqual(self.j.load(), {"job": "abc", "done": 4096, "crcs": [1, 2, 3]})
+        self.j.save({"job": "abc", "done": 4096, "hdr": "52"})
+        self.assertEqual(self.j.load(), {"job": "abc", "done": 4096, "hdr": "52"})
         self.j.save({"job": "abc", "done": 8192})
+        self.nor.close()
+        self.j = self._open()  # survives a power cycle
         self.assertEqual(self.j.load(), {"job": "abc", "done": 8192})
         self.j.clear()
         self.assertIsNone(self.j.load())
         self.j.clear()  # clearing twice is fine
 
-    def test_corrupt_or_partial_file_is_none(self):
-        for junk in (b'{"job": "ab', b"", b"\xff\xfe\x00garbage", b"[1, 2]", b"null"):
-            _put_file(self.path, junk)
-            self.assertIsNone(self.j.load(), junk)
-
-    def test_leftover_tmp_is_ignored(self):
-        self.j.save({"stage": 1})
-        _put_file(self.path + ".tmp", b'{"stage": 2')  # a cut during the next save
-        self.assertEqual(self.j.load(), {"stage": 1})
-        self.j.save({"stage": 2})
-        self.assertEqual(self.j.load(), {"stage": 2})
+    def test_block_crcs_append_and_reset(self):
+        for k in range(40):
+            self.j.crc_append(0xDEAD0000 + k)
+        self.nor.close()
+        self.j = self._open()
+        self.assertEqual(self.j.crcs(), [0xDEAD0000 + k for k in range(40)])
+        self.j.crc_reset()
+        self.assertEqual(self.j.crcs(), [])
 
     def test_unserialisable_leaves_old(self):
         self.j.save({"stage": 1})
@@ -569,6 +580,59 @@ class TestJournal(unittest.TestCase):
             self.j.save({"blob": b"bytes are not JSON"})
         self.assertEqual(self.j.load(), {"stage": 1})
 
+    def _ops_of(self, fn):
+        before = self.nor.op_count
+        fn(self.j)
+        return self.nor.op_count - before
 
-if __name__ == "__main__":
-    unittest.main()
+    def test_cut_at_every_operation_of_a_save_leaves_old_or_new(self):
+        old = {"stage": "download", "job": "J1", "n": 1}
+        new = {"stage": "committed", "job": "J1", "slot": 1, "pad": "x" * 200}
+        self.j.save(old)
+        for k in range(5):
+            self.j.crc_append(k)
+        self.nor.close()
+        base = _file_bytes(self.path)
+        self.j = self._open()
+        n = self._ops_of(lambda j: j.save(new))
+        self.assertGreater(n, 0)
+        for op in range(n):
+            for byte in (0, 7, 33, 4095):
+                self.nor.close()
+                _put_file(self.path, base)
+                nor = CuttableNOR(self.path, self.SECTORS * 4096)
+                j = self._open(nor)
+                start = nor.op_count
+                nor.cut_at(start + op, byte)
+                try:
+                    j.save(new)
+                except (_Cut, OSError):  # the fs layer turns the cut into EIO
+                    pass
+                self.assertTrue(nor._dead, "the cut fired")
+                nor.close()
+                self.j = self._open()
+                got = self.j.load()
+                self.assertIn(got, (old, new), "cut at op %d byte %d: %r" % (op, byte, got))
+                self.assertEqual(self.j.crcs(), [0, 1, 2, 3, 4])
+
+    def test_cut_during_crc_append_keeps_whole_entries(self):
+        for k in range(3):
+            self.j.crc_append(k)
+        self.nor.close()
+        base = _file_bytes(self.path)
+        self.j = self._open()
+        n = self._ops_of(lambda j: j.crc_append(3))
+        for op in range(n):
+            self.nor.close()
+            _put_file(self.path, base)
+            nor = CuttableNOR(self.path, self.SECTORS * 4096)
+            j = self._open(nor)
+            nor.cut_at(nor.op_count + op, 5)
+            try:
+                j.crc_append(3)
+            except (_Cut, OSError):
+                pass
+            self.assertTrue(nor._dead, "the cut fired")
+            nor.close()
+            self.j = self._open()
+            self.assertIn(self.j.crcs(), ([0, 1, 2], [0, 1, 2, 3]), "cut at op %d" % op)
