@@ -10,16 +10,21 @@ from eventlog import EventLog
 from rmota.at import ATParser
 
 
-def replay(data, cuts, line_max=2048, record_max=2048):
+def replay(data, cuts, line_max=2048, record_max=2048, stalls=()):
+    """Feed ``data`` cut at ``cuts``; at each offset in ``stalls`` (a long pause on the
+    wire) the record inactivity timeout fires: ``abort_record()``, as ``ATLink.poll``."""
     log = EventLog()
     p = ATParser(log, line_max, record_max)
     prev = 0
-    for c in cuts + [len(data)]:
+    points = sorted(set(list(cuts) + list(stalls) + [len(data)]))
+    for c in points:
         chunk = bytearray(data[prev:c])
         # feed from a larger buffer, as the link does (n < len(buf))
         buf = chunk + b"\xee" * 7
         p.feed(buf, len(chunk))
         prev = c
+        if c in stalls:
+            p.abort_record()
     return log.events
 
 
@@ -38,7 +43,7 @@ class TestTraces(unittest.TestCase):
         for n in tracefmt.names():
             t = tracefmt.load(n)
             if t.expect:
-                self.assertEqual(replay(t.esp_bytes(), []), t.expect, n)
+                self.assertEqual(replay(t.esp_bytes(), [], stalls=t.stalls()), t.expect, n)
 
     def test_every_single_cut(self):
         for n in tracefmt.names():
@@ -46,8 +51,9 @@ class TestTraces(unittest.TestCase):
             if not t.expect:
                 continue
             data = t.esp_bytes()
+            stalls = t.stalls()
             for k in range(1, len(data)):
-                got = replay(data, [k])
+                got = replay(data, [k], stalls=stalls)
                 if got != t.expect:
                     self.fail("%s cut at %d: %r" % (n, k, got))
 
@@ -61,11 +67,12 @@ class TestTraces(unittest.TestCase):
             for trial in range(40):
                 k = rnd.randint(1, 12)
                 cuts = sorted(rnd.randint(1, len(data) - 1) for _ in range(k))
-                self.assertEqual(replay(data, cuts), t.expect, n)
+                self.assertEqual(replay(data, cuts, stalls=t.stalls()), t.expect, n)
 
     def test_byte_by_byte(self):
         for n in tracefmt.names():
             t = tracefmt.load(n)
             if t.expect:
                 data = t.esp_bytes()
-                self.assertEqual(replay(data, list(range(1, len(data)))), t.expect, n)
+                got = replay(data, list(range(1, len(data))), stalls=t.stalls())
+                self.assertEqual(got, t.expect, n)

@@ -12,6 +12,10 @@ TRACES = _HERE + "/../traces"
 
 _HEX = b"0123456789abcdef"
 
+# A pause this long (ms) ends an open +HTTPCGET record: rmota.at.ATLink's default
+# record_idle_ms (the payload-mode inactivity timeout).
+STALL_MS = 1000
+
 
 def unescape(s):
     """Decode the trace escapes ``\\r \\n \\t \\0 \\\\ \\xHH`` and ``\\s`` (a space, for
@@ -82,6 +86,25 @@ class Trace:
             if d == "E":
                 out.extend(b)
         return bytes(out)
+
+    def stalls(self, min_ms=STALL_MS):
+        """Offsets into ``esp_bytes()`` where the wire pauses (``@`` lines) for at least
+        ``min_ms`` ms in total before the ESP's next byte: a record open there is ended by
+        the link's record inactivity timeout (``ATLink.record_idle_ms``). Sorted list."""
+        out = []
+        off = 0
+        pause = 0
+        for d, b in self.steps:
+            if d == "E":
+                if pause >= min_ms and off not in out:
+                    out.append(off)
+                pause = 0
+                off += len(b)
+            elif d == "@":
+                pause += int(b)
+        if pause >= min_ms and off not in out:
+            out.append(off)
+        return out
 
 
 def parse(text, name="<trace>"):

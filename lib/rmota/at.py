@@ -65,6 +65,15 @@ class ATParser:
       aborted) or a line over ``line_max`` (reason ``"line too long"``); nothing of
       the bad record is delivered.
 
+    Resynchronisation: when a record turns out wrong (it does not end in ``\\r\\n``, or
+    ``abort_record()`` ends it after an inactivity timeout), the bytes taken as its
+    payload are parsed again as ordinary output, after the frame error is reported.
+    A header that claimed too many bytes swallowed what followed it: the next record
+    header, the final result, a URC — or ``\\r\\nready\\r\\n`` from an ESP that
+    rebooted in the middle of the record (issue 4 cases 1 and 11). The replayed bytes
+    may form lines and records again, but a record found while replaying is never
+    replayed a second time (bounded work, no recursion).
+
     ``line_max`` (bytes) caps a line; ``record_max`` (bytes) caps a record's payload and
     should be the largest rx size the host asks ``AT+HTTPCGET`` for (ESP-AT allows up
     to 10240). Both buffers are allocated once here; ``feed()`` allocates a small
@@ -87,6 +96,7 @@ class ATParser:
         self._state = _LINE
         self._fbuf = None
         self._fmv = None
+        self._replaying = False
         self.lines = 0
         self.records = 0
         self.frame_errors = 0
@@ -105,10 +115,35 @@ class ATParser:
 
     def abort_record(self, reason="record stalled"):
         """End a record that stopped arriving (inactivity timeout): report a frame
-        error and return to line mode. No-op outside a record."""
+        error, parse the bytes it had taken as payload again as lines (see the class
+        docstring: an ESP that rebooted mid-record printed ``ready`` into them), then
+        return to line mode. A partial line left at the end is dropped: the ESP writes
+        whole lines, so it is the tail of the payload, and it must not be glued to the
+        next line the ESP prints. No-op outside a record. Allocates nothing beyond the
+        replay's memoryview slices (one per line or record found)."""
         if self.in_record():
+            self._resync(reason)
+            if self.in_record():  # the replay ended inside a record found in it
+                self.reset()
+                self._frame_error(reason)
             self.reset()
-            self._frame_error(reason)
+
+    def _resync(self, reason):
+        # A record went wrong: report it, then parse its payload bytes again as output
+        # (not when already replaying: a record found in a replay is dropped, not replayed).
+        have = self._have
+        replay = have and not self._replaying
+        self.reset()
+        self._frame_error(reason)
+        if replay:
+            fbuf, fmv = self._fbuf, self._fmv
+            self._fbuf, self._fmv = self._rec, self._rmv
+            self._replaying = True
+            try:
+                self.feed(self._rec, have)
+            finally:
+                self._replaying = False
+                self._fbuf, self._fmv = fbuf, fmv
 
     def _frame_error(self, reason):
         self.frame_errors += 1
@@ -132,7 +167,12 @@ class ATParser:
                 if k > n - i:
                     k = n - i
                 have = self._have
-                self._rec[have : have + k] = mv[i : i + k]
+                if buf is self._rec:  # a replay: copy forward within the same buffer
+                    rec = self._rec
+                    for q in range(k):
+                        rec[have + q] = rec[i + q]
+                else:
+                    self._rec[have : have + k] = mv[i : i + k]
                 self._have = have + k
                 self._need -= k
                 i += k
@@ -144,9 +184,8 @@ class ATParser:
                 if c == _CR:
                     self._state = _TRAIL_LF
                     i += 1
-                else:  # the byte starts whatever follows: parse it as a line
-                    self.reset()
-                    self._frame_error("record not ended by CRLF")
+                else:  # the header lied: replay the payload, then this byte follows it
+                    self._resync("record not ended by CRLF")
                 continue
             if st == _TRAIL_LF:
                 if c == _LF:
@@ -156,8 +195,7 @@ class ATParser:
                     h.on_record(self._rmv[: self._have])
                     self._have = 0
                 else:
-                    self.reset()
-                    self._frame_error("record not ended by CRLF")
+                    self._resync("record not ended by CRLF")
                 continue
             if st == _SKIP:  # discard up to the end of a line that cannot be used
                 j = buf.find(b"\n", i, n)
@@ -285,7 +323,8 @@ class Command:
     or the ESP reset), ``lines`` (list of bytes: response lines carrying the command's
     own ``+NAME:`` prefix), ``err_code`` (int from ``ERR CODE:0x...`` or None), ``busy``
     (the ESP answered ``busy p...``), ``reset`` (the ESP printed ``ready`` meanwhile),
-    ``timed_out``.
+    ``timed_out``, ``echoed`` (the ESP echoed this command line: echo is on, so the ESP
+    has forgotten our ``ATE0`` — it rebooted, even if its ``ready`` was lost).
     """
 
     def __init__(self, cmd, prefix, t0_ms, timeout_ms, prompt):
@@ -301,6 +340,7 @@ class Command:
         self.busy = False
         self.reset = False
         self.timed_out = False
+        self.echoed = False
 
     @property
     def ok(self):
@@ -346,6 +386,15 @@ class ATLink:
     per ``poll()``. ``urc_queue``: URCs kept between two polls; beyond it the oldest is
     dropped and counted in ``urc_drops``. All buffers are allocated here.
 
+    ``record_idle_ms``: the payload-mode inactivity timeout. ESP-AT writes each
+    ``+HTTPCGET`` record in one piece (DESIGN.md section 1, from esp-at's source), so a
+    record that stops arriving for this long will never be completed (the ESP rebooted,
+    or bytes were lost and the header claimed more than came): ``poll()`` ends it with
+    ``ATParser.abort_record()`` — a frame error, and the swallowed bytes are parsed
+    again, so a ``ready`` among them is seen. Counted in ``record_stalls``. It must
+    exceed the time one record takes on the wire (rx size x 10 bits / baud: 180 ms for
+    2,048 bytes at 115,200 baud) plus any pause hardware flow control may impose.
+
     Records of ``AT+HTTPCGET`` go to ``link.sink`` (an object with ``record(mv)`` and
     ``frame_error(reason)``) while it is set; without a sink they are counted in
     ``stray_records`` and dropped.
@@ -360,9 +409,10 @@ class ATLink:
         rxbuf_size=1024,
         urc_queue=8,
         log=None,
+        record_idle_ms=1000,
     ):
-        if rxbuf_size < 16 or urc_queue < 1:
-            raise ValueError("rxbuf_size >= 16 and urc_queue >= 1 required")
+        if rxbuf_size < 16 or urc_queue < 1 or record_idle_ms < 1:
+            raise ValueError("rxbuf_size >= 16, urc_queue >= 1, record_idle_ms >= 1 required")
         self.uart = uart
         self.clock = clock or Clock()
         self.parser = ATParser(self, line_max, record_max)
@@ -380,6 +430,8 @@ class ATLink:
         self.stray_prompts = 0
         self.echo_lines = 0
         self.late_finals = 0
+        self.record_idle_ms = record_idle_ms
+        self.record_stalls = 0
         self.closed = False
         self._data_len = 0  # bytes the ESP would want after a prompt we gave up on
 
@@ -421,6 +473,8 @@ class ATLink:
             return
         if _starts(mv, b"AT"):
             self.echo_lines += 1  # the ESP echoes commands while ATE1 is on
+            if c and not c.done and mv == c.cmd:
+                c.echoed = True
             return
         self._queue(URC_UNKNOWN, mv)
 
@@ -526,9 +580,10 @@ class ATLink:
         return c
 
     def poll(self):
-        """Read what the UART holds (at most one receive buffer), parse it, time out the
-        command in flight, and deliver queued URCs to subscribers. Returns the number of
-        bytes read (0 when nothing was waiting). Never blocks."""
+        """Read what the UART holds (at most one receive buffer), parse it, end a record
+        that stalled for ``record_idle_ms``, time out the command in flight, and deliver
+        queued URCs to subscribers. Returns the number of bytes read (0 when nothing was
+        waiting). Never blocks."""
         n = self.uart.readinto(self._rx)
         clk = self.clock
         now = clk.ticks_ms()
@@ -537,6 +592,12 @@ class ATLink:
             self.parser.feed(self._rx, n)
         elif n == 0:
             self.closed = True
+        if (
+            self.parser.in_record()
+            and clk.ticks_diff(now, self.last_rx_ms) > self.record_idle_ms
+        ):
+            self.record_stalls += 1
+            self.parser.abort_record()
         c = self.cmd
         if c and not c.done and clk.ticks_diff(now, c.t0_ms) > c.timeout_ms:
             # A prompt wait after busy, or any command: give up.
