@@ -248,9 +248,17 @@ class Faults:
       (None: only through ``set_connected``).
       ``short_record``: dict ``{record index: extra}``: the header of that record (0-based,
       in the next download) claims ``extra`` more bytes than sent, e.g.
-      ``+HTTPCGET:8,IJKLMN\\r\\n``. One-shot.
+      ``+HTTPCGET:8,IJKLMN\\r\\n`` (a negative ``extra`` claims fewer). One-shot.
       ``mangle_final``: bytes that replace the next ``\\r\\nOK\\r\\n`` ending a download
       (e.g. ``b"\\r\\nO\\r\\n"``). One-shot.
+      ``final_extra``: bytes written in the same write right after the next download's
+      final result (issue 4 case 4: the final, a URC and part of a header in one read).
+      One-shot.
+      ``persist_body_faults``: the body-offset faults ``drop_body_at``, ``dup_body_at`` and
+      ``flip_body_at`` fire at every attempt that reaches them instead of once (a byte
+      altered in every download, issue 4 case 2).
+      ``drop_err_code``: the next N ``ERR CODE`` lines are not printed; their ``ERROR``
+      still is (the same output as with ``AT+SYSLOG=0``, issue 4 case 7).
 
     Commands:
       ``busy_next``: answer ``busy p...`` to the next N command lines (the line is dropped),
@@ -259,6 +267,15 @@ class Faults:
       (for ``AT+HTTPURLCFG``, the real prompt comes after the ``busy p...``).
       ``lose_url_byte``: the k-th byte (0-based) sent after the next ``AT+HTTPURLCFG``
       prompt is lost: the ESP waits for one more byte, as ESP-AT does. One-shot.
+      ``lose_head_byte``: the same after the next ``AT+HTTPCHEAD=<len>`` prompt.
+      ``busy_match``: bytes: ``busy_next`` refuses only command lines starting with it
+      (e.g. ``b"AT+HTTPURLCFG="``), others run normally. None: any line.
+      ``wifi_ota_on_fetch``: list of statuses printed as ``+RMOTA:<n>`` right after the
+      next ``AT+RMOTAFETCH``'s ``OK`` (before a notification), as ``push_wifi_ota(...,
+      map_delayed=False)`` prints them (issue 4 case 12). One-shot.
+
+    ``ESPEmulator.data_log`` lists every block of raw bytes read after a prompt:
+    ``(b"URL" or b"HEAD", bytes)``.
 
     ``log`` lists what fired: ``(kind, where)`` tuples."""
 
@@ -290,6 +307,12 @@ class Faults:
         busy_code=None,
         busy_then_run_ms=None,
         lose_url_byte=None,
+        final_extra=None,
+        persist_body_faults=False,
+        drop_err_code=0,
+        lose_head_byte=None,
+        busy_match=None,
+        wifi_ota_on_fetch=None,
     )
 
     def __init__(self, seed=0, **kw):
@@ -478,6 +501,7 @@ class ESPEmulator:
         self.boots = 0
         self._boot_id = 0
         self.http_requests = 0
+        self.data_log = []
         self._ram_reset()
         self.echo = echo
         self.syslog = syslog
@@ -681,9 +705,11 @@ class ESPEmulator:
             in_payload = span is not None and span[0] <= i < span[1]
             body = span[2] + i - span[0] if in_payload else None
             prob_ok = f.prob_scope != "payload" or in_payload
+            keep = f.persist_body_faults
             if pos in f.drop_at or (body is not None and body in f.drop_body_at):
                 f.drop_at.discard(pos)
-                f.drop_body_at.discard(body)
+                if not keep:
+                    f.drop_body_at.discard(body)
                 f.log.append(("drop", pos))
                 continue
             if prob_ok and f.drop_prob and f.rng.random() < f.drop_prob:
@@ -691,7 +717,8 @@ class ESPEmulator:
                 continue
             if pos in f.flip_at or (body is not None and body in f.flip_body_at):
                 f.flip_at.discard(pos)
-                f.flip_body_at.discard(body)
+                if not keep:
+                    f.flip_body_at.discard(body)
                 f.log.append(("flip", pos))
                 b = f._flip(b)
             elif prob_ok and f.flip_prob and f.rng.random() < f.flip_prob:
@@ -700,7 +727,8 @@ class ESPEmulator:
             out.append(b)
             if pos in f.dup_at or (body is not None and body in f.dup_body_at):
                 f.dup_at.discard(pos)
-                f.dup_body_at.discard(body)
+                if not keep:
+                    f.dup_body_at.discard(body)
                 f.log.append(("dup", pos))
                 out.append(b)
             elif prob_ok and f.dup_prob and f.rng.random() < f.dup_prob:
@@ -713,7 +741,11 @@ class ESPEmulator:
 
     def _error(self, code=ERR_EXEC_FAIL, boot_id=None):
         with self._lock:
-            if self.syslog and code is not None:
+            f = self.faults
+            if self.syslog and code is not None and f.drop_err_code > 0:
+                f.drop_err_code -= 1
+                f.log.append(("drop_err_code", code))
+            elif self.syslog and code is not None:
                 if not self._out(b"ERR CODE:0x%08x\r\n" % code, boot_id=boot_id):
                     return False
             return self._out(ERROR, boot_id=boot_id)
@@ -865,7 +897,8 @@ class ESPEmulator:
                         seen = raw[3]
                         raw[3] += 1
                         if seen == raw[4]:
-                            self.faults.log.append(("lose_url_byte", seen))
+                            kind = "lose_url_byte" if raw[2] == self._url_done else "lose_head_byte"
+                            self.faults.log.append((kind, seen))
                             continue  # lost on the wire: one more byte is needed
                         raw[1].append(b)
                         raw[0] -= 1
@@ -894,7 +927,7 @@ class ESPEmulator:
             self._busy_reply()
             return
         f = self.faults
-        if f.busy_next > 0:
+        if f.busy_next > 0 and (f.busy_match is None or line.startswith(f.busy_match)):
             f.busy_next -= 1
             f.log.append(("busy", line))
             self._busy_reply(f.busy_code)
@@ -1016,6 +1049,10 @@ class ESPEmulator:
             self._final_ok()
             return
         self._final_ok()
+        statuses, self.faults.wifi_ota_on_fetch = self.faults.wifi_ota_on_fetch, None
+        if statuses:
+            self.faults.log.append(("wifi_ota_on_fetch", tuple(statuses)))
+            self.push_wifi_ota(statuses, map_delayed=False)
         if self.job is not None:
             if self.fetch_notify_delay_s > 0:
                 self._schedule(self.fetch_notify_delay_s, self._notify_if_connected)
@@ -1084,6 +1121,7 @@ class ESPEmulator:
         self._out(PROMPT)
 
     def _url_done(self, data):
+        self.data_log.append((b"URL", data))
         if b"\x00" in data:
             self.url = None
             self._error(ERR_PARA_INVALID)
@@ -1106,10 +1144,14 @@ class ESPEmulator:
             return
         if n is None or not (1 <= n <= HEAD_LEN_MAX):
             raise _ParamError(ERR_PARA_INVALID)
-        self._raw = [n, bytearray(), self._head_done, 0, None]
+        f = self.faults
+        lose = f.lose_head_byte
+        f.lose_head_byte = None
+        self._raw = [n, bytearray(), self._head_done, 0, lose]
         self._out(PROMPT)
 
     def _head_done(self, data):
+        self.data_log.append((b"HEAD", data))
         key, colon, _ = data.partition(b":")
         if not colon or not key.strip() or b"\x00" in data:
             self._error(ERR_PARA_INVALID)
@@ -1323,6 +1365,9 @@ class ESPEmulator:
         if f.mangle_final is not None:
             final, f.mangle_final = f.mangle_final, None
             f.log.append(("mangle_final", final))
+        if f.final_extra is not None:
+            final, f.final_extra = final + f.final_extra, None
+            f.log.append(("final_extra", final))
         self._finish(token, boot_id, final)
 
     def _record(self, data, base, idx, boot_id):

@@ -15,6 +15,7 @@ Usage::
 """
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -47,7 +48,9 @@ class Result:
     ``exit_codes``, ``slot`` (index the board boots), ``slot_sha256`` (digest of that
     slot's image as read back from the flash file), ``image_len``, ``record`` (the boot
     record), ``elapsed_s``, ``output`` (lines the agent printed), ``http_requests``,
-    ``wire_rx``/``wire_tx`` (bytes the ESP received / sent), ``emu``, ``agents``
+    ``wire_rx``/``wire_tx`` (bytes the ESP received / sent), ``http_log`` (the HTTP
+    server's request log: dicts with ``headers`` and ``status``), ``data_log`` (raw
+    blocks the ESP read after prompts: ``ESPEmulator.data_log``), ``emu``, ``agents``
     (in-process runs: the agent objects, one per boot)."""
 
 
@@ -74,7 +77,11 @@ class Bench:
     """The desktop test bench for one OTA job. A context manager: on entry it provisions
     ``workdir/flash.bin`` (factory image, version 1, slot 1 dirty), serves ``image`` at a
     1,083-character presigned-style URL and announces the job through the emulator
-    (pending for ``AT+RMOTAFETCH``, or pushed as a URC with ``passive``)."""
+    (pending for ``AT+RMOTAFETCH``, or pushed as a URC with ``passive``).
+
+    ``settings``: board settings for the agent's board (dict; the process runs get them
+    through ``RMOTA_SETTINGS``, ``boards/unix`` ``Board.from_env``), e.g. shorter waits
+    for tests. ``job``: False to announce no host job at all."""
 
     def __init__(
         self,
@@ -85,8 +92,12 @@ class Bench:
         passive=False,
         job_id=JOB_ID,
         fw_version="2.0.0",
+        settings=None,
+        job=True,
     ):
         os.makedirs(workdir, exist_ok=True)
+        self.settings = settings
+        self.job = job
         self.image = image
         self.flash = os.path.join(workdir, "flash.bin")
         self.faults = faults or Faults(0)
@@ -110,9 +121,10 @@ class Bench:
         self.srv.add(OBJECT_PATH, self.image)
         self.url = presigned_url("127.0.0.1:%d" % self.srv.port, OBJECT_PATH)
         self.emu.start()
-        self.emu.push_job(
-            self.url, len(self.image), self.fw_version, self.job_id, passive=self.passive
-        )
+        if self.job:
+            self.emu.push_job(
+                self.url, len(self.image), self.fw_version, self.job_id, passive=self.passive
+            )
         self.t0 = time.monotonic()
         return self
 
@@ -129,6 +141,8 @@ class Bench:
         env["MICROPYPATH" if runtime == "micropython" else "PYTHONPATH"] = path
         env["RMOTA_FLASH"] = self.flash
         env["RMOTA_UART"] = self.port.slave_path
+        if self.settings:
+            env["RMOTA_SETTINGS"] = json.dumps(self.settings)
         return env
 
     def run_process(self, runtime="micropython", max_boots=4, timeout_s=600, echo=None, heap="512k"):
@@ -174,6 +188,8 @@ class Bench:
         from rmota.log import Logger
 
         r = self.result
+        if settings is None:
+            settings = self.settings
         for _ in range(max_boots):
             if board_factory:
                 b = board_factory(self.flash, self.port.slave_path, settings)
@@ -207,6 +223,8 @@ class Bench:
         r.http_requests = emu.http_requests
         r.wire_rx = len(emu.rx)
         r.wire_tx = len(emu.tx)
+        r.http_log = list(self.srv.requests)
+        r.data_log = list(emu.data_log)
         b = unix_board.Board(self.flash, boot=False)
         try:
             rec = b.loader.record

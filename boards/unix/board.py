@@ -146,10 +146,22 @@ class Board:
     @classmethod
     def from_env(cls, **kw):
         """A Board from ``RMOTA_FLASH`` (required; ``ValueError`` if unset),
-        and ``RMOTA_UART``; keyword arguments go to the constructor."""
+        ``RMOTA_UART`` and ``RMOTA_SETTINGS`` (optional: a JSON object of settings that
+        override ``DEFAULT_SETTINGS``, e.g. ``{"fetch_wait_ms": 300}`` for short bench
+        runs; ``ValueError`` when it is not a JSON object); keyword arguments go to the
+        constructor (a ``settings`` keyword wins over the environment)."""
         flash = os.getenv("RMOTA_FLASH")
         if not flash:
             raise ValueError("RMOTA_FLASH is not set")
+        raw = os.getenv("RMOTA_SETTINGS")
+        if raw:
+            import json
+
+            extra = json.loads(raw)
+            if not isinstance(extra, dict):
+                raise ValueError("RMOTA_SETTINGS must be a JSON object")
+            extra.update(kw.get("settings") or {})
+            kw["settings"] = extra
         return cls(
             flash, os.getenv("RMOTA_UART") or None, **kw
         )
