@@ -25,5 +25,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) tools/bench.py
 
+# Fault campaign (issue 3): `make faults SEEDS=2000`, `make faults EXHAUSTIVE=1`,
+# `RUNTIME=micropython|cpython` (default both), `SEED=n` replays one seed verbosely.
+faults: $(STAMP)
+	$(PY) tools/faults.py $(if $(SEEDS),--seeds $(SEEDS)) $(if $(START),--start $(START)) \
+		$(if $(RUNTIME),--runtime $(RUNTIME)) $(if $(SEED),--seed $(SEED)) \
+		$(if $(filter-out 0,$(EXHAUSTIVE)),--exhaustive)
+
 clean:
 	rm -rf $(VENV) build out .pytest_cache
