@@ -47,35 +47,44 @@ import time
 import tty
 import urllib.parse
 
-# --- ESP-AT wire tokens (ESP-AT "AT Command Set", "HTTP AT Commands", DESIGN.md section 1) ---
-OK = b"\r\nOK\r\n"
-ERROR = b"\r\nERROR\r\n"
-SET_OK = b"\r\nSET OK\r\n"  # AT+HTTPURLCFG after the last URL byte
-PROMPT = b"\r\nOK\r\n\r\n>"  # nothing follows the '>'
-READY = b"\r\nready\r\n"  # printed after every boot
-BUSY = b"\r\nbusy p...\r\n"  # input refused while a command is processing
-
-LINE_MAX = 256  # bytes: one command line, "\r\n" included (ESP-AT "AT Command Set")
-URL_LEN_MIN, URL_LEN_MAX = 8, 8192  # AT+HTTPURLCFG=<len>; 0 clears
-HEAD_LEN_MAX = 8192  # AT+HTTPCHEAD=<len> upper bound assumed equal to the URL's
-SIZE_MAX = 10240  # AT+HTTPCGET tx/rx size, bytes
-SIZE_DEFAULT = 2048
-TIMEOUT_MAX_MS = 180000  # AT+HTTPCGET network-idle timeout, ms
-TIMEOUT_DEFAULT_MS = 5000
-
-# ERR CODE values (ESP-AT docs "AT Error Codes": 0x01 category, then ESP_AT_SUB_* byte).
-ERR_NO_AT = 0x01030000  # line does not start with AT
-ERR_PARA_NUM = 0x01060000  # parameter count mismatch
-ERR_PARA_INVALID = 0x01070000  # parameter out of range
-ERR_PARSE = 0x01080000  # parameter parse failure (e.g. unquoted string)
-ERR_UNSUPPORTED = 0x01090000  # unknown command
-ERR_EXEC_FAIL = 0x010A0000  # the handler returned ERROR
-ERR_PROCESSING = 0x010B0000  # busy: a command is processing
-ERR_HTTP = 0x010A7000  # | HTTP status; 0x010a7000 alone: connection failed
-
-# esp_rmaker_ota_status_to_string(): the "status" field of the result's JSON.
-_STATUS_WORDS = {1: "in-progress", 2: "success", 3: "failed", 4: "delayed", 5: "rejected"}
-_RESULT_JSON_MAX = 256  # at_rainmaker.c builds the result JSON in a 256-byte buffer
+# --- ESP-AT wire tokens, limits and ERR CODE values (ESP-AT "AT Command Set", "HTTP AT
+# Commands", "AT Error Codes"; DESIGN.md section 1): one copy, in tools/espsim.py (the
+# virtual-time model of the fault campaign), so both speak the same bytes.
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from espsim import (  # noqa: E402
+    BUSY,
+    ERR_EXEC_FAIL,
+    ERR_HTTP,
+    ERR_NO_AT,
+    ERR_PARA_INVALID,
+    ERR_PARA_NUM,
+    ERR_PARSE,
+    ERR_PROCESSING,
+    ERR_UNSUPPORTED,
+    ERROR,
+    HEAD_LEN_MAX,
+    LINE_MAX,
+    OK,
+    PROMPT,
+    READY,
+    SET_OK,
+    SIZE_DEFAULT,
+    SIZE_MAX,
+    TIMEOUT_DEFAULT_MS,
+    TIMEOUT_MAX_MS,
+    URL_LEN_MAX,
+    URL_LEN_MIN,
+    escape_at_string,
+    escape_bytes,
+    notification_line,
+    parse_command,
+    parse_params,
+    record_header,
+)
+from espsim import ParamError as _ParamError  # noqa: E402
+from espsim import RESULT_JSON_MAX as _RESULT_JSON_MAX  # noqa: E402
+from espsim import STATUS_WORDS as _STATUS_WORDS  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------
@@ -344,69 +353,6 @@ class Faults:
     def _flip(self, b):
         mask = self.flip_mask if self.flip_mask else 1 << self.rng.randrange(8)
         return b ^ mask
-
-
-# ------------------------------------------------------------------------------------------
-# Parameter parsing (ESP-AT: strings double-quoted with \, \" \\ escapes; digits unquoted)
-# ------------------------------------------------------------------------------------------
-class _ParamError(Exception):
-    def __init__(self, code=ERR_PARSE):
-        self.code = code
-
-
-def parse_params(raw):
-    """Split the parameters of an ESP-AT set command (``bytes`` after ``=``).
-
-    Returns a list where a quoted parameter is ``bytes`` (escapes ``\\,`` ``\\"`` ``\\\\``
-    resolved), a number is ``int`` and an empty (omitted) parameter is None. Raises
-    ``ValueError`` on a malformed line (unterminated string, unquoted text)."""
-    out = []
-    i, n = 0, len(raw)
-    while True:
-        if i < n and raw[i] == 0x22:  # '"'
-            i += 1
-            s = bytearray()
-            while True:
-                if i >= n:
-                    raise ValueError("unterminated string")
-                c = raw[i]
-                if c == 0x5C and i + 1 < n:  # backslash escapes the next byte
-                    s.append(raw[i + 1])
-                    i += 2
-                    continue
-                if c == 0x22:
-                    i += 1
-                    break
-                s.append(c)
-                i += 1
-            out.append(bytes(s))
-            if i < n and raw[i] != 0x2C:
-                raise ValueError("text after string")
-        else:
-            j = raw.find(b",", i)
-            tok = raw[i:] if j < 0 else raw[i:j]
-            i = n if j < 0 else j
-            tok = tok.strip()
-            if tok == b"":
-                out.append(None)
-            else:
-                try:
-                    out.append(int(tok))
-                except ValueError:
-                    raise ValueError("not a number: %r" % tok) from None
-        if i >= n:
-            return out
-        i += 1  # the comma
-        if i >= n:
-            out.append(None)
-            return out
-
-
-def escape_at_string(s):
-    """Escape ``,`` ``"`` and ``\\`` with a backslash, as an ESP-AT quoted parameter needs."""
-    if isinstance(s, str):
-        s = s.encode()
-    return s.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b",", b"\\,")
 
 
 # ------------------------------------------------------------------------------------------
@@ -836,13 +782,7 @@ class ESPEmulator:
 
     def _notification(self):
         j = self.job
-        ver = j["fw_version"] if j["fw_version"] is not None else "null"
-        return b"+RMFWNOTIFY:0,%d,%s,%s,%s\r\n" % (
-            j["size"],
-            j["url"].encode(),
-            ver.encode(),
-            j["job_id"].encode(),
-        )
+        return notification_line(j["size"], j["url"], j["fw_version"], j["job_id"])
 
     def _notify(self):
         # at_rainmaker.c rmaker_ota_handle: print the line in one write, set the flag.
@@ -945,46 +885,18 @@ class ESPEmulator:
         self._dispatch(line, over)
 
     def _dispatch(self, line, over):
-        if over or not line.endswith(b"\r\n"):
-            self._error(ERR_PARA_INVALID if over else ERR_NO_AT)
+        r = parse_command(line, over)
+        if r[0] == "error":
+            self._error(r[1])
             return
-        text = line[:-2]
-        if not text.startswith(b"AT"):
-            self._error(ERR_NO_AT)
-            return
-        cmd = text[2:]
-        if cmd == b"":
+        if r[0] == "ok":
             self._final_ok()
             return
-        if cmd in (b"E0", b"E1"):
-            self.echo = cmd == b"E1"
+        if r[0] == "echo":
+            self.echo = r[1]
             self._final_ok()
             return
-        if not cmd.startswith(b"+"):
-            self._error(ERR_UNSUPPORTED)
-            return
-        end = len(cmd)
-        for j, c in enumerate(cmd):
-            if c in b"=?":
-                end = j
-                break
-        name, rest = cmd[:end], cmd[end:]
-        if rest == b"":
-            form, args = "exe", None
-        elif rest == b"?":
-            form, args = "query", None
-        elif rest == b"=?":
-            form, args = "test", None
-        elif rest.startswith(b"="):
-            form = "set"
-            try:
-                args = parse_params(rest[1:])
-            except ValueError:
-                self._error(ERR_PARSE)
-                return
-        else:
-            self._error(ERR_PARSE)
-            return
+        _, name, form, args = r
         handler = self._commands.get(name)
         if handler is None:
             self._error(ERR_UNSUPPORTED)
@@ -1377,7 +1289,7 @@ class ESPEmulator:
         extra = f.short_record.pop(idx, 0)
         if extra:
             f.log.append(("short_record", idx))
-        hdr = b"+HTTPCGET:%d," % (len(data) + extra)
+        hdr = record_header(len(data) + extra)
         rec = hdr + data + b"\r\n"
         span = (len(hdr), len(hdr) + len(data), base)
         end = base + len(data)
@@ -1410,20 +1322,7 @@ class ESPEmulator:
         return self._out(rec[p:], (0, max(0, span[1] - p), at), boot_id)
 
 
-def _escape(data):
-    out = []
-    for b in data:
-        if b == 0x0D:
-            out.append("\\r")
-        elif b == 0x0A:
-            out.append("\\n")
-        elif b == 0x5C:
-            out.append("\\\\")
-        elif 0x20 <= b < 0x7F:
-            out.append(chr(b))
-        else:
-            out.append("\\x%02x" % b)
-    return "".join(out)
+_escape = escape_bytes
 
 
 def padded_url(host, path, length=1083):
