@@ -107,3 +107,33 @@ def test_flipped_byte_in_transit_is_caught_then_retried(runtime, tmp_path):
     assert "attempt 1 failed: SHA-256 mismatch" in out, out
     assert r.final_status == 2 and r.slot_sha256 == hashlib.sha256(p).digest(), out
     assert r.http_requests >= 2
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_power_cut_mid_download_resumes_with_range(runtime, tmp_path):
+    # The NOR model kills the agent process inside flash operation 60 (a program or
+    # erase of the download, or a journal write); the next power-on finds the journal,
+    # checks the blocks against their CRCs, rehashes them, and resumes with a Range.
+    p = _payload(100000)
+    r = run_update(p, runtime=runtime, workdir=str(tmp_path), cuts=[(60, 100)])
+    out = "\n".join(r.output)
+    assert r.exit_codes[0] in (-9, 137) and r.exit_codes[1:] == [75, 0], out  # killed
+    assert r.final_status == 2 and r.slot_sha256 == hashlib.sha256(p).digest(), out
+    line = r.output[_index(r.output, "resuming job")]
+    kept = int(line.split(" at ")[1].split(" of ")[0])
+    assert 64 + 4096 <= kept < 64 + len(p)
+    gets = [q for q in r.requests if q["method"] == "GET"]
+    assert len(gets) == 2
+    assert gets[1]["headers"].get("Range") == "bytes=%d-" % (kept - 16)  # 16-byte overlap
+    assert [s for _, s, i in r.results] == [1, 1, 2] and r.results[1][2] == "resuming"
+
+
+def test_power_cut_after_commit_before_reboot_still_finishes(tmp_path):
+    # A cut in the boot after the commit (the boot record write that starts the trial)
+    # never bricks: the board comes up on one slot or the other and the job ends in 2.
+    p = _payload(10000)
+    for op in (0, 1, 2, 3):
+        r = run_update(p, workdir=str(tmp_path / str(op)), cuts=[None, (op, 20)])
+        assert r.final_status == 2 and r.job_finished, (op, r.results)
+        assert r.slot == 1 and r.record.state == 1
+        assert r.slot_sha256 == hashlib.sha256(p).digest()

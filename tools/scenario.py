@@ -145,8 +145,12 @@ class Bench:
             env["RMOTA_SETTINGS"] = json.dumps(self.settings)
         return env
 
-    def run_process(self, runtime="micropython", max_boots=4, timeout_s=600, echo=None, heap="512k"):
-        """Run ``firmware/main.py`` as a process until it exits with anything but 75."""
+    def run_process(self, runtime="micropython", max_boots=4, timeout_s=600, echo=None,
+                    heap="512k", cuts=()):
+        """Run ``firmware/main.py`` as a process until it exits with anything but 75 (a
+        reboot) or a power cut. ``cuts``: for the first boots, ``(op, byte)`` power cuts
+        (``RMOTA_CUT``: the NOR model tears flash operation ``op`` after ``byte`` bytes and
+        kills the process); a killed process is powered on again."""
         main = os.path.join(ROOT, "firmware", "main.py")
         if runtime == "micropython":
             cmd = [MICROPYTHON, "-X", "heapsize=" + heap, main]
@@ -156,10 +160,12 @@ class Bench:
             raise ValueError("runtime must be micropython or cpython")
         r = self.result
         deadline = time.monotonic() + timeout_s
-        for _ in range(max_boots):
+        for boot in range(max_boots):
+            env = self.env(runtime)
+            if boot < len(cuts) and cuts[boot]:
+                env["RMOTA_CUT"] = "%d,%d" % cuts[boot]
             proc = subprocess.Popen(
-                cmd, env=self.env(runtime), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
             )
             try:
                 for raw in proc.stdout:
@@ -174,7 +180,8 @@ class Bench:
                 proc.kill()
                 code = proc.wait()
             r.exit_codes.append(code)
-            if code != REBOOT:
+            killed = code in (-9, 137) and boot < len(cuts) and cuts[boot]
+            if code != REBOOT and not killed:
                 break
         return r
 
@@ -221,6 +228,7 @@ class Bench:
         r.final_status = emu.job_status
         r.job_finished = emu.job is None
         r.http_requests = emu.http_requests
+        r.requests = list(self.srv.requests)
         r.wire_rx = len(emu.rx)
         r.wire_tx = len(emu.tx)
         r.http_log = list(self.srv.requests)
@@ -251,6 +259,7 @@ def run_update(
     max_boots=4,
     timeout_s=600,
     echo=None,
+    cuts=(),
     **bench_kw,
 ):
     """One job end to end with the agent as a process (``runtime`` "micropython" or
@@ -259,7 +268,7 @@ def run_update(
     if image is None:
         image = make_image(payload, board_id, version)
     with Bench(image, workdir, faults, emu_options, passive, **bench_kw) as bench:
-        bench.run_process(runtime, max_boots, timeout_s, echo)
+        bench.run_process(runtime, max_boots, timeout_s, echo, cuts=cuts)
     return bench.result
 
 
