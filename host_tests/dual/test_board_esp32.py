@@ -542,6 +542,22 @@ class TestAgentEndToEnd(_Base):
         self.assertEqual(self.chip.running, "ota_1")
         self.assertEqual(self.board().running_version(), 2)
 
+    def test_commit_refused_by_the_bootloader_reports_5_once(self):
+        # An image that is not an ESP32 app (no 0xE9 magic: e.g. firmware.bin with the
+        # bootloader in front) passes our digest but set_boot() refuses it. The agent
+        # reports 5 once and stops; it must not retry the commit forever.
+        payload = b"\x00" + _app(5000, 9)[1:]
+        esp = TinyESP(build_header(payload, b"esp32s3", 2) + payload)
+        self.chip.on_uart = esp.attach
+        b, agent = self._run_boot(esp)
+        agent.run(until_idle=True, timeout_ms=200000)
+        log = "\n".join(self.log_lines)
+        self.assertEqual([r[1] for r in esp.results], [1, 5], log)
+        self.assertIn("slot refused image", esp.results[-1][2])
+        self.assertEqual(self.chip.resets, 0)
+        self.assertEqual(self.chip.running, "ota_0")
+        self.assertIsNone(b.journal.load())
+
     def test_trial_reset_before_confirm_reports_3(self):
         payload, image = self._image(2)
         esp = TinyESP(image)

@@ -27,11 +27,15 @@ Usage::
     agent.run(until_idle=True)      # or call agent.poll() from your own loop
 """
 
+from binascii import hexlify, unhexlify
+
 from .at import URC_FWNOTIFY, URC_READY, URC_RM, URC_RMOTA, URC_UNKNOWN, URC_WIFI, quote
 from .errors import ImageError, LinkError, ProtocolError, describe_err_code, http_status_of
 from .image import HEADER_SIZE, ImageHeader
 from .log import Logger
 from .urc import (
+    STATUS_NAMES,
+    FWNotify,
     OTA_FAILED,
     OTA_IN_PROGRESS,
     OTA_REJECTED,
@@ -40,6 +44,14 @@ from .urc import (
     parse_rmota,
 )
 from .writer import SlotWriter
+
+def _pick(arg, settings, name, default):
+    # A wait or limit: the constructor argument, else the board setting, else default.
+    if arg is not None:
+        return arg
+    v = settings.get(name)
+    return default if v is None else v
+
 
 _PROBE = 64  # bytes of each attempt checked before anything is written
 _OVERLAP = 16  # bytes already written that a resumed attempt asks for again
@@ -67,6 +79,8 @@ class Attempt:
         self.pos = 0
         self.mode = _M_PROBE
         self.frame_errors = 0
+        self.stalled = False  # a record stopped arriving (the link's inactivity timeout)
+        self.new_header = False  # a full response whose header is not the one we hold
         self.cmd = None
         self.reject = None
 
@@ -79,6 +93,26 @@ class HostOTA:
     ``progress(done, total)`` (bytes) is called as the payload is written.
     ``max_attempts``: failed download attempts before the job is reported 3.
     ``backoff_ms``: first retry delay (doubles, capped at ``backoff_max_ms``).
+
+    Waits, in ms. Each comes from the constructor argument, else the board setting of
+    the same name (``board.settings``, so a board profile or ``RMOTA_SETTINGS`` on the
+    desktop can shorten them), else the default shown:
+
+    - ``fetch_wait_ms`` (5000): after ``AT+RMOTAFETCH``'s ``OK``, how long a notification
+      may take (the cloud answers asynchronously);
+    - ``link_wait_ms`` (60000): how long to wait for Wi-Fi and the cloud to come back;
+    - ``prompt_ms`` (1000): how long a ``>`` may take after ``AT+HTTPURLCFG=<n>`` /
+      ``AT+HTTPCHEAD=<n>``, also after ``busy p...`` (ESP-AT may prompt late);
+    - ``data_ms`` (1000): after the last data byte, how long ``SET OK``/``OK`` may take
+      (plus the bytes' time on the wire at the board's ``baud``); then the ESP is
+      taken to be still waiting for lost bytes and is padded with NULs;
+    - ``pad_ms`` (200): the wait after each batch of NUL padding;
+    - ``quiet_ms`` (1500): every byte of the image is in but no final result came (a
+      mangled ``OK``): after this much silence the image is judged by its digest;
+    - ``settle_ms`` (1000): after a record stalled, how much longer to wait for the
+      ESP's final result or ``ready`` before resynchronising with ``AT``;
+    - ``record_idle_ms``: sets ``link.record_idle_ms`` (the payload-mode inactivity
+      timeout, ``rmota.at.ATLink``) when given.
     Counters for post-mortems: ``attempts``, ``resumes``, ``refetches``,
     ``bytes_received``, ``bytes_refetched``, ``errors``; ``last_error`` (str);
     ``result`` ((status, info) of the last job reported, or None).
@@ -90,11 +124,17 @@ class HostOTA:
         board,
         progress=None,
         log=None,
-        max_attempts=6,
-        backoff_ms=500,
-        backoff_max_ms=30000,
-        fetch_wait_ms=5000,
-        link_wait_ms=60000,
+        max_attempts=None,
+        backoff_ms=None,
+        backoff_max_ms=None,
+        fetch_wait_ms=None,
+        link_wait_ms=None,
+        prompt_ms=None,
+        data_ms=None,
+        pad_ms=None,
+        quiet_ms=None,
+        settle_ms=None,
+        record_idle_ms=None,
     ):
         s = board.settings
         self.link = link
@@ -106,13 +146,43 @@ class HostOTA:
         self.tx_size = s.get("tx_size", 2048)
         self.http_timeout_ms = s.get("http_timeout_ms", 10000)
         self.allow_raw = s.get("allow_raw", False)
+        # How flash writes and the download share the host (issue 3, "UART overflow";
+        # numbers in tools/bench.py): "stream" erases and programs as blocks fill while
+        # the ESP keeps sending; "pre_erase" erases the image's blocks before the
+        # download, so only programs happen meanwhile; "window" receives a Range window
+        # of ``window_size`` bytes into RAM and writes it while the ESP is idle.
+        self.flash_mode = s.get("flash_mode", "stream")
+        if self.flash_mode not in ("stream", "pre_erase", "window"):
+            raise ValueError("flash_mode must be stream, pre_erase or window")
+        self.window_size = s.get("window_size", 16384)
+        self.prog_chunk = s.get("prog_chunk")
+        self.flow_control = s.get("flow_control", False)
+        self.baud = s.get("baud", 115200)
+        self.windows = 0
+        self._url_held = None  # the URL the ESP holds (AT+HTTPURLCFG), None: unknown
         if self.rx_size > len(link.parser._rec):
             raise ValueError("rx_size above the link's record_max")
-        self.max_attempts = max_attempts
-        self.backoff_ms = backoff_ms
-        self.backoff_max_ms = backoff_max_ms
-        self.fetch_wait_ms = fetch_wait_ms
-        self.link_wait_ms = link_wait_ms
+        self.max_attempts = _pick(max_attempts, s, "max_attempts", 6)
+        self.backoff_ms = _pick(backoff_ms, s, "backoff_ms", 500)
+        self.backoff_max_ms = _pick(backoff_max_ms, s, "backoff_max_ms", 30000)
+        self.fetch_wait_ms = _pick(fetch_wait_ms, s, "fetch_wait_ms", 5000)
+        self.link_wait_ms = _pick(link_wait_ms, s, "link_wait_ms", 60000)
+        self.prompt_ms = _pick(prompt_ms, s, "prompt_ms", 1000)
+        self.data_ms = _pick(data_ms, s, "data_ms", 1000)
+        self.pad_ms = _pick(pad_ms, s, "pad_ms", 200)
+        self.quiet_ms = _pick(quiet_ms, s, "quiet_ms", 1500)
+        self.settle_ms = _pick(settle_ms, s, "settle_ms", 1000)
+        record_idle_ms = _pick(record_idle_ms, s, "record_idle_ms", None)
+        if record_idle_ms:
+            link.record_idle_ms = record_idle_ms
+        self._line_baud = s.get("baud", 115200)
+        if self.max_attempts < 1 or self.prompt_ms < 1 or self.data_ms < 1:
+            raise ValueError("max_attempts, prompt_ms and data_ms must be >= 1")
+        self._echo_off = False  # we turned echo off (ATE0) since the ESP last booted
+        self._need_refetch = False  # the ESP rebooted: its pending-job flag is gone
+        self._refetching = False
+        self._running_job = None  # job id of the job being worked on
+        self._rejected_hdr = None  # a refused header seen once, waiting for confirmation
         self._probe = bytearray(_PROBE)
         self._ovl = bytearray(_OVERLAP)
         self._hdr_raw = bytearray(HEADER_SIZE)
@@ -139,6 +209,7 @@ class HostOTA:
         self._gen = None
         self._idle = False
         self._retry_at = None
+        self._fetch_empty = False
         link.subscribe(self._on_urc)
 
     # --- URCs -------------------------------------------------------------------------
@@ -150,9 +221,20 @@ class HostOTA:
                 self.errors += 1
                 self.log.warn("bad +RMFWNOTIFY:", e.reason)
                 return
+            run = self._running_job
+            if run is not None and not self._refetching:
+                if note.job_id == run:
+                    # The cloud announced our job again (a fresh presigned URL): use it
+                    # from the next attempt on.
+                    self.note.url = note.url
+                    self.log.info("job", run, "announced again: URL refreshed")
+                    return
+                self.log.info("another job", note.job_id, "announced while", run, "runs")
             self._notified = note
         elif kind == URC_READY:
+            self._esp_forgot()
             self.esp_reset = True
+            self._url_held = None  # the ESP forgot it (RAM)
             self.log.warn("ESP rebooted (ready)")
         elif kind == URC_WIFI:
             if line == b"WIFI DISCONNECT":
@@ -189,8 +271,10 @@ class HostOTA:
             # The new ESP firmware runs only after a restart, at a safe moment.
             self.esp_restart_wanted = True
             self.log.info("ESP firmware updated; restart pending")
+        elif st == OTA_REJECTED:
+            self.log.info("ESP OTA status 5: rejected or delayed (ESP-AT prints 5 for both)")
         else:
-            self.log.info("ESP OTA status", st)
+            self.log.info("ESP OTA status", st, STATUS_NAMES[st])
 
     # --- run model --------------------------------------------------------------------
     def poll(self):
@@ -253,10 +337,18 @@ class HostOTA:
         c = yield from self._cmd(b"AT+RMOTAFETCH", 5000)
         if c.ok:
             yield from self._wait(self.fetch_wait_ms, lambda: self._notified is not None)
+        if self._notified is None:
+            # A download the journal knows, cut by a power loss: carry on with its URL
+            # even if no notification came (the ESP may not have reported it again yet).
+            self._notified = self._journal_note()
         while self._notified is not None:
             note = self._notified
             self._notified = None
-            yield from self._job(note)
+            self._running_job = note.job_id
+            try:
+                yield from self._job(note)
+            finally:
+                self._running_job = None
         if self.esp_restart_wanted:
             yield from self._restart_esp()
         self.state = "idle"
@@ -301,6 +393,11 @@ class HostOTA:
         never answers."""
         for i in range(8):
             c = yield from self._cmd(b"AT", 1000)
+            if c.echoed and self._echo_off:
+                # Echo is on again although we turned it off: the ESP rebooted and its
+                # "ready" was lost (swallowed by a record, or by the UART).
+                self.log.warn("ESP echoes commands again: it rebooted unseen")
+                self._esp_forgot()
             if c.ok:
                 break
             if c.final is None and not c.busy and i >= 1:
@@ -311,9 +408,26 @@ class HostOTA:
         else:
             raise LinkError("ESP does not answer AT")
         yield from self._sleep(50)  # let late answers to abandoned commands drain
-        yield from self._cmd(b"ATE0", 1000)
+        c = yield from self._cmd(b"ATE0", 1000)
+        self._echo_off = c.ok
         yield from self._cmd(b"AT+SYSLOG=1", 1000)
+        if self.flow_control:
+            # ESP-AT honours CTS only with flow control 3 (or 2); its default is 1 (RTS
+            # only) and AT+UART_CUR is forgotten on reset: set it after every ready.
+            yield from self._cmd(b"AT+UART_CUR=%d,8,1,0,3" % self.baud, 1000)
         self.esp_reset = False
+
+    def _esp_forgot(self):
+        """The ESP rebooted (``ready``, or it echoes again, or ``ERROR`` came without the
+        ``ERR CODE`` SYSLOG gives): its RAM is gone — echo, SYSLOG, URL, headers and the
+        pending-job flag (DESIGN.md section 1). Everything is set again before the next
+        command that needs it, and the job is fetched again (``AT+RMOTAFETCH``) so that
+        ``AT+RMOTARESULT`` is accepted."""
+        self.esp_reset = True
+        self._echo_off = False
+        self._url_held = None
+        if self._running_job is not None:
+            self._need_refetch = True
 
     def _restart_esp(self):
         """``AT+RST`` at a safe moment (no host job running), then wait for ``ready``."""
@@ -345,6 +459,11 @@ class HostOTA:
             self.log.warn("AT+RMOTARESULT refused:", describe_err_code(c.err_code))
             if c.final == b"ERROR":
                 yield from self._refetch(job_id)
+                if self._fetch_empty:
+                    # The cloud holds no pending job for us (finished, or cancelled):
+                    # retrying now cannot succeed. The caller keeps the result.
+                    self.log.warn("no pending job", job_id, "in the cloud")
+                    return False
             yield from self._sleep(self._backoff(i))
         return False
 
@@ -353,7 +472,17 @@ class HostOTA:
         pending-job flag after an ESP reboot and brings a fresh presigned URL. Returns
         the new ``FWNotify`` or None."""
         self.refetches += 1
+        self._need_refetch = False
+        self._refetching = True
+        try:
+            note = yield from self._refetch_wait(job_id)
+        finally:
+            self._refetching = False
+        return note
+
+    def _refetch_wait(self, job_id):
         self._notified = None
+        self._fetch_empty = False
         c = yield from self._cmd(b"AT+RMOTAFETCH", 5000)
         if not c.ok:
             return None
@@ -361,9 +490,11 @@ class HostOTA:
             self.fetch_wait_ms, lambda: self._notified is not None
         )
         if not got:
+            self._fetch_empty = True
             return None
         note = self._notified
         if note.job_id != job_id:
+            self._fetch_empty = True
             return None  # another job: left in _notified for the main loop
         self._notified = None
         return note
@@ -398,6 +529,11 @@ class HostOTA:
             return
         self.state = "confirm"
         bs = self.board.boot_state()
+        if bs.get("slot") != j["slot"] and not bs.get("rolled_back"):
+            # Power was lost between journalling the commit and the boot record change:
+            # the image is verified but not committed. Check it again, commit, reboot.
+            yield from self._recommit(j)
+            return
         if bs.get("slot") == j["slot"] and not bs.get("rolled_back"):
             if bs.get("trial"):
                 self.board.confirm()
@@ -406,6 +542,38 @@ class HostOTA:
             status, info = OTA_FAILED, "rolled back: v%d did not confirm" % j["version"]
         self.log.info("boot after commit:", info)
         yield from self._finish_job(j["job"], status, info)
+
+    def _recommit(self, j):
+        slot = self.board.inactive_slot()
+        w = SlotWriter(slot.bdev)
+        try:
+            w.begin(j["len"])
+            ok = slot.index == j["slot"] and w.readback_digest() == unhexlify(j["sha"])
+        except (ImageError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            self.log.warn("journalled commit does not match the slot: dropped")
+            yield from self._finish_job(j["job"], OTA_FAILED, "commit lost")
+            return
+        self.log.info("commit was cut by a power loss: committing again")
+        ok = yield from self._commit(j["job"], slot.index, j["len"], unhexlify(j["sha"]),
+                                     j["version"])
+        if not ok:
+            return
+        self.state = "reboot"
+        self.board.reboot()
+
+    def _commit(self, job_id, index, length, sha256, version):
+        """``board.commit``. A board that refuses the image (``OSError``: e.g. ESP-IDF's
+        ``set_boot`` rejects a slot that holds no valid app) ends the job with status 5:
+        the same image would be refused again. Returns True when committed."""
+        try:
+            self.board.commit(index, length, sha256, version)
+        except (OSError, ValueError) as e:
+            self.log.error("the board refused the commit:", repr(e))
+            yield from self._finish_job(job_id, OTA_REJECTED, "slot refused image: %s" % e)
+            return False
+        return True
 
     # --- the job ----------------------------------------------------------------------
     def _job(self, note):
@@ -422,25 +590,34 @@ class HostOTA:
         if note.size < HEADER_SIZE:
             yield from self._finish_job(note.job_id, OTA_REJECTED, "size %d < header" % note.size)
             return
-        yield from self._report(note.job_id, OTA_IN_PROGRESS, "downloading", tries=1)
         self.header = None
         slot = self.board.inactive_slot()
-        self.writer = SlotWriter(slot.bdev)
+        self.writer = self._new_writer(slot.bdev)
+        self.writer.on_block = self._on_block
         self._slot = slot
         self.range_ok = True
+        resumed = self._resume(saved, note, slot)
+        yield from self._report(
+            note.job_id, OTA_IN_PROGRESS, "resuming" if resumed else "downloading", tries=1
+        )
         failures = 0
         verdict = None
         while failures < self.max_attempts:
             verdict = yield from self._attempt(note)
             if verdict == "done":
                 break
+            if verdict == "more":
+                continue  # a window (or the header) arrived: go on, nothing failed
             if isinstance(verdict, ImageError) and verdict.status == OTA_REJECTED:
                 break
             failures += 1
             self.attempts += 1
+            self._url_held = None  # set and check the URL again before the next try
             self.log.warn("attempt %d failed: %s" % (failures, self._why(verdict)))
-            if self.esp_reset:
-                yield from self._init_esp()
+            if self.esp_reset or self._need_refetch:
+                # The ESP rebooted: set it up again and re-arm its pending-job flag.
+                if self.esp_reset:
+                    yield from self._init_esp()
                 fresh = yield from self._refetch(note.job_id)
                 if fresh:
                     note = self.note = fresh
@@ -467,12 +644,76 @@ class HostOTA:
                 "job": note.job_id,
                 "slot": slot.index,
                 "version": h.image_version,
+                "len": h.image_len,
+                "sha": hexlify(h.sha256).decode(),
             }
         )
-        self.board.commit(slot.index, h.image_len, h.sha256, h.image_version)
+        ok = yield from self._commit(note.job_id, slot.index, h.image_len, h.sha256,
+                                     h.image_version)
+        if not ok:
+            return
         self.log.info("committed v%d to slot %d; rebooting" % (h.image_version, slot.index))
+        if self.esp_restart_wanted:
+            # A +RMOTA:2 (or +RMRESET) is waiting for AT+RST: the download is over, so this
+            # is a safe moment, and the request would be lost with our own reboot.
+            yield from self._restart_esp()
         self.state = "reboot"
         self.board.reboot()
+
+    def _journal_note(self):
+        j = self.board.journal.load()
+        if not j or j.get("stage") != "download":
+            return None
+        try:
+            return FWNotify(0, j["size"], j["url"].encode(), j.get("fw"), j["job"])
+        except (KeyError, AttributeError):
+            return None
+
+    def _on_block(self, index, crc):
+        # The writer programmed block ``index``: journal its CRC so that a resume after a
+        # power cut can tell it intact.
+        self.board.journal.crc_append(crc)
+
+    def _journal_download(self, note, raw_header):
+        """Journal a new download (before its first block is programmed): old CRCs go
+        first, so a cut in between never pairs them with the new header."""
+        j = self.board.journal
+        j.crc_reset()
+        j.save(
+            {
+                "stage": "download",
+                "job": note.job_id,
+                "url": note.url.decode(),
+                "size": note.size,
+                "fw": note.fw_version,
+                "slot": self._slot.index,
+                "hdr": hexlify(raw_header).decode(),
+            }
+        )
+
+    def _resume(self, saved, note, slot):
+        """Carry on a download the journal knows (same job, size and slot): restore the
+        header, keep the blocks whose CRC matches, rebuild the SHA-256 from flash.
+        Returns True when something was kept."""
+        if not saved or saved.get("stage") != "download":
+            return False
+        if saved.get("job") != note.job_id or saved.get("size") != note.size:
+            return False
+        if saved.get("slot") != slot.index:
+            return False
+        try:
+            raw = unhexlify(saved["hdr"])
+            h = ImageHeader.parse(raw)
+            h.check(self.board.board_id, slot.size, self.board.running_version(), note.size)
+        except (ImageError, ValueError, KeyError, TypeError):
+            return False
+        self.writer.begin(h.image_len)
+        kept = self.writer.resume(self.board.journal.crcs())
+        self.header = h
+        self._hdr_raw[:] = raw
+        self.resumes += 1
+        self.log.info("resuming job", note.job_id, "at", HEADER_SIZE + kept, "of", note.size)
+        return True
 
     def _why(self, verdict):
         if isinstance(verdict, int):
@@ -482,32 +723,25 @@ class HostOTA:
         return str(verdict)[:_INFO_MAX]
 
     def _set_url(self, url):
-        """Set the URL with ``AT+HTTPURLCFG`` and read it back with ``AT+HTTPURLCFG?``.
+        """Set the URL with ``AT+HTTPURLCFG`` and read it back with ``AT+HTTPURLCFG?``
+        (ESP-AT HTTP AT commands; issue 4 cases 6 and 10).
 
-        URL bytes are sent only after ``>``. ``busy p...`` instead of a prompt: wait a
-        second for a late prompt, else back off and send the command again. ``SET OK``
-        missing (a URL byte was lost and the ESP still waits for it): feed it NUL bytes
-        one at a time until it answers (a NUL makes ESP-AT refuse the URL), never a
-        command. Returns True when the ESP holds exactly ``url``."""
+        URL bytes are sent only after ``>``: ``busy p...`` instead of a prompt, or no
+        prompt within ``prompt_ms``, means back off and send the command again (a prompt
+        that comes after we gave up is answered with NULs by the link). A missing
+        ``SET OK`` means the ESP still waits for lost URL bytes: ``_send_data`` pads it with
+        NULs, never a command. Returns True when the ESP holds exactly ``url``."""
         n = len(url)
         for i in range(6):
             if self.esp_reset:
                 yield from self._init_esp()
-            c = yield from self._cmd(b"AT+HTTPURLCFG=%d" % n, 1000, prompt=n)
+            c = yield from self._cmd(b"AT+HTTPURLCFG=%d" % n, self.prompt_ms, prompt=n)
             if c.final != b">":
-                self.log.warn("no prompt for AT+HTTPURLCFG", "busy" if c.busy else c.final)
+                self.log.warn("no prompt for AT+HTTPURLCFG:", "busy" if c.busy else c.final)
                 yield from self._sleep(self._backoff(i))
                 continue
-            c = yield from self._data(url, 2000)
-            if c.final is None and not c.reset:
-                self.log.warn("no SET OK: padding the URL")
-                for _ in range(n):
-                    c = yield from self._data(b"\x00", 100)
-                    if c.done and c.final is not None:
-                        break
-                yield from self._sleep(50)
-                continue
-            if c.final != b"SET OK":
+            final = yield from self._send_data(url)
+            if final != b"SET OK":
                 yield from self._sleep(self._backoff(i))
                 continue
             q = yield from self._cmd(b"AT+HTTPURLCFG?", 2000)
@@ -517,15 +751,89 @@ class HostOTA:
             self.log.warn("URL read back differs; setting it again")
         return False
 
-    def _set_range(self, start):
-        """``AT+HTTPCHEAD`` with ``Range: bytes=<start>-`` (True when the ESP took it;
-        firmware before 2023 answers ERROR: no Range then)."""
+    def _new_writer(self, bdev):
+        """The ``SlotWriter`` for this board's ``flash_mode``: its buffer holds one
+        ``+HTTPCGET`` record past a block (so ``write()`` allocates a constant per record)
+        or, in window mode, a whole window."""
+        bs = bdev.ioctl(5, 0)
+        if self.flash_mode == "window":
+            n = (self.window_size + bs - 1) // bs
+        else:
+            n = 1 + (self.rx_size + bs - 1) // bs
+        w = SlotWriter(bdev, buffer_blocks=n, prog_chunk=self.prog_chunk)
+        w.defer = self.flash_mode == "window"
+        return w
+
+    def _set_range(self, start, end=None):
+        """``AT+HTTPCHEAD`` with ``Range: bytes=<start>-`` or ``bytes=<start>-<end>``
+        (stream offsets, ``end`` inclusive). True when the ESP took it; firmware before
+        2023 answers ERROR: no Range then."""
         hdr = b"Range: bytes=%d-" % start
-        c = yield from self._cmd(b"AT+HTTPCHEAD=%d" % len(hdr), 1000, prompt=len(hdr))
-        if c.final != b">":
-            return False
-        c = yield from self._data(hdr, 2000)
-        return c.final == b"OK"
+        if end is not None:
+            hdr += b"%d" % end
+        ok = yield from self._put_header(hdr)
+        return ok
+
+    def _put_header(self, hdr):
+        """``AT+HTTPCHEAD=<len>`` → ``>`` → ``hdr`` (bytes, ``Key: value``) → ``OK``.
+
+        Returns True (set), False (ESP-AT refuses the command with ``ERROR``: firmware
+        before 2023 has no AT+HTTPCHEAD, so no Range), or None (not now: ``busy p...`` or
+        no prompt three times, an ESP reset, or data bytes lost — then the headers are
+        cleared with ``AT+HTTPCHEAD=0``, since what the ESP kept is unknown). Like
+        ``_set_url`` it never sends a command while the ESP may still read header bytes."""
+        n = len(hdr)
+        for i in range(3):
+            if self.esp_reset:
+                return None
+            c = yield from self._cmd(b"AT+HTTPCHEAD=%d" % n, self.prompt_ms, prompt=n)
+            if c.final == b"ERROR":
+                return False
+            if c.final == b">":
+                final = yield from self._send_data(hdr)
+                if final == b"OK":
+                    return True
+                if self.esp_reset:
+                    return None
+                yield from self._clear_range()
+            else:
+                self.log.warn("no prompt for AT+HTTPCHEAD:", "busy" if c.busy else c.final)
+            yield from self._sleep(self._backoff(i))
+        return None
+
+    def _send_data(self, data):
+        """After a ``>`` prompt: write ``data`` raw and return the final result that ends it
+        (``SET OK`` for AT+HTTPURLCFG, ``OK`` for AT+HTTPCHEAD, ``ERROR``), or None (the
+        ESP reset, or never answered).
+
+        ESP-AT reads exactly the announced number of bytes and waits for them forever
+        (DESIGN.md section 1, from esp-at's source). No final result within ``data_ms``
+        plus the bytes' time on the wire means bytes were lost and the ESP is still
+        reading: a command now would become data. It gets NUL bytes instead, in batches of
+        1, 1, 2, 4, ... (``pad_ms`` apart, at most ``len(data)`` in all) until it answers; a
+        NUL makes it refuse the data with ``ERROR``. When more than one NUL went out, some
+        may have reached its command parser, so the link is put back in step with ``AT``
+        (``_init_esp``) before anything else."""
+        n = len(data)
+        c = yield from self._data(data, self.data_ms + n * 10000 // self._line_baud)
+        if c.final is not None or c.reset:
+            return c.final
+        self.log.warn("no final result after %d data bytes: padding with NULs" % n)
+        sent = 0
+        k = 1
+        while sent < n:
+            k = min(k, n - sent)
+            c = yield from self._data(bytes(k), self.pad_ms)
+            sent += k
+            if c.final is not None or c.reset:
+                break
+            if sent > 1:
+                k *= 2
+        if c.reset:
+            return None
+        if sent > 1 or c.final is None:
+            yield from self._init_esp()
+        return c.final
 
     def _clear_range(self):
         c = yield from self._cmd(b"AT+HTTPCHEAD=0", 1000)
@@ -542,35 +850,74 @@ class HostOTA:
         ``ImageError`` (status 5: refused; status 3: digest mismatch), an int HTTP
         status (0: connection failed) from ``ERR CODE``, or a short reason string."""
         self.state = "download"
-        ok = yield from self._set_url(note.url)
-        if not ok:
-            return "URL not set"
+        if self._url_held != note.url or self.esp_reset:
+            ok = yield from self._set_url(note.url)
+            if not ok:
+                return "URL not set"
+            self._url_held = note.url
         acc = self._accepted()
+        w = self.writer
+        mode = self.flash_mode
+        end = None  # last stream offset asked for (inclusive), None: to the end
+        if self.range_ok:
+            if mode == "window":
+                # One writer buffer of payload; the first window also brings the header.
+                end = (acc if acc else HEADER_SIZE) + w.room - 1
+            elif mode == "pre_erase" and self.header is None:
+                end = HEADER_SIZE - 1  # the header first: it says how much to erase
+            if end is not None and end >= note.size:
+                end = note.size - 1
+        if mode == "pre_erase" and self.header is not None:
+            # Erase every block the image needs while the ESP is idle: during the
+            # download only programs stall the host (about 0.7 ms a page on W25Qxx).
+            self.state = "erase"
+            while w.erase_ahead(self.header.image_len):
+                yield
+            self.state = "download"
         use_range = False
         overlap = 0
+        start = 0
         if acc > HEADER_SIZE and self.range_ok:
-            overlap = min(_OVERLAP, self.writer.offset)
-            use_range = yield from self._set_range(acc - overlap)
+            overlap = min(_OVERLAP, w.offset)
+            start = acc - overlap
+        if (start or end is not None) and self.range_ok:
+            use_range = yield from self._set_range(start, end)
             if use_range:
                 self._read_tail(overlap)
-                self.resumes += 1
+                if end is None:
+                    self.resumes += 1
             else:
-                self.range_ok = False
-                overlap = 0
-        att = Attempt(acc - overlap if use_range else 0, overlap, acc)
+                # False: no AT+HTTPCHEAD on this ESP. None: not now (busy, reset, lost
+                # bytes): this attempt is a full download, the next one tries again.
+                self.range_ok = use_range is None
+                overlap = start = 0
+                end = None
+        att = Attempt(start, overlap, acc)
         self.att = att
         self.link.sink = self
         cmd = b'AT+HTTPCGET="",%d,%d,%d' % (self.tx_size, self.rx_size, self.http_timeout_ms)
         # The ESP's timeout is a network-idle timeout, not a bound on the transfer:
         # we watch the bytes instead (a stall is no byte for that long plus a margin).
         att.cmd = c = self.link.send(cmd, 1 << 29)
+        clk = self.clock
+        t_sent = clk.ticks_ms()
         stall_ms = self.http_timeout_ms + 2000
-        quiet_ms = 1500
+        quiet_ms = self.quiet_ms
         while not c.done:
             yield
             idle = self.link.idle_ms()
+            since = clk.ticks_diff(clk.ticks_ms(), t_sent)
+            if since < idle:
+                idle = since  # quiet before the command counts for nothing
             if idle > quiet_ms and self.header and self._accepted() >= note.size:
-                break  # every byte is here but no final result: judge by the digest
+                # Every byte is here but no final result (a mangled OK, issue 4 case 5):
+                # judge the image by its own digest; the link is resynchronised below.
+                self.log.warn("no final result after the last byte: judging by the digest")
+                break
+            if att.stalled and idle > self.link.record_idle_ms + self.settle_ms:
+                # A record stopped arriving (issue 4 case 3): the ESP is not sending. Do
+                # not wait out its network timeout: resynchronise below.
+                break
             if idle > stall_ms:
                 self.log.warn("download stalled")
                 break
@@ -580,6 +927,24 @@ class HostOTA:
         if att.mode == _M_PROBE:
             self._decide(att)
         self.att = None
+        if end is not None and use_range and att.received > end - start + 1:
+            self.log.warn("server ignored Range: full downloads from now on")
+            self.range_ok = False
+        if w.defer and w.buffered:
+            # A window is written only when it arrived whole (final OK, no framing error,
+            # exactly the bytes asked for: a lost record shows in the count); then the
+            # ESP is idle while the flash stalls the host. Otherwise it is dropped.
+            whole = c.final == b"OK" or (not c.done and self._accepted() >= note.size)
+            if end is not None and use_range and att.received != end - start + 1:
+                whole = False
+            if whole and not att.frame_errors:
+                self.windows += 1
+                self.state = "program"
+                while w.flush_step(1):
+                    yield
+                self.state = "download"
+            else:
+                w.rewind(w.durable)
         self.bytes_received += att.received
         if att.req < acc:
             self.bytes_refetched += min(att.received, acc - att.req)
@@ -592,6 +957,12 @@ class HostOTA:
         if c.reset:
             return "ESP reset"
         if c.final == b"ERROR":
+            if c.err_code is None:
+                # We set AT+SYSLOG=1, so every ERROR comes with its ERR CODE: a bare one
+                # means the ESP forgot SYSLOG, i.e. it rebooted unseen (issue 4 case 7).
+                # Set it up again and fetch the job again (pending flag, fresh URL).
+                self.log.warn("ERROR without ERR CODE: the ESP forgot SYSLOG")
+                self._esp_forgot()
             st = http_status_of(c.err_code)
             if st:
                 # An HTTP error status: the body was an error page. The probe kept it
@@ -599,15 +970,45 @@ class HostOTA:
                 self.writer.rewind(att.acc0 - HEADER_SIZE if att.acc0 > HEADER_SIZE else 0)
                 return st
             return 0 if st == 0 else "download ERROR"
+        if att.new_header:
+            # A whole response that carries another header: the file changed (or its
+            # header came altered). Start over. An error page ends in ERROR: never here.
+            self.log.warn("header differs from the one we started with: starting over")
+            self.header = None
+            self.writer.rewind(0)
+            return "image header changed"
         if att.reject is not None:
-            return att.reject
+            return self._judge_reject(att, note)
+        if self.header is None or self.writer.offset < self.header.image_len:
+            if att.stalled:
+                return "record stalled"
+            if att.frame_errors:
+                return "framing error"
         if self.header is None:
             return "no image header"
         if self.writer.offset < self.header.image_len:
+            if end is not None and c.final == b"OK" and self._accepted() > acc:
+                return "more"
             if att.mode == _M_DISCARD:
                 return "unexpected response"
             return "short: %d of %d B" % (self._accepted(), note.size)
         return self._verify()
+
+    def _judge_reject(self, att, note):
+        """The header of a whole response failed its check (``att.reject``, an
+        ``ImageError``). Report it (status 5 finishes the job) only when it really is the
+        announced file, consistently: the response has the announced size (a captive
+        portal's page is not the file), and the same header bytes came in an earlier
+        download too (a byte altered in transit, issue 4 case 2, must not finish the job
+        as rejected). Otherwise the attempt failed: returns a reason string."""
+        e = att.reject
+        if att.received != note.size:
+            return "not the announced file (%d of %d B)" % (att.received, note.size)
+        raw = bytes(self._probe[:HEADER_SIZE])
+        if raw == self._rejected_hdr:
+            return e
+        self._rejected_hdr = raw
+        return "header refused once (%s): checking again" % e.reason
 
     def _verify(self):
         h = self.header
@@ -627,16 +1028,7 @@ class HostOTA:
 
     def _read_tail(self, k):
         """Copy the last ``k`` accepted payload bytes into the overlap buffer."""
-        w = self.writer
-        off = w.offset - k
-        bs = w.block_size
-        if off >= w.durable:
-            b = off - w.durable
-            self._ovl[:k] = w._buf[b : b + k]
-        else:
-            tmp = bytearray(k)
-            w.bdev.readblocks(off // bs, tmp, off % bs)
-            self._ovl[:k] = tmp
+        self.writer.copy_tail(self._ovl, k)
 
     # --- the sink the link feeds records to -------------------------------------------
     def record(self, mv):
@@ -663,6 +1055,8 @@ class HostOTA:
         written, drop the rest of this attempt (the next one resumes)."""
         att = self.att
         att.frame_errors += 1
+        if reason == "record stalled":
+            att.stalled = True
         if att.mode != _M_DISCARD:
             self.log.warn("framing:", reason)
             if att.mode == _M_PROBE:
@@ -716,9 +1110,7 @@ class HostOTA:
             return  # shorter than a header: not our image
         elif self.header is not None:
             if not hdr_ok:
-                self.log.warn("header differs from the one we started with: starting over")
-                self.header = None
-                self.writer.rewind(0)
+                att.new_header = True  # acted on only if the attempt ends OK
                 return
             att.pos = 0
         else:
@@ -736,6 +1128,7 @@ class HostOTA:
                 return
             self.header = h
             self._hdr_raw[:] = p[:HEADER_SIZE]
+            self._journal_download(self.note, self._hdr_raw)
             att.pos = 0
         att.mode = _M_WRITE
         self._take(memoryview(p), 0, m)
