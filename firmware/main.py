@@ -16,8 +16,7 @@ job with ``AT+RMOTAFETCH`` and works it. Exit codes on the unix port: 0 done,
 import sys
 
 import board as board_profile
-from rmota.agent import HostOTA
-from rmota.at import ATLink
+from rmota.agent import for_board
 
 
 class _Progress:
@@ -38,15 +37,7 @@ def main():
     bs = b.boot_state()
     print("[main] booted slot %d version %d%s" % (bs["slot"], b.running_version(),
                                                   " (trial)" if bs["trial"] else ""))
-    s = b.settings
-    link = ATLink(
-        b.uart,
-        clock=b.clock,
-        line_max=s["line_max"],
-        record_max=s["rx_size"],
-        rxbuf_size=s["uart_rxbuf"],
-    )
-    agent = HostOTA(link, b, progress=_Progress())
+    agent = for_board(b, progress=_Progress())
     state = agent.run(until_idle=True)
     if agent.result:
         print("[main] result status %d: %s" % agent.result)

@@ -190,8 +190,7 @@ class Bench:
         """Run the agent in this process (CPython) until it is idle; a reboot
         (``SystemExit(75)``) powers a new ``Board`` on. ``board_factory(flash, uart)``
         may return a wrapped board (tests record calls)."""
-        from rmota.agent import HostOTA
-        from rmota.at import ATLink
+        from rmota.agent import for_board
         from rmota.log import Logger
 
         r = self.result
@@ -202,11 +201,7 @@ class Bench:
                 b = board_factory(self.flash, self.port.slave_path, settings)
             else:
                 b = unix_board.Board(self.flash, self.port.slave_path, settings=settings)
-            s = b.settings
-            link = ATLink(b.uart, clock=b.clock, line_max=s["line_max"],
-                          record_max=s["rx_size"], rxbuf_size=s["uart_rxbuf"])
-            agent = HostOTA(link, b, log=Logger("rmota", sink=r.output.append),
-                            **(agent_kw or {}))
+            agent = for_board(b, log=Logger("rmota", sink=r.output.append), **(agent_kw or {}))
             r.agents.append(agent)
             try:
                 agent.run(until_idle=True, timeout_ms=timeout_ms)

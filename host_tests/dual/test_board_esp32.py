@@ -15,8 +15,7 @@ import unittest
 
 import fake_esp32
 from fake_esp32 import Chip, ResetCalled
-from rmota.agent import HostOTA
-from rmota.at import ATLink
+from rmota.agent import for_board
 from rmota.compat import VirtualClock
 from rmota.image import build_header
 from rmota.log import Logger
@@ -496,16 +495,7 @@ class TestAgentEndToEnd(_Base):
 
     def _run_boot(self, esp):
         b = self.board()
-        s = b.settings
-        link = ATLink(
-            b.uart,
-            clock=b.clock,
-            line_max=s["line_max"],
-            record_max=s["rx_size"],
-            rxbuf_size=s["uart_rxbuf"],
-        )
-        agent = HostOTA(link, b, log=Logger("t", sink=self.log_lines.append))
-        return b, agent
+        return b, for_board(b, log=Logger("t", sink=self.log_lines.append))
 
     def _image(self, version):
         payload = _app(11000, 7)  # three erase blocks, the last one partial

@@ -1132,3 +1132,23 @@ class HostOTA:
             att.pos = 0
         att.mode = _M_WRITE
         self._take(memoryview(p), 0, m)
+
+
+def for_board(board, uart=None, clock=None, **kw):
+    """A ``HostOTA`` and its ``ATLink`` for ``board`` (a board profile, see
+    docs/interfaces.md). The link reads ``uart`` (default ``board.uart``) on ``clock``
+    (default ``board.clock``) with buffers sized from ``board.settings``: ``line_max``
+    and ``uart_rxbuf`` (bytes) and ``rx_size`` (the largest ``AT+HTTPCGET`` record).
+    ``kw`` go to ``HostOTA`` (``progress``, ``log``, waits). The link is ``agent.link``:
+    the application sends its own commands and subscribes to URCs through it."""
+    from .at import ATLink
+
+    s = board.settings
+    link = ATLink(
+        uart if uart is not None else board.uart,
+        clock=clock if clock is not None else board.clock,
+        line_max=s["line_max"],
+        record_max=s["rx_size"],
+        rxbuf_size=s["uart_rxbuf"],
+    )
+    return HostOTA(link, board, **kw)
