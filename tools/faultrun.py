@@ -240,11 +240,12 @@ class Flash:
 # ------------------------------------------------------------------------------------------
 # Scenarios
 # ------------------------------------------------------------------------------------------
-def make_scenario(seed, size=None, kinds=None, cuts=None):
+def make_scenario(seed, size=None, kinds=None, cuts=None, faults=None):
     """The scenario of ``seed`` (a dict of JSON types, the same on both runtimes):
     ``size`` (payload bytes), ``kinds`` (fault kinds), ``faults`` (their parameters),
-    ``cuts`` (host power cuts), ``expect`` (2, 3 or 5). ``size``/``kinds``/``cuts``
-    override the random choice (deterministic tests)."""
+    ``cuts`` (host power cuts: ``["op", global flash operation, byte or None]`` or
+    ``["t", virtual ms, ms off]``), ``expect`` (2, 3 or 5). ``size``/``kinds``/``cuts``/
+    ``faults`` override the random choice (deterministic tests)."""
     r = PRNG(seed)
     if size is None:
         # a few KB to ~64 KB, small ones more often
@@ -271,6 +272,8 @@ def make_scenario(seed, size=None, kinds=None, cuts=None):
     f = {}
     for k in kinds:
         _fault_params(r, k, total, dl_ms, f)
+    if faults is not None:
+        f = faults
     expect = 2
     for k in kinds:
         if k in PERMANENT:

@@ -1,0 +1,197 @@
+"""One deterministic fault-campaign scenario per fault kind (issue 3): the agent updates the
+unix board in-process on a virtual clock through tools/espsim.py with that one fault, and
+every invariant of tools/faultrun.py holds (no brick, no unverified commit, the truthful
+final status, no unhandled exception). Runs under CPython (pytest) and MicroPython
+(mp_run.py). A failing case is replayed with ``faultrun.py`` as its message says."""
+
+import sys
+import unittest
+
+_d = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+if _d + "/../../tools" not in sys.path:
+    sys.path.append(_d + "/../../tools")
+
+import faultrun  # noqa: E402
+
+SIZE = 9000  # payload bytes: three erase blocks
+
+
+class FaultKinds(unittest.TestCase):
+    def setUp(self):
+        self.flash = faultrun.Flash()
+
+    def tearDown(self):
+        self.flash.remove()
+
+    def scenario(self, seed, kinds, faults, cuts=(), size=SIZE, expect=None):
+        sc = faultrun.make_scenario(seed, size=size, kinds=kinds, cuts=list(cuts), faults=faults)
+        if expect is not None:
+            self.assertEqual(sc["expect"], expect)
+        sn = faultrun.Scenario(sc, self.flash)
+        r = sn.run()
+        self.assertEqual(r["violations"], [], "%s %s: %s" % (kinds, faults, r.get("log_tail")))
+        self.assertEqual(r["final"], sc["expect"])
+        return r, sn
+
+    def fired(self, sn, name):
+        return [x for x in sn.sim.faults.log if x[0] == name]
+
+    def statuses(self, sn):
+        return [q["status"] for q in sn.sim.server.requests]
+
+    # --- bytes on the wire ----------------------------------------------------------
+    def test_dropped_byte_in_a_record(self):
+        r, sn = self.scenario(1, ["drop"], {"drop_body_at": [5000]})
+        self.assertTrue(self.fired(sn, "drop"))
+        self.assertGreaterEqual(r["requests"], 2)
+
+    def test_dropped_byte_anywhere_on_the_wire(self):
+        for off in (3, 40, 700, 1500):
+            r, sn = self.scenario(2, ["drop"], {"drop_at": [off]})
+            self.assertTrue(self.fired(sn, "drop"), off)
+
+    def test_duplicated_byte(self):
+        r, sn = self.scenario(3, ["dup"], {"dup_body_at": [4000]})
+        self.assertTrue(self.fired(sn, "dup"))
+
+    def test_flipped_byte_caught_by_the_digest(self):
+        r, sn = self.scenario(4, ["flip"], {"flip_body_at": [6000]})
+        self.assertTrue(self.fired(sn, "flip"))
+        self.assertEqual(r["full_restarts"], 1)
+
+    def test_flipped_byte_in_a_notification(self):
+        r, sn = self.scenario(5, ["flip"], {"flip_at": [60]})
+        self.assertTrue(self.fired(sn, "flip"))
+
+    # --- the download ---------------------------------------------------------------
+    def test_payload_cut_short_then_ok(self):
+        r, sn = self.scenario(6, ["truncate"], {"truncate_body_at": 5000, "truncate_final": "OK"})
+        self.assertTrue(self.fired(sn, "truncate_body"))
+
+    def test_payload_cut_short_then_error(self):
+        r, sn = self.scenario(7, ["truncate"], {"truncate_body_at": 5000, "truncate_final": None})
+        self.assertTrue(self.fired(sn, "truncate_body"))
+
+    def test_esp_reboots_at_a_body_byte(self):
+        r, sn = self.scenario(8, ["esp_reboot"], {"reboot_at_body": 5000})
+        self.assertTrue(self.fired(sn, "reboot_at_body"))
+        self.assertEqual(sn.sim.boots, 1)
+
+    def test_esp_reboots_at_an_instant(self):
+        for t in (100, 250, 700):
+            r, sn = self.scenario(9, ["esp_reboot"], {"reboot_t": t})
+            self.assertEqual(sn.sim.boots, 1, t)
+
+    def test_wifi_drops_mid_download(self):
+        r, sn = self.scenario(10, ["wifi_drop"], {"wifi_drop_at_body": 5000, "wifi_down_ms": 8000})
+        self.assertTrue(self.fired(sn, "wifi_drop"))
+
+    def test_wifi_drops_at_an_instant(self):
+        r, sn = self.scenario(11, ["wifi_drop"], {"wifi_drop_t": [400, 3000]})
+        self.assertTrue(self.fired(sn, "wifi_drop"))
+
+    def test_cloud_drops(self):
+        r, sn = self.scenario(12, ["cloud_drop"], {"cloud_drop_t": [150, 20000]})
+        self.assertTrue(self.fired(sn, "cloud_drop"))
+        r, sn = self.scenario(12, ["cloud_drop"], {"cloud_drop_at_body": 3000, "cloud_down_ms": 9000})
+        self.assertTrue(self.fired(sn, "cloud_drop"))
+
+    def test_http_errors_once(self):
+        for st in (403, 404, 416, 500):
+            r, sn = self.scenario(13, ["http_error"], {"fail_next": [st]})
+            self.assertEqual(self.statuses(sn)[0], st)
+
+    def test_expired_url_is_fetched_again(self):
+        r, sn = self.scenario(14, ["url_expiry", "esp_reboot"], {"expire_ms": 300, "reboot_at_body": 5000})
+        self.assertIn(403, self.statuses(sn))
+        self.assertGreaterEqual(r["counters"]["refetches"], 1)
+
+    def test_server_ignores_range(self):
+        r, sn = self.scenario(15, ["ignore_range", "drop"], {"ignore_range": -1, "drop_body_at": [6000]})
+        self.assertTrue(any(q["ignored"] for q in sn.sim.server.requests))
+
+    def test_slow_server(self):
+        r, sn = self.scenario(16, ["slow_server"], {"rate_bps": 3000})
+        self.assertGreater(r["virtual_ms"], 3000)
+
+    def test_server_stalls_within_the_timeout(self):
+        r, sn = self.scenario(17, ["server_stall"], {"server_stall_at": 5000, "server_stall_ms": 3000})
+        self.assertTrue(self.fired(sn, "server_stall"))
+        self.assertEqual(r["requests"], 1)
+
+    def test_server_stalls_past_the_timeout(self):
+        r, sn = self.scenario(18, ["server_stall"], {"server_stall_at": 5000, "server_stall_ms": 30000})
+        self.assertTrue(self.fired(sn, "server_stall"))
+        self.assertGreaterEqual(r["requests"], 2)
+
+    def test_esp_output_stalls_mid_record(self):
+        for ms in (500, 12000):
+            r, sn = self.scenario(19, ["esp_stall"], {"stall_at_body": 5000, "stall_ms": ms})
+            self.assertTrue(self.fired(sn, "stall_at_body"), ms)
+
+    def test_esp_falls_silent_mid_record(self):
+        r, sn = self.scenario(20, ["esp_silence"], {"silence_at_body": 5000, "silence_ms": 20000})
+        self.assertTrue(self.fired(sn, "silence_at_body"))
+
+    def test_short_record_header(self):
+        r, sn = self.scenario(21, ["short_record"], {"short_record": [1, 10]})
+        self.assertTrue(self.fired(sn, "short_record"))
+
+    def test_mangled_final_result(self):
+        r, sn = self.scenario(22, ["mangle_final"], {"mangle_final": "\r\nO\r\n"})
+        self.assertTrue(self.fired(sn, "mangle_final"))
+
+    # --- commands and the cloud -----------------------------------------------------
+    def test_busy_answers(self):
+        r, sn = self.scenario(23, ["busy"], {"busy_next": 3})
+        self.assertEqual(len(self.fired(sn, "busy")), 3)
+        r, sn = self.scenario(23, ["busy"], {"busy_next": 1, "busy_then_run_ms": 500})
+        self.assertEqual(len(self.fired(sn, "busy")), 1)
+
+    def test_lost_url_byte(self):
+        r, sn = self.scenario(24, ["lose_url_byte"], {"lose_url_byte": 500})
+        self.assertTrue(self.fired(sn, "lose_url_byte"))
+
+    def test_result_refused_while_the_cloud_is_down(self):
+        r, sn = self.scenario(25, ["result_refused"], {"refuse_result": 2, "refuse_result_ms": 10000})
+        self.assertEqual(len(self.fired(sn, "refuse_result")), 2)
+
+    # --- permanent faults: the truthful status --------------------------------------
+    def test_url_always_refused_reports_3(self):
+        r, sn = self.scenario(26, ["refused_403"], {"fail_always": 403}, expect=3)
+        self.assertFalse(r["committed"])
+
+    def test_image_missing_reports_3(self):
+        r, sn = self.scenario(27, ["missing_404"], {"fail_always": 404}, expect=3)
+
+    def test_image_with_a_bad_digest_reports_3(self):
+        r, sn = self.scenario(28, ["bad_digest"], {"corrupt_at": 5000}, expect=3)
+        self.assertFalse(r["committed"])
+
+    def test_image_for_another_board_reports_5(self):
+        r, sn = self.scenario(29, ["wrong_board"], {"board_id": "rp2-pico"}, expect=5)
+        self.assertLessEqual(r["requests"], 2)  # the agent may look twice before a 5
+
+    def test_same_version_reports_5(self):
+        r, sn = self.scenario(30, ["same_version"], {"version": 1}, expect=5)
+
+    # --- host power cuts ------------------------------------------------------------
+    def test_power_cut_in_flash_operations(self):
+        # littlefs makes different operations on the two runtimes: count them first
+        ops = []
+        sc = faultrun.make_scenario(31, size=SIZE, kinds=[], cuts=[], faults={})
+        faultrun.Scenario(sc, self.flash, op_log=ops).run()
+        n = len(ops)
+        self.assertGreater(n, 20)
+        for op in (0, n // 5, n // 3, n // 2, 2 * n // 3, n - 2, n - 1):
+            r, sn = self.scenario(31, [], {}, cuts=[["op", op, None]])
+            self.assertEqual(r["cuts_fired"], 1, op)
+
+    def test_power_cut_at_instants(self):
+        for t in (150, 400, 800):
+            r, sn = self.scenario(32, [], {}, cuts=[["t", t, 500]])
+            self.assertEqual(r["cuts_fired"], 1, t)
+
+
+if __name__ == "__main__":
+    unittest.main()
