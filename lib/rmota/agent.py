@@ -159,6 +159,7 @@ class HostOTA:
         self.flow_control = s.get("flow_control", False)
         self.baud = s.get("baud", 115200)
         self.windows = 0
+        self._journal_due = False  # window mode: the header is journalled with the window
         self._url_held = None  # the URL the ESP holds (AT+HTTPURLCFG), None: unknown
         if self.rx_size > len(link.parser._rec):
             raise ValueError("rx_size above the link's record_max")
@@ -210,6 +211,8 @@ class HostOTA:
         self._idle = False
         self._retry_at = None
         self._fetch_empty = False
+        self._report_retry_at = None
+        self.report_retry_ms = _pick(None, s, "report_retry_ms", 60000)
         link.subscribe(self._on_urc)
 
     # --- URCs -------------------------------------------------------------------------
@@ -292,6 +295,8 @@ class HostOTA:
                 if self.clock.ticks_diff(self.clock.ticks_ms(), self._retry_at) < 0:
                     return n
                 self._retry_at = None
+            elif self._idle and not self._wake():
+                return n  # idle: only the link runs, URCs still reach subscribers
             self._gen = self._main()
         try:
             next(self._gen)
@@ -310,6 +315,27 @@ class HostOTA:
         self.link.sink = None
         self._retry_at = self.clock.ticks_ms() + self.backoff_ms
         self.state = "error"
+
+    def _wake(self):
+        # An idle agent starts a new cycle only when there is something to do: a
+        # notification, an ESP that rebooted or wants a restart, or a result that could
+        # not be delivered (retried every ``report_retry_ms``).
+        if self._notified is not None or self.esp_reset or self.esp_restart_wanted:
+            return True
+        t = self._report_retry_at
+        return t is not None and self.clock.ticks_diff(self.clock.ticks_ms(), t) >= 0
+
+    @property
+    def idle(self):
+        """True when the agent has nothing left to do (no job, results delivered); a
+        notification (URC) makes it busy again on the next ``poll()``."""
+        return self._idle
+
+    def busy(self):
+        """True while a command is in flight on the shared link (the agent's or the
+        application's): wait for False before sending another."""
+        c = self.link.cmd
+        return c is not None and not c.done
 
     def run(self, until_idle=False, timeout_ms=None):
         """Blocking loop over ``poll()``. With ``until_idle`` it returns once the agent
@@ -351,6 +377,11 @@ class HostOTA:
                 self._running_job = None
         if self.esp_restart_wanted:
             yield from self._restart_esp()
+        j = self.board.journal.load()
+        if j and j.get("stage") == "report":
+            self._report_retry_at = self.clock.ticks_ms() + self.report_retry_ms
+        else:
+            self._report_retry_at = None
         self.state = "idle"
 
     # --- small generator helpers ------------------------------------------------------
@@ -940,6 +971,9 @@ class HostOTA:
             if whole and not att.frame_errors:
                 self.windows += 1
                 self.state = "program"
+                if self._journal_due:
+                    self._journal_due = False
+                    self._journal_download(note, self._hdr_raw)
                 while w.flush_step(1):
                     yield
                 self.state = "download"
@@ -1128,7 +1162,12 @@ class HostOTA:
                 return
             self.header = h
             self._hdr_raw[:] = p[:HEADER_SIZE]
-            self._journal_download(self.note, self._hdr_raw)
+            if self.writer.defer:
+                # Window mode: no flash write (littlefs stalls the host like any other)
+                # while the ESP sends; journalled before the window's first program.
+                self._journal_due = True
+            else:
+                self._journal_download(self.note, self._hdr_raw)
             att.pos = 0
         att.mode = _M_WRITE
         self._take(memoryview(p), 0, m)
