@@ -101,3 +101,23 @@ class TestAsync(unittest.TestCase):
             agent.poll()
             clk.sleep_ms(1)
         self.assertEqual(esp.commands[n : n + 3], [b"AT", b"ATE0", b"AT+SYSLOG=1"])
+
+
+class TestEspReadyHook(unittest.TestCase):
+    def test_hook_runs_after_an_esp_reboot_not_at_start(self):
+        clk = VirtualClock()
+        u, esp, link, agent = _agent(clk)
+        calls = []
+
+        def hook(lk):
+            calls.append(lk.command(b"AT+RMNODEINIT").final)
+
+        agent.on_esp_ready = hook
+        agent.run(until_idle=True, timeout_ms=5000)
+        self.assertEqual(calls, [])
+        u.feed(b"\r\nready\r\n")
+        for _ in range(1000):
+            agent.poll()
+            clk.sleep_ms(1)
+        self.assertEqual(calls, [b"OK"])
+        self.assertIn(b"AT+RMNODEINIT", esp.commands)

@@ -91,6 +91,10 @@ class HostOTA:
     ``boot_state()``, ``confirm()``, ``journal``, ``settings``, ``board_id``).
 
     ``progress(done, total)`` (bytes) is called as the payload is written.
+    ``on_esp_ready(link)`` is called after the agent re-initialised an ESP that rebooted
+    (``ready``, or its own ``AT+RST`` after ``+RMOTA:2``/``+RMRESET``): the RainMaker
+    node set-up (``AT+RMNODEINIT``, devices, ``AT+RMCONN``) is the application's and must
+    be sent again; the hook may use ``link.command()``. Its exceptions are logged.
     ``max_attempts``: failed download attempts before the job is reported 3.
     ``backoff_ms``: first retry delay (doubles, capped at ``backoff_max_ms``).
 
@@ -135,6 +139,7 @@ class HostOTA:
         quiet_ms=None,
         settle_ms=None,
         record_idle_ms=None,
+        on_esp_ready=None,
     ):
         s = board.settings
         self.link = link
@@ -212,6 +217,8 @@ class HostOTA:
         self._retry_at = None
         self._fetch_empty = False
         self._report_retry_at = None
+        self.on_esp_ready = on_esp_ready
+        self.boots_seen = 0
         self.report_retry_ms = _pick(None, s, "report_retry_ms", 60000)
         link.subscribe(self._on_urc)
 
@@ -446,7 +453,17 @@ class HostOTA:
             # ESP-AT honours CTS only with flow control 3 (or 2); its default is 1 (RTS
             # only) and AT+UART_CUR is forgotten on reset: set it after every ready.
             yield from self._cmd(b"AT+UART_CUR=%d,8,1,0,3" % self.baud, 1000)
+        was_reset = self.esp_reset or self.boots_seen == 0
         self.esp_reset = False
+        self.boots_seen += 1
+        if was_reset and self.boots_seen > 1 and self.on_esp_ready:
+            # The ESP rebooted: its RainMaker node set-up (AT+RMNODEINIT, devices,
+            # AT+RMCONN) lives in the application; let it run that again.
+            try:
+                self.on_esp_ready(self.link)
+            except Exception as e:  # the application's hook must not stop the agent
+                self.errors += 1
+                self.log.error("on_esp_ready failed:", repr(e))
 
     def _esp_forgot(self):
         """The ESP rebooted (``ready``, or it echoes again, or ``ERROR`` came without the
