@@ -2,10 +2,21 @@
 
 The slot is a block device in MicroPython's extended protocol (``readblocks(n, buf,
 off)``, ``writeblocks(n, buf, off)``, ``ioctl(op, arg)``; ``esp32.Partition``,
-``rp2.Flash`` and ``pyb.Flash`` speak it). The writer collects bytes in one block-sized
-buffer; when it is full it erases the block (``ioctl(6, n)``, never relying on an
-implicit erase), programs it with the three-argument ``writeblocks`` and feeds the same
-bytes to the rolling SHA-256. So the hash always covers exactly what is in flash.
+``rp2.Flash`` and ``pyb.Flash`` speak it). The writer collects bytes in a buffer of whole
+erase blocks (a ring); each full block is erased (``ioctl(6, n)``, never relying on an
+implicit erase), programmed with the three-argument ``writeblocks`` and fed to the
+rolling SHA-256. So the hash always covers exactly what is in flash.
+
+Flash operations stall the host (a 4 KB sector erase takes ~45 ms on serial NOR, and
+rp2 runs it with interrupts off, so the UART can overflow meanwhile: issue 3). The
+writer therefore offers, besides erase-as-you-go:
+
+- ``erase_ahead()``: erase the blocks an image will need before the download starts, so
+  that only (short) programs happen while bytes stream in;
+- ``defer``: buffer up to the whole ring without touching the flash, then write it with
+  ``flush_step()`` while the sender is idle (a download window received into RAM);
+- ``prog_chunk``: program at most that many bytes per ``writeblocks`` call (rp2 programs
+  a whole call with interrupts off: one 256-byte page keeps that under a millisecond).
 
 Usage::
 
@@ -17,6 +28,11 @@ Usage::
 """
 
 import hashlib
+
+try:
+    from binascii import crc32
+except ImportError:  # pragma: no cover - a port built without crc32
+    crc32 = None
 
 from .errors import ImageError
 
@@ -30,25 +46,59 @@ class SlotWriter:
 
     ``prog_align`` (bytes): the last partial block is padded with 0xFF to a multiple of
     it (rp2's flash programs whole 256-byte pages; programming 0xFF changes nothing).
-    One buffer of one erase block is allocated here. Counters: ``erases``,
-    ``programs`` (operations), ``rehashed`` (bytes hashed again from flash after a
-    rewind)."""
+    ``buffer_blocks``: size of the buffer in erase blocks (at least 1). With at least
+    ``1 + ceil(chunk / block size)`` blocks, ``write()`` of a chunk allocates a small
+    constant (at most two memoryview slices, on MicroPython 32 bytes each) whatever the
+    chunk's length: full blocks are flushed through memoryviews made once, here.
+    ``prog_chunk`` (bytes, a multiple of ``prog_align`` dividing the block size; None:
+    the whole block): bytes per ``writeblocks`` call.
 
-    def __init__(self, bdev, prog_align=256):
+    All buffers are allocated here. Counters: ``erases``, ``programs`` (``writeblocks``
+    calls), ``rehashed`` (bytes hashed again from flash after a rewind),
+    ``pre_erased`` (blocks erased by ``erase_ahead``).
+
+    ``on_block`` (attribute, default None): called as ``on_block(index, crc)`` after
+    block ``index`` of the slot was programmed, ``crc`` the CRC-32 of its image bytes
+    (``binascii.crc32``; the last block: only the image's bytes, not the padding), so a
+    journal can tell later which blocks are intact (DESIGN.md section 4)."""
+
+    def __init__(self, bdev, prog_align=256, buffer_blocks=1, prog_chunk=None):
         self.bdev = bdev
-        self.block_size = bdev.ioctl(_IOCTL_BLOCK_SIZE, 0)
-        self.capacity = bdev.ioctl(_IOCTL_BLOCK_COUNT, 0) * self.block_size
-        if prog_align < 1 or self.block_size % prog_align:
+        bs = self.block_size = bdev.ioctl(_IOCTL_BLOCK_SIZE, 0)
+        self.capacity = bdev.ioctl(_IOCTL_BLOCK_COUNT, 0) * bs
+        if prog_align < 1 or bs % prog_align:
             raise ValueError("prog_align must divide the block size")
+        if prog_chunk is None:
+            prog_chunk = bs
+        if prog_chunk < prog_align or prog_chunk % prog_align or bs % prog_chunk:
+            raise ValueError("prog_chunk must be a multiple of prog_align dividing the block")
+        if buffer_blocks < 1:
+            raise ValueError("buffer_blocks must be >= 1")
         self.prog_align = prog_align
-        self._buf = bytearray(self.block_size)
+        self.prog_chunk = prog_chunk
+        self.nblocks = buffer_blocks
+        self._cap = buffer_blocks * bs
+        self._buf = bytearray(self._cap)
         self._mv = memoryview(self._buf)
+        # One view per program call (prog_chunk bytes), made once: flushing allocates
+        # nothing. _blk[k] is ring block k.
+        per = bs // prog_chunk
+        self._per = per
+        self._chunks = [
+            self._mv[i * prog_chunk : (i + 1) * prog_chunk] for i in range(buffer_blocks * per)
+        ]
+        self._blk = [self._mv[k * bs : (k + 1) * bs] for k in range(buffer_blocks)]
+        self.defer = False
+        self.on_block = None
         self.erases = 0
         self.programs = 0
         self.rehashed = 0
+        self.pre_erased = 0
         self.image_len = 0
-        self._fill = 0
+        self._head = 0  # ring index (in blocks) of the first buffered block
+        self._fill = 0  # bytes buffered, not yet programmed
         self._done = 0  # bytes programmed (and hashed): a multiple of the block size
+        self._erased_to = 0  # blocks [_done/bs, _erased_to/bs) were erased ahead, unused
         self._sha = None
 
     @property
@@ -62,51 +112,136 @@ class SlotWriter:
         whole image after ``finish()``)."""
         return self._done
 
+    @property
+    def buffered(self):
+        """Bytes accepted but not programmed yet."""
+        return self._fill
+
+    @property
+    def room(self):
+        """Bytes ``write()`` can take before it must program (with ``defer``)."""
+        return self._cap - self._fill
+
     def begin(self, image_len):
         """Start a new image of ``image_len`` bytes at offset 0. Raises ``ImageError``
-        (status 5) when it does not fit the slot."""
+        (status 5) when it does not fit the slot. Blocks erased ahead stay erased."""
         if image_len > self.capacity:
             raise ImageError("image %d B > slot %d B" % (image_len, self.capacity))
+        if self._done:
+            self._erased_to = 0
         self.image_len = image_len
         self._fill = 0
+        self._head = 0
         self._done = 0
         self._sha = hashlib.sha256()
 
+    def erase_ahead(self, upto, max_blocks=1):
+        """Erase blocks ahead of the write position so that the first ``upto`` bytes of
+        the slot are ready for programming (``upto`` is capped at the slot capacity).
+        Erases at most ``max_blocks`` per call (each erase stalls the host: call it from
+        a loop that keeps the application running) and returns True while more remain.
+        Later ``write()`` calls program those blocks without erasing them again."""
+        bs = self.block_size
+        if upto > self.capacity:
+            upto = self.capacity
+        end = (upto + bs - 1) // bs * bs
+        if self._erased_to < self._done:
+            self._erased_to = self._done  # the next block to be programmed
+        k = 0
+        while self._erased_to < end and k < max_blocks:
+            self.bdev.ioctl(_IOCTL_BLOCK_ERASE, self._erased_to // bs)
+            self.erases += 1
+            self.pre_erased += 1
+            self._erased_to += bs
+            k += 1
+        return self._erased_to < end
+
     def write(self, data):
-        """Append ``data`` (bytes-like). Erases and programs each block as it fills.
-        Raises ``ImageError`` (status 3) for bytes beyond ``image_len``. Allocates one
-        memoryview slice per block touched, nothing that grows with ``len(data)``."""
-        mv = memoryview(data)
-        n = len(mv)
-        if self.offset + n > self.image_len:
+        """Append ``data`` (bytes-like). Erases and programs each block as it fills
+        (with ``defer``: only when the buffer is full). Raises ``ImageError`` (status 3)
+        for bytes beyond ``image_len``. Allocates at most two memoryview slices per
+        call while ``data`` fits the free buffer (see the class docstring)."""
+        n = len(data)
+        if self._done + self._fill + n > self.image_len:
             raise ImageError("more bytes than the image length", 3)
         i = 0
-        bs = self.block_size
         while i < n:
-            k = bs - self._fill
-            if k > n - i:
-                k = n - i
-            f = self._fill
-            self._mv[f : f + k] = mv[i : i + k]
-            self._fill = f + k
+            room = self._cap - self._fill
+            if room == 0:
+                self._flush_full(self.nblocks)  # defer mode with a full buffer
+                continue
+            k = n - i
+            if k > room:
+                k = room
+            self._put(data, i, k)
             i += k
-            if self._fill == bs:
-                self._flush(bs)
+            if not self.defer:
+                self._flush_full(self.nblocks)
 
-    def _flush(self, n):
-        blk = self._done // self.block_size
-        self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
-        self.erases += 1
+    def _put(self, data, i, k):
+        # Copy data[i:i+k] to the write position of the ring (one or two segments).
+        cap = self._cap
+        w = self._head * self.block_size + self._fill
+        if w >= cap:
+            w -= cap
+        first = cap - w
+        mv = self._mv
+        if first >= k:
+            mv[w : w + k] = data if i == 0 and k == len(data) else data[i : i + k]
+        else:
+            mv[w:cap] = data[i : i + first]
+            mv[0 : k - first] = data[i + first : i + k]
+        self._fill += k
+
+    def flush_step(self, max_blocks=1):
+        """Program at most ``max_blocks`` full buffered blocks; True while full blocks
+        remain (``defer`` mode: call it after the download window ended)."""
+        self._flush_full(max_blocks)
+        return self._fill >= self.block_size
+
+    def _flush_full(self, max_blocks):
+        bs = self.block_size
+        while self._fill >= bs and max_blocks > 0:
+            self._program_block(self._head, bs)
+            self._head += 1
+            if self._head == self.nblocks:
+                self._head = 0
+            self._fill -= bs
+            max_blocks -= 1
+        if not self._fill:
+            self._head = 0
+
+    def _program_block(self, k, n):
+        # Erase (unless erased ahead), program and hash ring block k holding n bytes.
+        bs = self.block_size
+        blk = self._done // bs
+        if self._done < self._erased_to:
+            pass  # erased by erase_ahead()
+        else:
+            self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
+            self.erases += 1
         a = self.prog_align
         padded = (n + a - 1) // a * a
-        if padded != n:
-            for k in range(n, padded):
-                self._buf[k] = 0xFF
-        self.bdev.writeblocks(blk, self._mv[:padded] if padded < self.block_size else self._buf, 0)
-        self.programs += 1
-        self._sha.update(self._mv[:n] if n < self.block_size else self._buf)
+        base = k * bs
+        for j in range(n, padded):
+            self._buf[base + j] = 0xFF
+        pc = self.prog_chunk
+        per = self._per
+        c = 0
+        while c * pc < padded:
+            off = c * pc
+            if off + pc <= padded:
+                view = self._chunks[k * per + c]
+            else:
+                view = self._mv[base + off : base + padded]  # the image's last block only
+            self.bdev.writeblocks(blk, view, off)
+            self.programs += 1
+            c += 1
+        data = self._blk[k] if n == bs else self._mv[base : base + n]
+        self._sha.update(data)
         self._done += n
-        self._fill = 0
+        if self.on_block is not None:
+            self.on_block(blk, crc32(data))
 
     def rewind(self, offset):
         """Drop everything after ``offset`` bytes, rounded down to a block boundary
@@ -118,7 +253,9 @@ class SlotWriter:
         if keep > self._done:
             keep = self._done
         self._fill = 0
+        self._head = 0
         if keep < self._done:
+            self._erased_to = 0  # programmed blocks lie ahead now: erase as we go
             self._sha = hashlib.sha256()
             self._done = 0
             self._hash_flash(keep, self._sha)
@@ -126,29 +263,83 @@ class SlotWriter:
             self._done = keep
         return keep
 
+    def resume(self, crcs):
+        """After ``begin()``: keep the prefix of the slot whose blocks match ``crcs``
+        (CRC-32 per block, in order, as ``on_block`` reported them), hashing it into the
+        rolling SHA-256 as it is checked. Stops at the first block that differs (a torn
+        program or erase). Returns the bytes kept (a multiple of the block size, or the
+        whole image)."""
+        bs = self.block_size
+        view = self._blk[0]
+        kept = 0
+        self._fill = 0
+        self._head = 0
+        self._erased_to = 0
+        for c in crcs:
+            if kept >= self.image_len:
+                break
+            n = self.image_len - kept
+            if n > bs:
+                n = bs
+            self.bdev.readblocks(kept // bs, view, 0)
+            data = view if n == bs else self._mv[:n]
+            if crc32(data) != c:
+                break
+            self._sha.update(data)
+            kept += n
+        self._done = kept
+        self.rehashed += kept
+        return kept
+
     def _hash_flash(self, n, sha):
         bs = self.block_size
+        view = self._blk[0]
         blk = 0
         while n > 0:
-            self.bdev.readblocks(blk, self._buf, 0)
+            self.bdev.readblocks(blk, view, 0)
             k = bs if n >= bs else n
-            sha.update(self._buf if k == bs else self._mv[:k])
+            sha.update(view if k == bs else self._mv[:k])
             n -= k
             blk += 1
 
+    def copy_tail(self, dst, k):
+        """Copy the last ``k`` accepted bytes (already in flash, buffered, or both) into
+        ``dst[:k]``; ``k`` at most ``offset``. Allocates (resumes only)."""
+        off = self.offset - k
+        bs = self.block_size
+        j = 0
+        if off < self._done:  # the part already programmed: read it back
+            fk = self._done - off
+            if fk > k:
+                fk = k
+            tmp = bytearray(fk)
+            self.bdev.readblocks(off // bs, tmp, off % bs)
+            dst[:fk] = tmp
+            j = fk
+        b = self._head * bs + off + j - self._done
+        while j < k:
+            if b >= self._cap:
+                b -= self._cap
+            dst[j] = self._buf[b]
+            b += 1
+            j += 1
+
     def finish(self):
-        """Program the last partial block and return the rolling SHA-256 (32 bytes) of
-        the whole image. Raises ``ImageError`` (status 3) when fewer than
-        ``image_len`` bytes were written."""
+        """Program what is buffered, the last partial block padded, and return the
+        rolling SHA-256 (32 bytes) of the whole image. Raises ``ImageError`` (status 3)
+        when fewer than ``image_len`` bytes were written."""
         if self.offset != self.image_len:
             raise ImageError("short image: %d of %d B" % (self.offset, self.image_len), 3)
+        self._flush_full(self.nblocks)
         if self._fill:
-            self._flush(self._fill)
+            self._program_block(self._head, self._fill)
+            self._fill = 0
+            self._head = 0
         return self._sha.digest()
 
     def readback_digest(self):
         """Read the whole image back from the slot and return its SHA-256 (32 bytes).
-        Uses the writer's block buffer; allocates nothing per block."""
+        Uses the writer's buffer; allocates nothing per block."""
         sha = hashlib.sha256()
         self._hash_flash(self.image_len, sha)
         return sha.digest()
