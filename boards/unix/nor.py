@@ -21,6 +21,16 @@ the pid comes from ``/proc/self/stat``, else ``RMOTA_PID``, else the shell's ``$
 (the one ``esp32.Partition``, ``rp2.Flash`` and ``pyb.Flash`` speak), so the agent's
 flash writer and littlefs can use it like a board's flash.
 
+Flash operations take time, as on real NOR (issue 3, "UART overflow"): with ``erase_ms``
+and ``page_ms`` set, an erase stalls the caller for ``erase_ms`` and a program for
+``page_ms`` per 256-byte page it touches, like a host that waits for the chip's busy bit.
+The stall goes to ``stall_hook(us)`` when one is set (the faithful UART, which models what
+its receive buffer catches meanwhile), else the model sleeps. Typical figures for the
+serial NOR on host boards (Winbond W25Q16JV on the Raspberry Pi Pico, W25Q128JV; their
+datasheets' AC characteristics): 4 KB sector erase tSE 45 ms typical, 400 ms max; page
+program tPP 0.7 ms typical, 3 ms max. Both default to 0 (no stall) here; the board
+profile sets them.
+
 Usage::
 
     nor = NORFlash("/tmp/flash.bin", 1042 * 4096, create=True)
@@ -32,6 +42,7 @@ Usage::
 
 import os
 import sys
+import time
 
 try:
     from micropython import const
@@ -47,6 +58,7 @@ except ImportError:  # pragma: no cover - every port we use has array
     array = None
 
 SECTOR_SIZE = const(4096)
+PAGE_SIZE = const(256)  # program page of serial NOR (W25Qxx): a program is timed per page
 _IS_MICROPYTHON = sys.implementation.name == "micropython"
 
 # The exit code of a power cut on CPython (128 + SIGKILL, what a shell reports for kill -9).
@@ -85,6 +97,15 @@ else:
     _and_into = _and_into_py
 
 
+def sleep_us(us):
+    """Sleep ``us`` microseconds (MicroPython's ``time.sleep_us``; CPython's ``time.sleep``)."""
+    f = getattr(time, "sleep_us", None)
+    if f is not None:
+        f(us)
+    else:
+        time.sleep(us / 1e6)
+
+
 class NORFlash:
     """NOR flash of ``size`` bytes kept in the file ``path``.
 
@@ -101,9 +122,16 @@ class NORFlash:
     The environment variable ``RMOTA_CUT="op,byte"`` arms ``cut_at(op, byte)`` at
     construction, so a test runner can tear an operation in a child process. Operation
     indices count from 0 per ``NORFlash`` object: a process should open the flash once.
+
+    ``erase_ms`` (per sector erase) and ``page_ms`` (per 256-byte page programmed), floats,
+    make every operation stall the caller that long (see the module docstring); the total
+    is counted in ``stalled_us``. ``stall_hook`` (attribute, default None): called as
+    ``stall_hook(us)`` instead of sleeping.
     """
 
-    def __init__(self, path, size, sector_size=SECTOR_SIZE, create=False):
+    def __init__(
+        self, path, size, sector_size=SECTOR_SIZE, create=False, erase_ms=0, page_ms=0
+    ):
         if sector_size <= 0 or size <= 0 or size % sector_size:
             raise ValueError("flash size must be a positive multiple of the sector size")
         self.path = path
@@ -127,6 +155,10 @@ class NORFlash:
         self._cut_op = -1
         self._cut_byte = 0
         self._dead = False
+        self.erase_us = int(erase_ms * 1000)
+        self.page_us = int(page_ms * 1000)
+        self.stall_hook = None
+        self.stalled_us = 0
         env = os.getenv("RMOTA_CUT")
         if env:
             parts = env.split(",")
@@ -183,6 +215,19 @@ class NORFlash:
             return min(self._cut_byte, length)
         return -1
 
+    # -- time --------------------------------------------------------------------------
+
+    def _stall(self, us):
+        # The chip is busy for ``us`` microseconds and so is the host that waits for it.
+        if us <= 0:
+            return
+        self.stalled_us += us
+        hook = self.stall_hook
+        if hook is not None:
+            hook(us)
+        else:
+            sleep_us(us)
+
     # -- the file ----------------------------------------------------------------------
 
     def _pread(self, addr, buf, n):
@@ -235,6 +280,9 @@ class NORFlash:
         self._program(addr, data, todo if todo >= 0 else n)
         if todo >= 0:
             self.power_cut()
+        if self.page_us and n:
+            pages = (addr + n - 1) // PAGE_SIZE - addr // PAGE_SIZE + 1
+            self._stall(pages * self.page_us)
 
     def _program(self, addr, data, n):
         s = self._scratch
@@ -259,6 +307,7 @@ class NORFlash:
         self._pwrite(sector * self.sector_size, self._erased, 0, n)
         if todo >= 0:
             self.power_cut()
+        self._stall(self.erase_us)
 
     def close(self):
         """Close the file. Every later operation raises ``OSError``."""
