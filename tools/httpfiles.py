@@ -269,17 +269,18 @@ class HTTPFiles:
     def clear_faults(self):
         """Turn every fault switch off."""
         with self._lock:
-            self._next = []  # list of [status, remaining count, path or None]
+            self._next = []  # list of [status, remaining count, path or None, skip]
             self._paths = {}
             self.ignore_range = False
             self._stall = (None, None)
             self._bps = None
 
-    def fail_next(self, status, count=1, path=None):
+    def fail_next(self, status, count=1, path=None, skip=0):
         """Answer ``status`` (with an S3 XML error body) to the next ``count`` GETs, or to
-        the next ``count`` GETs of ``path`` when given."""
+        the next ``count`` GETs of ``path`` when given, after letting ``skip`` of them
+        through (e.g. ``skip=1``: the resumed request after a first download fails)."""
         with self._lock:
-            self._next.append([int(status), int(count), path])
+            self._next.append([int(status), int(count), path, int(skip)])
 
     def fail_path(self, path, status):
         """Answer ``status`` to every GET of ``path`` until ``clear_faults()`` (or
@@ -303,8 +304,11 @@ class HTTPFiles:
     def _decide(self, path):
         with self._lock:
             for entry in self._next:
-                status, count, only = entry
+                status, count, only, skip = entry
                 if only is None or only == path:
+                    if skip > 0:
+                        entry[3] -= 1
+                        break
                     entry[1] -= 1
                     if entry[1] <= 0:
                         self._next.remove(entry)
