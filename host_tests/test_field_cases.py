@@ -370,6 +370,21 @@ def test_11_cousin_reset_in_the_first_record(at, tmp_path):
     assert any("failed: ESP reset" in x for x in r.output), r.output
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_11_cousin_ready_lost(runtime, tmp_path):
+    # The reboot banner never arrives: the agent notices the reboot because the ESP
+    # echoes its AT again (it forgot ATE0), and still re-arms the pending flag.
+    p = _payload(5000)
+    r = run_case(tmp_path, runtime, p, faults=Faults(reboot_at_body=3000, lose_ready=True))
+    assert fired(r, "lose_ready")
+    assert "rebooted unseen" in "\n".join(r.output), r.output
+    assert [s for _, s, _ in r.results] == [1, 2] and r.slot == 1, r.output
+    assert r.slot_sha256 == hashlib.sha256(p).digest()
+    lines = list(r.emu.lines.queue)
+    first_get = next(i for i, x in enumerate(lines) if x.startswith(b"AT+HTTPCGET"))
+    assert any(x.startswith(b"AT+RMOTAFETCH") for x in lines[first_get:]), lines
+
+
 # --- 12. +RMOTA numbers -----------------------------------------------------------------
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_12_rmota_numbers(runtime, tmp_path):

@@ -279,6 +279,8 @@ class Faults:
       ``lose_head_byte``: the same after the next ``AT+HTTPCHEAD=<len>`` prompt.
       ``busy_match``: bytes: ``busy_next`` refuses only command lines starting with it
       (e.g. ``b"AT+HTTPURLCFG="``), others run normally. None: any line.
+      ``lose_ready``: the next reboot's ``\\r\\nready\\r\\n`` is lost on the wire (the host
+      must notice the reboot otherwise: echo back on, ERROR without ERR CODE). One-shot.
       ``wifi_ota_on_fetch``: list of statuses printed as ``+RMOTA:<n>`` right after the
       next ``AT+RMOTAFETCH``'s ``OK`` (before a notification), as ``push_wifi_ota(...,
       map_delayed=False)`` prints them (issue 4 case 12). One-shot.
@@ -322,6 +324,7 @@ class Faults:
         lose_head_byte=None,
         busy_match=None,
         wifi_ota_on_fetch=None,
+        lose_ready=False,
     )
 
     def __init__(self, seed=0, **kw):
@@ -752,7 +755,12 @@ class ESPEmulator:
         self.wifi_up = False
         self.cloud_up = False  # s_rm_connect_status starts OFF: +RMCONNECTED will print
         self.faults.log.append(("ready", self._intended))
-        self._out(READY)
+        if self.faults.lose_ready:
+            self.faults.lose_ready = False  # lost on the wire: the host never sees it
+            self.faults.log.append(("lose_ready", self._intended))
+            self._intended += len(READY)
+        else:
+            self._out(READY)
         if self.net_wifi:
             self._schedule(self.reconnect_delay_s, self._sync_links)
 

@@ -1069,7 +1069,10 @@ class HostOTA:
         except ImageError as e:
             return e
         if rolling != h.sha256:
+            # The payload or the header's own digest field came altered (issue 4 case
+            # 2): start over, and take the header afresh from the next download.
             w.rewind(0)
+            self.header = None
             return ImageError("SHA-256 mismatch", OTA_FAILED)
         self.state = "verify"
         if w.readback_digest() != h.sha256:
