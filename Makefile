@@ -26,7 +26,8 @@ bench: $(STAMP)
 	$(PY) tools/bench.py
 
 # Fault campaign (issue 3): `make faults SEEDS=2000`, `make faults EXHAUSTIVE=1`,
-# `RUNTIME=micropython|cpython` (default both), `SEED=n` replays one seed verbosely.
+# `RUNTIME=micropython|cpython` (default both), `SEED=n` replays one seed verbosely,
+# `SETTINGS='{"faithful": true}'` board settings for every scenario.
 faults: $(STAMP)
 	$(PY) tools/faults.py $(if $(SEEDS),--seeds $(SEEDS)) $(if $(START),--start $(START)) \
 		$(if $(RUNTIME),--runtime $(RUNTIME)) $(if $(SEED),--seed $(SEED)) \

@@ -586,8 +586,10 @@ class ESPSim:
     ``fetch_notify_first`` (the notification before the ``OK``), ``autofetch`` (print a
     pending job's notification when the cloud connects), ``truncated_ok`` (a body the
     server cut short ends in ``OK``), ``rx_fifo`` (bytes the host's UART holds: beyond
-    it arriving bytes are lost and counted in ``overflows``; None: unbounded),
-    ``trace`` (keep ``(t_ms, "H>"|"E<", bytes)`` in ``trace``).
+    it arriving bytes are lost and counted in ``overflows``, unless the host has RTS/CTS
+    wired, ``host_cts``, and the ESP was told with ``AT+UART_CUR=...,3``: then the ESP
+    waits; None: unbounded), ``trace`` (keep ``(t_ms, "H>"|"E<", bytes)`` in ``trace``).
+    ``host_busy(ms, fifo)`` models a host that cannot read for a while (a flash erase).
 
     Observable state: ``results`` (``(job_id, status, info)`` accepted by
     ``AT+RMOTARESULT``), ``job_status``, ``job`` (the cloud's unfinished job, or None),
@@ -615,6 +617,7 @@ class ESPSim:
         autofetch=False,
         truncated_ok=False,
         rx_fifo=None,
+        host_cts=False,
         trace=False,
     ):
         self.clock = clock
@@ -630,6 +633,11 @@ class ESPSim:
         self.autofetch = autofetch
         self.truncated_ok = truncated_ok
         self.rx_fifo = rx_fifo
+        self.host_cts = host_cts
+        self._baud0 = baud
+        self.uart_def = None  # (baud, data bits, stop bits, parity, flow control)
+        self._flow = 1  # ESP-AT default: RTS only (nothing pauses the ESP)
+        self._room = None  # bytes the host can still take during host_busy()
         self.trace = [] if trace else None
         self._t = clock.ticks_ms()
         self._timers = []
@@ -689,6 +697,8 @@ class ESPSim:
             b"+HTTPURLCFG": self._cmd_httpurlcfg,
             b"+HTTPCHEAD": self._cmd_httpchead,
             b"+HTTPCGET": self._cmd_httpcget,
+            b"+UART_CUR": self._cmd_uart,
+            b"+UART_DEF": self._cmd_uart,
         }
 
     def _ram_reset(self):
@@ -767,6 +777,21 @@ class ESPSim:
             self._rxh = 0
         self.host_on = bool(on)
 
+    def host_busy(self, ms, fifo=None):
+        """The host does not read for ``ms`` (a flash erase or program): bytes that
+        arrive meanwhile must fit in its receive buffer (``rx_fifo``), or only in a
+        ``fifo`` of that many bytes when the host's UART interrupt is off too (rp2: the
+        PL011's 32-byte FIFO). The clock advances by ``ms``."""
+        self._sync()
+        if fifo is not None:
+            self._room = fifo
+        self.clock.sleep_ms(ms)
+        self._sync()
+        self._room = None
+
+    def _cts(self):
+        return self.host_cts and self._flow in (2, 3)
+
     # --- time -------------------------------------------------------------------------
     @property
     def now_ms(self):
@@ -776,6 +801,12 @@ class ESPSim:
     def out_offset(self):
         """The current wire offset (int): bytes meant for the host so far, before faults."""
         return self._intended
+
+    def in_flight(self):
+        """Bytes the ESP has written that the host has not read yet (on the wire or
+        waiting in the host's UART)."""
+        self._sync()
+        return len(self._tx) - self._txh + len(self._rx) - self._rxh
 
     def next_event_ms(self):
         """Milliseconds until the host could see something new: 0 when bytes are waiting,
@@ -875,6 +906,16 @@ class ESPSim:
                 k = pend
         else:
             k = pend
+        if self.host_on and self.rx_fifo is not None and self._cts():
+            # RTS/CTS: the host's UART deasserts RTS when full and the ESP waits.
+            space = self.rx_fifo - (len(self._rx) - self._rxh)
+            if self._room is not None and self._room < space:
+                space = self._room
+            if k > space:
+                k = space if space > 0 else 0
+                if not k:
+                    self._wire = self._bytes_at(t)  # the line idles while CTS is off
+                    return
         h = self._txh
         data = self._tx[h : h + k]
         self._txh = h + k
@@ -890,9 +931,15 @@ class ESPSim:
             return
         if self.rx_fifo is not None:
             space = self.rx_fifo - (len(self._rx) - self._rxh)
+            if self._room is not None and self._room < space:
+                space = self._room
+            if space < 0:
+                space = 0
             if k > space:
-                self.overflows += k - max(space, 0)
-                data = data[: max(space, 0)]
+                self.overflows += k - space
+                data = data[:space]
+            if self._room is not None:
+                self._room -= len(data)
         self._rx += data
 
     def _reached(self):
@@ -1052,6 +1099,15 @@ class ESPSim:
         if passive and self.cloud_up and not self._rebooting:
             self._notify()
 
+    def renotify(self):
+        """The cloud sends the open job's notification again (as a URC, with a fresh URL),
+        if the cloud is connected and the ESP is up. Returns True when it was printed."""
+        self._sync()
+        if self.job is None or not self.cloud_up or self._rebooting:
+            return False
+        self._notify()
+        return True
+
     def set_connected(self, wifi=None, cloud=None):
         """Make the network / the RainMaker cloud available or not, printing ESP-AT's URCs
         on each transition (``WIFI DISCONNECT``, ``+RMDISCONNECTED``, ``WIFI CONNECTED``
@@ -1084,6 +1140,11 @@ class ESPSim:
         self._rec_open = False
         self._deferred = []
         self._ram_reset()
+        # AT+UART_CUR is forgotten: back to AT+UART_DEF, or to what the ESP began with.
+        d = self.uart_def
+        self.baud = d[0] if d else self._baud0
+        self._flow = d[4] if d else 1
+        self._wire = self._bytes_at(self._t) if self.baud else 0
         self.wifi_up = False
         self.cloud_up = False
         self._rebooting = True
@@ -1255,6 +1316,31 @@ class ESPSim:
             raise ParamError(ERR_PARA_INVALID)
         self.syslog = bool(v)
         self._final_ok()
+
+    def _cmd_uart(self, name, form, args):
+        if form == "query":
+            vals = (self.baud or 115200, 8, 1, 0, self._flow)
+            if name == b"+UART_DEF" and self.uart_def:
+                vals = self.uart_def
+            self._out(b"%s:%d,%d,%d,%d,%d\r\n" % ((name,) + tuple(vals)))
+            self._final_ok()
+            return
+        if form != "set":
+            raise ParamError(ERR_UNSUPPORTED)
+        vals = self._ints(args, 5, 5)
+        if None in vals or vals[4] not in (0, 1, 2, 3):
+            raise ParamError(ERR_PARA_INVALID)
+        if name == b"+UART_DEF":
+            self.uart_def = tuple(vals)
+        self._final_ok()
+        # the new settings apply once the OK has left the wire
+        self._schedule(self._drain_delay(), self._uart_apply, tuple(vals))
+
+    def _uart_apply(self, vals):
+        if self.baud:
+            self.baud = vals[0]
+            self._wire = self._bytes_at(self._t)
+        self._flow = vals[4]
 
     def _cmd_rmnodeinit(self, name, form, args):
         self._final_ok()  # the node is modelled as initialised by the application

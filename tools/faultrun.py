@@ -19,6 +19,7 @@ Usage::
     micropython tools/faultrun.py -v 1234          # one, with the agent's log and faults
     python tools/faultrun.py --exhaustive          # a cut at every flash operation
     python tools/faultrun.py --exhaustive --cut 17 -v   # only cut point 17
+    python tools/faultrun.py --settings '{"faithful": true}' 1 2 3   # board settings
 
 ``tools/faults.py`` runs batches of these under both runtimes and prints the table.
 """
@@ -40,8 +41,7 @@ import board as unix_board  # noqa: E402
 from bootrec import Bricked  # noqa: E402
 from espsim import PRNG, ESPSim, Faults  # noqa: E402
 from nor import NORFlash  # noqa: E402
-from rmota.agent import HostOTA  # noqa: E402
-from rmota.at import ATLink  # noqa: E402
+from rmota.agent import for_board  # noqa: E402
 from rmota.compat import VirtualClock  # noqa: E402
 from rmota.image import HEADER_SIZE, build_header  # noqa: E402
 from rmota.log import Logger  # noqa: E402
@@ -56,8 +56,8 @@ IMAGE_PATH = "/users/GitHub_U8JZpDE0iGXlD6gNCFbaEP/firmwareimages/ja76RnICh/AT_O
 BAUD = 115200
 
 MAX_BOOTS = 60  # power-ons per scenario
-MAX_CYCLES = 4  # agent runs that end idle with the job still open (it reports 3 and waits)
-CYCLE_GAP_MS = 60000  # virtual time between two such runs (the application tries later)
+MAX_CYCLES = 4  # times the agent may go idle with the job still open (it reported 3)
+CYCLE_GAP_MS = 60000  # then the cloud sends the notification again after this long
 MAX_VIRTUAL_MS = 4 * 3600 * 1000
 SKIP_MS = 20  # longest virtual sleep of an idle poll when the ESP has nothing due
 
@@ -107,6 +107,7 @@ class _Run:
         self.fired = False
         self.op_log = None  # list of (kind, length) when counting
         self.on_cut = None  # called at the instant of a cut (the host goes dark)
+        self.stall_hook = None  # flash operations take time (faithful board settings)
 
     def byte_for(self, g, length):
         b = self.cuts[g]
@@ -124,6 +125,7 @@ class CutNOR(NORFlash):
     def __init__(self, path, size, run):
         NORFlash.__init__(self, path, size)
         self.run = run
+        self.stall_hook = run.stall_hook  # the board sets erase/program times if faithful
 
     def _arm(self, kind, length):
         run = self.run
@@ -395,6 +397,8 @@ class Scenario:
 
     def __init__(self, sc, flash, verbose=False, op_log=None, trace=False):
         self.sc = sc
+        self.settings = sc.get("settings") or {}
+        self._stall_us = 0
         self.flash = flash
         self.verbose = verbose
         self.clock = VirtualClock()
@@ -412,6 +416,7 @@ class Scenario:
         self.unverified = 0
         self.committed = False
         self.cycles = 0
+        self.stalled = 0
         self.trace = trace
         self.t_cuts = []
         self._cut_what = None
@@ -458,7 +463,21 @@ class Scenario:
         if "short_record" in f:
             kw["short_record"] = {f["short_record"][0]: f["short_record"][1]}
         faults = Faults(sc["seed"], **kw)
-        sim = ESPSim(self.clock, seed=sc["sim_seed"], baud=BAUD, faults=faults, trace=self.trace)
+        st = self.settings
+        fifo = None
+        if st.get("faithful"):
+            # the host's UART keeps uart_rxbuf bytes; flash operations take real NOR time
+            fifo = st.get("uart_rxbuf", unix_board.DEFAULT_SETTINGS["uart_rxbuf"])
+            self.run_.stall_hook = self._flash_stall
+        sim = ESPSim(
+            self.clock,
+            seed=sc["sim_seed"],
+            baud=st.get("baud", BAUD),
+            faults=faults,
+            trace=self.trace,
+            rx_fifo=fifo,
+            host_cts=bool(st.get("flow_control")),
+        )
         srv = sim.server
         srv.add(IMAGE_PATH, self.image)
         if "fail_next" in f:
@@ -535,7 +554,7 @@ class Scenario:
             self._violation("flash file: %r" % (e,))
             return False
         try:
-            b = unix_board.Board(self.flash.path, clock=self.clock, nor=nor)
+            b = unix_board.Board(self.flash.path, clock=self.clock, nor=nor, settings=self.settings)
         except PowerCut:
             self.cuts_fired += 1
             self._say("  %8d POWER CUT during boot, flash op %d" % (self.clock.now_ms, run.ops - 1))
@@ -560,15 +579,8 @@ class Scenario:
             return None
         self._check_boot(b)
         self.board = b
-        s = b.settings
-        link = ATLink(
-            self.sim,
-            clock=self.clock,
-            line_max=s["line_max"],
-            record_max=s["rx_size"],
-            rxbuf_size=s["uart_rxbuf"],
-        )
-        agent = HostOTA(link, b, log=Logger("rmota", sink=self._logsink))
+        # the board's UART is the ESP model; the link is sized from the board's settings
+        agent = for_board(b, uart=self.sim, clock=self.clock, log=Logger("rmota", sink=self._logsink))
         self.agents.append(agent)
         st = b.boot_state()
         self._say(
@@ -616,7 +628,7 @@ class Scenario:
                 # which the agent may catch): not a defect of the agent.
                 agent.last_error = err0
                 return "cut"
-            if agent._idle:
+            if agent.idle and not sim.in_flight():
                 return "idle"
             if not n:
                 d = sim.next_event_ms()
@@ -625,6 +637,14 @@ class Scenario:
     def _unhandled(self, what):
         self.unhandled += 1
         self._violation("unhandled: %s" % what)
+
+    def _flash_stall(self, us):
+        # An erase or program keeps the host busy: virtual time passes, the UART fills.
+        self._stall_us += us
+        ms = self._stall_us // 1000
+        if ms:
+            self._stall_us -= ms * 1000
+            self.sim.host_busy(ms, self.settings.get("uart_irq_off_fifo"))
 
     def _dark(self):
         self.sim.host_power(False)
@@ -662,10 +682,18 @@ class Scenario:
                 if self.sc["expect"] == 3 and sim.job_status == 3:
                     break
                 self.cycles += 1
+                if sim.job_status != 3:
+                    # idle although the job is open and no failure was reported: only a
+                    # new notification can move it now
+                    self.stalled += 1
                 if self.cycles >= MAX_CYCLES:
                     break
-                self._say("  %8d idle with the job open: try again later" % self.clock.now_ms)
+                # The agent waits for the next notification (issue 3: "report 3 and wait
+                # for the next notification"): the cloud sends it again later.
+                self._say("  %8d idle with the job open; the cloud notifies again in %d s"
+                          % (self.clock.now_ms, CYCLE_GAP_MS // 1000))
                 self.clock.sleep_ms(CYCLE_GAP_MS)
+                sim.renotify()
                 continue
             if outcome == "reboot":
                 self.reboots += 1
@@ -791,6 +819,8 @@ class Scenario:
             "boots": self.boots,
             "reboots": self.reboots,
             "cycles": self.cycles,
+            "stalled_idle": self.stalled,
+            "uart_overflows": self.sim.overflows,
             "ops": self.run_.ops,
             "virtual_ms": self.clock.now_ms,
             "refetch": per,
@@ -816,27 +846,29 @@ def _print_tb():
 EXHAUSTIVE_SIZE = 6000  # payload bytes: two erase blocks
 
 
-def exhaustive_scenario(cut=None):
+def exhaustive_scenario(cut=None, settings=None):
     """The fault-free scenario of the exhaustive mode, with a cut at global flash
     operation ``cut`` (None: no cut), torn at a pseudo-random byte of it."""
     cuts = [] if cut is None else [["op", cut, None]]
     sc = make_scenario(0, size=EXHAUSTIVE_SIZE, kinds=[], cuts=cuts)
     sc["exhaustive_cut"] = cut
+    if settings:
+        sc["settings"] = settings
     return sc
 
 
-def run_exhaustive(flash, only=None, verbose=False, out=print):
+def run_exhaustive(flash, only=None, verbose=False, out=print, settings=None):
     """Count the flash operations of a clean run, then cut the power at each in turn
     (or only at ``only``). Prints one ``R`` line per cut point and an ``X`` summary."""
     ops = []
-    clean = Scenario(exhaustive_scenario(), flash, op_log=ops).run()
+    clean = Scenario(exhaustive_scenario(None, settings), flash, op_log=ops).run()
     out("C " + json.dumps({"ops": len(ops), "runtime": RUNTIME, "clean_ok": not clean["violations"],
                            "kinds": _op_kinds(ops)}))
     held = 0
     tried = 0
     points = range(len(ops)) if only is None else [only]
     for g in points:
-        r = Scenario(exhaustive_scenario(g), flash, verbose=verbose).run()
+        r = Scenario(exhaustive_scenario(g, settings), flash, verbose=verbose).run()
         r["cut_op"] = g
         r["op_kind"] = ops[g][0] if g < len(ops) else "?"
         r["op_len"] = ops[g][1] if g < len(ops) else 0
@@ -863,6 +895,7 @@ def main(argv):
     exhaustive = False
     only = None
     trace = False
+    settings = None
     seeds = []
     i = 0
     while i < len(argv):
@@ -876,6 +909,9 @@ def main(argv):
         elif a == "--cut":
             i += 1
             only = int(argv[i])
+        elif a == "--settings":
+            i += 1
+            settings = json.loads(argv[i])
         elif a == "--range":
             lo, hi = int(argv[i + 1]), int(argv[i + 2])
             seeds.extend(range(lo, hi))
@@ -886,10 +922,12 @@ def main(argv):
     flash = Flash()
     try:
         if exhaustive:
-            run_exhaustive(flash, only, verbose)
+            run_exhaustive(flash, only, verbose, settings=settings)
             return 0
         for s in seeds:
             sc = make_scenario(s)
+            if settings:
+                sc["settings"] = settings
             if verbose:
                 print("scenario", json.dumps(sc))
             sn = Scenario(sc, flash, verbose=verbose, trace=trace)

@@ -44,13 +44,20 @@ def _exe(runtime):
     return [sys.executable]
 
 
+SETTINGS = None  # board settings for every scenario (--settings JSON), None: defaults
+
+
 def repro(runtime, args):
     """The one-line command (run from the repository root) that reproduces a case."""
     exe = os.path.join(VENV_BIN, "micropython" if runtime == "micropython" else "python")
+    if SETTINGS:
+        args = "--settings '%s' %s" % (json.dumps(SETTINGS), args)
     return "%s %s %s" % (exe, RUNNER, args)
 
 
 def _run_batch(runtime, args, out, errors):
+    if SETTINGS:
+        args = ["--settings", json.dumps(SETTINGS)] + list(args)
     cmd = _exe(runtime) + [os.path.join(ROOT, RUNNER)] + args
     try:
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
@@ -169,11 +176,21 @@ def extra_stats(records, runtimes):
         ign = sum(r.get("ignored_range_bytes", 0) for r in rs)
         vms = sum(r.get("virtual_ms", 0) for r in rs)
         real = sum(r.get("real_s", 0) for r in rs)
+        stalled = [r["seed"] for r in rs if r.get("stalled_idle")]
         out.append(
-            "%s: %d power cuts fired, %d boots, %d full restarts after a failed digest, "
+            "%s: %d scenarios where the agent went idle with the job open and no failure "
+            "reported (a later notification moved it on)%s"
+            % (rt, len(stalled), ", e.g. seeds %s" % stalled[:5] if stalled else "")
+        )
+        out.append(
+            "%s: %d power cuts fired, %d boots, %d full re-downloads (digest failure or "
+            "rollback), "
             "%d B re-sent by servers that ignored Range; %.0f s virtual in %.1f s real"
             % (rt, cuts, sum(r.get("boots", 0) for r in rs), restarts, ign, vms / 1000, real)
         )
+        over = sum(r.get("uart_overflows", 0) for r in rs)
+        if over:
+            out.append("  bytes lost to UART receive overflow: %d" % over)
         out.append("  fault kinds: " + ", ".join("%s %d" % (k, kinds[k]) for k in sorted(kinds)))
     return out
 
@@ -189,8 +206,9 @@ def campaign(seeds, start, runtimes, n_workers, batch):
     t0 = time.time()
     records, errors = run_parallel(jobs, n_workers)
     text, failing = table(records, runtimes)
-    print("Fault campaign: seeds %d..%d, %s (%.0f s)" % (start, start + seeds - 1,
-                                                         " and ".join(runtimes), time.time() - t0))
+    print("Fault campaign: seeds %d..%d, %s%s (%.0f s)" % (
+        start, start + seeds - 1, " and ".join(runtimes),
+        ", board settings %s" % json.dumps(SETTINGS) if SETTINGS else "", time.time() - t0))
     print(text)
     for line in extra_stats(records, runtimes):
         print(line)
@@ -254,13 +272,18 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--batch", type=int, default=50, help="seeds per subprocess")
     ap.add_argument("--seed", type=int, help="run this one seed verbosely instead")
+    ap.add_argument("--settings", default=os.environ.get("SETTINGS") or None,
+                    help='board settings as JSON, e.g. \'{"faithful": true}\'')
     a = ap.parse_args(argv)
+    global SETTINGS
+    SETTINGS = json.loads(a.settings) if a.settings else None
     runtimes = RUNTIMES if a.runtime == "both" else (a.runtime,)
     if a.seed is not None:
         st = 0
         for rt in runtimes:
             print("==== %s: %s" % (rt, repro(rt, "-v %d" % a.seed)))
-            st |= subprocess.call(_exe(rt) + [RUNNER, "-v", str(a.seed)], cwd=ROOT)
+            extra = ["--settings", json.dumps(SETTINGS)] if SETTINGS else []
+            st |= subprocess.call(_exe(rt) + [RUNNER] + extra + ["-v", str(a.seed)], cwd=ROOT)
         return st
     if a.exhaustive:
         return exhaustive(runtimes, a.jobs)

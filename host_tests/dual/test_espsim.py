@@ -491,6 +491,33 @@ class TestFaults(unittest.TestCase):
         self.assertEqual(h.run(600), b"+RMCONNECTED\r\n")
         self.assertEqual(h.cmd(b'AT+RMOTARESULT=0,"J1",2,"x"'), OK)
 
+    def test_host_busy_overflows_the_receive_buffer(self):
+        h = Host(echo=False, rx_fifo=4096)
+        h.set_url("https://b/fw/app.img")
+        h.send(b'AT+HTTPCGET=""\r\n')
+        h.run(100)
+        h.sim.host_busy(100)  # 100 ms at 11.5 bytes/ms fits in 4 KB
+        self.assertEqual(h.sim.overflows, 0)
+        h.sim.host_busy(100, fifo=32)  # interrupts off: only the 32-byte FIFO
+        self.assertGreater(h.sim.overflows, 1000)
+        with self.assertRaises(AssertionError):
+            records(h.run(1000))
+
+    def test_rts_cts_pauses_the_esp(self):
+        h = Host(echo=False, rx_fifo=4096, host_cts=True)
+        self.assertEqual(h.cmd(b"AT+UART_CUR=115200,8,1,0,3"), OK)
+        h.set_url("https://b/fw/app.img")
+        h.send(b'AT+HTTPCGET=""\r\n')
+        out = h.run(100)
+        h.sim.host_busy(300, fifo=32)
+        out += h.run(1500)
+        self.assertEqual(h.sim.overflows, 0)
+        payload, _, rest = records(out)
+        self.assertEqual((payload, rest), (IMG, OK))
+        h.sim.reboot()  # AT+UART_CUR is forgotten
+        h.run(1000)
+        self.assertEqual(h.cmd(b"AT+UART_CUR?"), b"AT+UART_CUR?\r\n+UART_CUR:115200,8,1,0,1\r\n" + OK)
+
     def test_same_seed_same_bytes(self):
         a = self._get(Host(echo=False, seed=9))
         b = self._get(Host(echo=False, seed=9))
