@@ -83,7 +83,10 @@ class TestAsync(unittest.TestCase):
         state, final = _run(main())
         self.assertEqual(state, "idle")
         self.assertEqual(final, b"OK")
-        self.assertEqual(esp.commands[:4], [b"AT", b"ATE0", b"AT+SYSLOG=1", b"AT+RMOTAFETCH"])
+        self.assertEqual(
+            esp.commands[:5],
+            [b"AT", b"ATE0", b"AT+SYSLOG=1", b"AT+HTTPCHEAD=0", b"AT+RMOTAFETCH"],
+        )
         self.assertEqual(esp.commands[-1], b"AT+RMPARAM")
 
     def test_idle_agent_stays_quiet_until_a_urc(self):

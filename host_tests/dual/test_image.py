@@ -48,6 +48,9 @@ class TestHeader(unittest.TestCase):
     def test_wrong_board(self):
         self._reject("board", _hdr(board=b"rp2-pico"))
 
+    def test_garbage_board_id_is_shown_as_hex(self):
+        self._reject("board 0xff01", _hdr(board=b"\xff\x01"))
+
     def test_too_large(self):
         self._reject("slot", slot_size=8)
 

@@ -40,6 +40,10 @@ class TestFWNotify(unittest.TestCase):
             b"+RMFWNOTIFY:0,76,url,ver,",
             b'+RMFWNOTIFY:0,76,url,ver,jo"b',
             b"+RMFWNOTIFY",
+            b"+RMFWNOTIFY:0,76,https://h/p\xff?q,1.0,JOB1",  # a flipped bit in the URL
+            b"+RMFWNOTIFY:0,76,https://h/p q,1.0,JOB1",
+            b"+RMFWNOTIFY:0,76,https://h/p,1.\x80,JOB1",
+            b"+RMFWNOTIFY:0,76,https://h/p,1.0,J\xc3\xa9",
         ):
             with self.assertRaises(ProtocolError):
                 parse_fwnotify(bad)

@@ -81,6 +81,7 @@ class Attempt:
         self.frame_errors = 0
         self.stalled = False  # a record stopped arriving (the link's inactivity timeout)
         self.new_header = False  # a full response whose header is not the one we hold
+        self.want = None  # bytes a whole response holds (None: the announced size)
         self.cmd = None
         self.reject = None
 
@@ -217,6 +218,8 @@ class HostOTA:
         self._retry_at = None
         self._fetch_empty = False
         self._report_retry_at = None
+        self._fetch_failed = False
+        self._cloud_back = False
         self.on_esp_ready = on_esp_ready
         self.boots_seen = 0
         self.report_retry_ms = _pick(None, s, "report_retry_ms", 60000)
@@ -256,6 +259,7 @@ class HostOTA:
                 self.cloud_up = False
             elif line == b"+RMCONNECTED":
                 self.cloud_up = True
+                self._cloud_back = True
             elif line == b"+RMRESET" or line == b"+RMREBOOT":
                 # RainMaker AT docs: the host should then restart the ESP (AT+RST).
                 self.esp_restart_wanted = True
@@ -329,6 +333,11 @@ class HostOTA:
         # not be delivered (retried every ``report_retry_ms``).
         if self._notified is not None or self.esp_reset or self.esp_restart_wanted:
             return True
+        if self._cloud_back and self.cloud_up:
+            # The cloud came back (+RMCONNECTED): a fetch that failed, or a result that
+            # could not be delivered, can go through now.
+            if self._fetch_failed or self._report_retry_at is not None:
+                return True
         t = self._report_retry_at
         return t is not None and self.clock.ticks_diff(self.clock.ticks_ms(), t) >= 0
 
@@ -361,6 +370,7 @@ class HostOTA:
 
     def _main(self):
         self._idle = False
+        self._cloud_back = False
         self.state = "init"
         yield from self._init_esp()
         yield from self._finish_committed()
@@ -368,6 +378,8 @@ class HostOTA:
         self.state = "fetch"
         self._notified = None
         c = yield from self._cmd(b"AT+RMOTAFETCH", 5000)
+        # Without the cloud ESP-AT answers ERROR: fetch again when +RMCONNECTED comes.
+        self._fetch_failed = not c.ok
         if c.ok:
             yield from self._wait(self.fetch_wait_ms, lambda: self._notified is not None)
         if self._notified is None:
@@ -449,6 +461,11 @@ class HostOTA:
         c = yield from self._cmd(b"ATE0", 1000)
         self._echo_off = c.ok
         yield from self._cmd(b"AT+SYSLOG=1", 1000)
+        # Request headers live in the ESP's RAM until AT+HTTPCHEAD=0 or its reboot, not
+        # in ours: a Range set before the host lost power (or gave up an attempt) would
+        # cut every later download short (DESIGN.md section 1). Clear them; ESP-AT before
+        # 2023 has no AT+HTTPCHEAD and answers ERROR, which is fine.
+        yield from self._cmd(b"AT+HTTPCHEAD=0", 1000)
         if self.flow_control:
             # ESP-AT honours CTS only with flow control 3 (or 2); its default is 1 (RTS
             # only) and AT+UART_CUR is forgotten on reset: set it after every ready.
@@ -941,6 +958,8 @@ class HostOTA:
                 overlap = start = 0
                 end = None
         att = Attempt(start, overlap, acc)
+        # bytes a whole response to this request holds
+        att.want = (end - start + 1) if end is not None and use_range else note.size - start
         self.att = att
         self.link.sink = self
         cmd = b'AT+HTTPCGET="",%d,%d,%d' % (self.tx_size, self.rx_size, self.http_timeout_ms)
@@ -1053,8 +1072,9 @@ class HostOTA:
         download too (a byte altered in transit, issue 4 case 2, must not finish the job
         as rejected). Otherwise the attempt failed: returns a reason string."""
         e = att.reject
-        if att.received != note.size:
-            return "not the announced file (%d of %d B)" % (att.received, note.size)
+        want = note.size if att.want is None else att.want
+        if att.received != want:
+            return "not the announced file (%d B, %d expected: %s)" % (att.received, want, e.reason)
         raw = bytes(self._probe[:HEADER_SIZE])
         if raw == self._rejected_hdr:
             return e
@@ -1123,7 +1143,9 @@ class HostOTA:
         att = self.att
         p = att.pos
         att.pos = p + n - i
-        acc = HEADER_SIZE + self.writer.offset
+        w = self.writer
+        have = w.offset
+        acc = HEADER_SIZE + have
         if p < acc:
             if acc - p >= n - i:
                 return
@@ -1131,8 +1153,7 @@ class HostOTA:
         elif p > acc:  # a gap: cannot happen with a correct base; never write past it
             att.mode = _M_DISCARD
             return
-        w = self.writer
-        if n - i > w.image_len - w.offset:
+        if n - i > w.image_len - have:
             # More bytes than the image holds: not the response we asked for.
             att.mode = _M_DISCARD
             self.log.warn("response longer than the image")

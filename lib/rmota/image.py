@@ -96,7 +96,7 @@ class ImageHeader:
         if total_size is not None and total_size != self.header_len + self.payload_len:
             raise ImageError("size %d disagrees with header" % total_size)
         if self.board_id != board_id:
-            raise ImageError("image for board %s" % self.board_id.decode())
+            raise ImageError("image for board %s" % _printable(self.board_id))
         if self.image_len == 0:
             raise ImageError("empty image")
         if self.image_len > slot_size:
@@ -106,6 +106,14 @@ class ImageHeader:
                 raise ImageError("version %d already running" % self.image_version)
             if self.image_version < running_version and not allow_downgrade:
                 raise ImageError("downgrade %d < %d" % (self.image_version, running_version))
+
+
+def _printable(b):
+    """``b`` as text when it is printable ASCII, else as hex (never raises)."""
+    for c in b:
+        if c < 32 or c > 126:
+            return "0x" + "".join("%02x" % c for c in b)
+    return b.decode()
 
 
 def build_header(payload, board_id, image_version, flags=0):

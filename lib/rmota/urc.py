@@ -93,6 +93,14 @@ def parse_fwnotify(line):
     for c in job:
         if c < 33 or c > 126 or c == 34 or c == 92:
             raise ProtocolError("bad job id", line)
+    # A URL is printable ASCII (S3 percent-encodes the rest); anything else is a
+    # corrupted line, and the URL goes back to the ESP and into the journal as text.
+    for c in url:
+        if c < 33 or c > 126:
+            raise ProtocolError("bad url", line)
+    for c in ver:
+        if c < 32 or c > 126:
+            raise ProtocolError("bad fw_version", line)
     fw_version = None if ver == b"null" else ver.decode()
     return FWNotify(typ, size, url, fw_version, job.decode())
 
