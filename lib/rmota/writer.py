@@ -162,11 +162,29 @@ class SlotWriter:
         for bytes beyond ``image_len``. Allocates at most two memoryview slices per
         call while ``data`` fits the free buffer (see the class docstring)."""
         n = len(data)
-        if self._done + self._fill + n > self.image_len:
+        fill = self._fill
+        if self._done + fill + n > self.image_len:
             raise ImageError("more bytes than the image length", 3)
+        cap = self._cap
+        bs = self.block_size
+        if n <= cap - fill:  # the steady state: one copy, then program full blocks
+            w = self._head * bs + fill
+            if w >= cap:
+                w -= cap
+            if w + n <= cap:
+                self._mv[w : w + n] = data
+            else:
+                first = cap - w
+                self._mv[w:cap] = data[:first]
+                self._mv[0 : n - first] = data[first:]
+            fill += n
+            self._fill = fill
+            if fill >= bs and not self.defer:
+                self._flush_full(self.nblocks)
+            return
         i = 0
         while i < n:
-            room = self._cap - self._fill
+            room = cap - self._fill
             if room == 0:
                 self._flush_full(self.nblocks)  # defer mode with a full buffer
                 continue
@@ -187,7 +205,7 @@ class SlotWriter:
         first = cap - w
         mv = self._mv
         if first >= k:
-            mv[w : w + k] = data if i == 0 and k == len(data) else data[i : i + k]
+            mv[w : w + k] = data[i : i + k]
         else:
             mv[w:cap] = data[i : i + first]
             mv[0 : k - first] = data[i + first : i + k]
