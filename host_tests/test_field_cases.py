@@ -30,6 +30,10 @@ RUNTIMES = ["micropython", "cpython"]
 
 # Board settings that shorten the agent's waits for these runs (names: HostOTA docs).
 FAST = {
+    # the traces' AT+HTTPCGET="",2048,2048,...: records of 1..2048 bytes; flash written
+    # as blocks fill (the board's default may differ: pinned so the cases stay the same)
+    "rx_size": 2048,
+    "flash_mode": "stream",
     "fetch_wait_ms": 200,
     "backoff_ms": 50,
     "backoff_max_ms": 400,
@@ -335,12 +339,22 @@ def test_10_cousins(n, late_ms, tmp_path):
 @pytest.mark.parametrize("late_ms", [None, 200])
 def test_10_cousin_busy_on_range_header(late_ms, tmp_path):
     # busy p... for AT+HTTPCHEAD must not turn Range off for the job.
-    f = Faults(truncate_body_at=3000, busy_next=1, busy_match=b"AT+HTTPCHEAD=",
+    f = Faults(truncate_body_at=3000, busy_next=1, busy_match=b"AT+HTTPCHEAD=1",
                busy_code=True, busy_then_run_ms=late_ms)
     p = _payload(6000)
     r = run_case(tmp_path, "cpython", p, faults=f)
     assert r.final_status == 2 and r.slot_sha256 == hashlib.sha256(p).digest(), r.output
     assert any(q["status"] == 206 for q in r.http_log), r.http_log
+
+
+@pytest.mark.parametrize("match", [b"AT+RMOTAFETCH", b"AT+HTTPCHEAD=0", b"AT+RMOTARESULT"])
+def test_10_cousin_busy_on_other_commands(match, tmp_path):
+    # Any command answered busy p... is sent again after a back-off: a busy fetch must
+    # not leave the job unseen, a busy result must not be lost.
+    f = Faults(busy_next=1, busy_match=match, busy_code=True, busy_then_run_ms=200)
+    r = run_case(tmp_path, "cpython", _payload(2000), faults=f)
+    assert fired(r, "busy")
+    assert r.final_status == 2 and r.slot == 1, r.output
 
 
 # --- 11. the ESP resets inside a record -------------------------------------------------

@@ -404,10 +404,17 @@ class HostOTA:
         self.state = "idle"
 
     # --- small generator helpers ------------------------------------------------------
-    def _cmd(self, cmd, timeout_ms=2000, prompt=False):
-        c = self.link.send(cmd, timeout_ms, prompt)
-        while not c.done:
-            yield
+    def _cmd(self, cmd, timeout_ms=2000, prompt=False, busy_tries=4):
+        # ``busy p...`` means ESP-AT dropped the command (ESP-AT "AT Messages"): send it
+        # again after a back-off, up to ``busy_tries`` times in all. A prompt command is
+        # not re-sent here: its ``>`` may still come (the link waits for it).
+        for i in range(busy_tries):
+            c = self.link.send(cmd, timeout_ms, prompt)
+            while not c.done:
+                yield
+            if prompt or c.reset or c.final is not None or not c.busy:
+                return c
+            yield from self._sleep(self._backoff(i))
         return c
 
     def _data(self, data, timeout_ms=2000):
@@ -442,7 +449,7 @@ class HostOTA:
         Called at start and after every ``ready``. Raises ``LinkError`` when the ESP
         never answers."""
         for i in range(8):
-            c = yield from self._cmd(b"AT", 1000)
+            c = yield from self._cmd(b"AT", 1000, busy_tries=1)
             if c.echoed and self._echo_off:
                 # Echo is on again although we turned it off: the ESP rebooted and its
                 # "ready" was lost (swallowed by a record, or by the UART).
