@@ -185,12 +185,16 @@ def test_04_cousin_after_a_failed_attempt(tmp_path):
 
 
 def test_04_cousin_same_job_fresh_url(tmp_path):
+    # The URC in the same read is our own job announced again (a fresh presigned URL):
+    # the next attempt uses it; nothing else changes.
     def arm(b):
-        b.faults.final_extra = b.emu.push_job.__self__._notification() + b"+HTTP"
+        b.faults.final_extra = b.emu._notification() + b"+HTTP"
 
-    f = Faults(truncate_body_at=2000)
+    f = Faults(short_record={1: 3})
     r = run_case(tmp_path, "cpython", _payload(4000), faults=f, before=arm)
-    assert r.final_status == 2, r.output
+    assert fired(r, "final_extra") and fired(r, "short_record")
+    assert "announced again: URL refreshed" in "\n".join(r.output), r.output
+    assert r.final_status == 2 and r.slot == 1, r.output
 
 
 # --- 5. mangled final result ------------------------------------------------------------
@@ -201,7 +205,9 @@ def test_05_mangled_final(runtime, tmp_path):
     assert fired(r, "mangle_final")
 
 
-@pytest.mark.parametrize("mangled, size", [(b"", 9000), (b"\r\nOK", 76 - 64), (b"\r\nK\r\n", 5000)])
+@pytest.mark.parametrize(
+    "mangled, size", [(b"", 9000), (b"\r\nOK", 76 - 64), (b"\r\nK\r\n", 5000)]
+)
 def test_05_cousins(mangled, size, tmp_path):
     r = case("field_05_mangled_final", tmp_path, "cpython", _payload(size),
              faults=Faults(mangle_final=mangled))

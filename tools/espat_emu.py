@@ -845,7 +845,8 @@ class ESPEmulator:
                         seen = raw[3]
                         raw[3] += 1
                         if seen == raw[4]:
-                            kind = "lose_url_byte" if raw[2] == self._url_done else "lose_head_byte"
+                            url = raw[2] == self._url_done
+                            kind = "lose_url_byte" if url else "lose_head_byte"
                             self.faults.log.append((kind, seen))
                             continue  # lost on the wire: one more byte is needed
                         raw[1].append(b)

@@ -1081,7 +1081,8 @@ class HostOTA:
         e = att.reject
         want = note.size if att.want is None else att.want
         if att.received != want:
-            return "not the announced file (%d B, %d expected: %s)" % (att.received, want, e.reason)
+            why = (att.received, want, e.reason)
+            return "not the announced file (%d B, %d expected: %s)" % why
         raw = bytes(self._probe[:HEADER_SIZE])
         if raw == self._rejected_hdr:
             return e
