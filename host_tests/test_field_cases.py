@@ -164,6 +164,16 @@ def test_03_cousins(at, silence_s, size, tmp_path):
     assert r.elapsed_s < 20
 
 
+def test_03_cousin_pause_then_the_rest(tmp_path):
+    # The record stops for longer than the inactivity timeout, then the rest arrives:
+    # the record is already a frame error; its tail is garbage, never image bytes.
+    p = _payload(6000)
+    r = run_case(tmp_path, "cpython", p, faults=Faults(stall_at_body=3000, stall_s=0.6))
+    assert fired(r, "stall_at_body") == [3000]
+    assert any("failed: record stalled" in x for x in r.output), r.output
+    assert r.final_status == 2 and r.slot_sha256 == hashlib.sha256(p).digest()
+
+
 # --- 4. final result, a URC and the next header in one read -----------------------------
 NOTE_JOB1 = b"+RMFWNOTIFY:0,12,https://h/p?q,1.2.3,JOB1\r\n"
 
