@@ -233,11 +233,21 @@ class SlotWriter:
         # Erase (unless erased ahead), program and hash ring block k holding n bytes.
         bs = self.block_size
         blk = self._done // bs
+        dev = self.bdev
         if self._done < self._erased_to:
             pass  # erased by erase_ahead()
         else:
-            self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
+            dev.ioctl(_IOCTL_BLOCK_ERASE, blk)
             self.erases += 1
+        if n == bs and self.prog_chunk == bs:  # the steady state: one call per block
+            data = self._blk[k]
+            dev.writeblocks(blk, data, 0)
+            self.programs += 1
+            self._sha.update(data)
+            self._done += bs
+            if self.on_block is not None:
+                self.on_block(blk, crc32(data))
+            return
         a = self.prog_align
         padded = (n + a - 1) // a * a
         base = k * bs
@@ -252,7 +262,7 @@ class SlotWriter:
                 view = self._chunks[k * per + c]
             else:
                 view = self._mv[base + off : base + padded]  # the image's last block only
-            self.bdev.writeblocks(blk, view, off)
+            dev.writeblocks(blk, view, off)
             self.programs += 1
             c += 1
         data = self._blk[k] if n == bs else self._mv[base : base + n]
