@@ -1,0 +1,179 @@
+"""Host cost of the download loop, measured under the MicroPython unix port (or CPython)
+and printed as one JSON line for tools/bench.py (rows 1c, 2, 3 and 5 of issue 5).
+
+    micropython -X heapsize=16m tools/mp/bench_host.py [reps]
+
+Every figure is a ratio to SHA-256 alone over the same bytes, timed in the same process,
+interleaved with the measured run (best of ``reps``), because absolute times drift:
+
+- ``pipe_rx<N>``: a 1.74 MB ``+HTTPCGET`` stream with records of N bytes, from memory
+  through ``ATLink`` (read 4096 bytes at a time), the agent's record sink and
+  ``SlotWriter`` (block buffer, erase, program, rolling SHA-256, per-block CRC-32 for
+  the journal) into a RAM block device; then ``finish()``.
+- ``readback``: the final read-back check (the slot hashed again from the device).
+- ``naive_rx<N>``: the same stream parsed the way typical AT drivers do, a ``readline()``
+  loop that joins lines until a record's length is reached, into the same writer.
+- ``alloc``: bytes allocated per ``+HTTPCGET`` record in the steady state
+  (``gc.mem_alloc()`` deltas, collection disabled; MicroPython only), one record per
+  read, for several record lengths.
+- ``framing``: wire bytes per payload byte for full records of each rx size.
+"""
+
+import gc
+import json
+import sys
+
+_d = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+for _p in (_d, _d + "/../../lib"):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import dlpipe  # noqa: E402
+from rmota.image import HEADER_SIZE  # noqa: E402
+
+try:
+    from time import ticks_diff, ticks_us
+except ImportError:  # CPython
+    import time
+
+    def ticks_us():
+        return int(time.perf_counter() * 1e6)
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+IS_MP = sys.implementation.name == "micropython"
+PAYLOAD = 1740816  # tools/firmware_src.py seed_sized_payload(): image 1,740,880 bytes
+
+
+class LineUART:
+    """The in-memory stream with a ``readline()`` as ``machine.UART`` has one (each line
+    a new bytes object, like the C implementation) and ``read(n)``."""
+
+    def __init__(self, stream):
+        self.s = bytes(stream)
+        self.i = 0
+
+    def readline(self):
+        s = self.s
+        i = self.i
+        if i >= len(s):
+            return None
+        j = s.find(b"\n", i)
+        j = len(s) if j < 0 else j + 1
+        self.i = j
+        return s[i:j]
+
+
+def naive_download(stream, writer, header_len=HEADER_SIZE):
+    """A readline-style parser, as typical AT drivers are written: read a line; if it is
+    a ``+HTTPCGET:<len>,`` record, keep reading lines and joining them until ``len``
+    payload bytes (plus the closing CRLF) are there; write the payload."""
+    u = LineUART(stream)
+    skip = header_len
+    got = 0
+    while True:
+        line = u.readline()
+        if line is None:
+            break
+        if not line.startswith(b"+HTTPCGET:"):
+            continue
+        c = line.index(b",")
+        n = int(line[10:c])
+        data = line[c + 1 :]
+        while len(data) < n + 2:
+            more = u.readline()
+            if more is None:
+                break
+            data += more
+        payload = data[:n]
+        if skip:
+            k = min(skip, n)
+            skip -= k
+            payload = payload[k:]
+        if payload:
+            writer.write(payload)
+            got += len(payload)
+    return got
+
+
+def timed(f):
+    t = ticks_us()
+    f()
+    return ticks_diff(ticks_us(), t)
+
+
+def host_cost(image, payload, rx, reps):
+    """Best-of-reps times (µs) of the pipeline, SHA alone, read-back and the naive parser,
+    interleaved."""
+    stream, _ = dlpipe.make_stream(image, rx)
+    best = {"pipe": 1 << 60, "sha": 1 << 60, "readback": 1 << 60, "naive": 1 << 60}
+    ok = True
+    for _ in range(reps):
+        p = dlpipe.Pipeline(image, rx_size=rx, read_size=4096, stream=stream)
+        gc.collect()
+        t = timed(lambda: (p.run(), p.agent.writer.finish()))
+        best["pipe"] = min(best["pipe"], t)
+        ok = ok and p.agent.header is not None and p.agent.writer._sha is not None
+        gc.collect()
+        best["sha"] = min(best["sha"], timed(lambda: dlpipe.sha_only(payload)))
+        gc.collect()
+        t = timed(lambda: p.readback_ok())
+        best["readback"] = min(best["readback"], t)
+        ok = ok and p.readback_ok()
+        w = p.agent._new_writer(p.bdev)
+        w.begin(len(payload))
+        p = None
+        gc.collect()
+        t = timed(lambda: naive_download(stream, w))
+        best["naive"] = min(best["naive"], t)
+        ok = ok and w.finish() == p_digest(image)
+        gc.collect()
+        best["sha"] = min(best["sha"], timed(lambda: dlpipe.sha_only(payload)))
+    best["ok"] = ok
+    return best
+
+
+def p_digest(image):
+    return bytes(image[32:64])
+
+
+def alloc_per_record(lengths=(64, 2048, 4096, 10240), records=24):
+    """Bytes allocated per record in the steady state, one read per record."""
+    out = {}
+    if not IS_MP:
+        return out
+    for n in lengths:
+        warm = 4 + (2 * dlpipe.BLOCK) // n  # header, probe, first blocks
+        payload = dlpipe.payload_bytes(n * (warm + records))
+        image = dlpipe.make_image(payload)
+        stream, ends = dlpipe.make_stream(image, n, first=HEADER_SIZE)
+        p = dlpipe.Pipeline(image, rx_size=n, stream=stream, cuts=ends[:-1])
+        for _ in range(warm):
+            p.step()
+        gc.collect()
+        gc.disable()
+        a0 = gc.mem_alloc()
+        for _ in range(records):
+            p.step()
+        used = gc.mem_alloc() - a0
+        gc.enable()
+        out[str(n)] = used / records
+    return out
+
+
+def main():
+    reps = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    payload = dlpipe.payload_bytes(PAYLOAD)
+    image = dlpipe.make_image(payload)
+    res = {"runtime": sys.implementation.name, "payload": PAYLOAD}
+    res["alloc"] = alloc_per_record()
+    for rx in (2048, 10240):
+        b = host_cost(image, payload, rx, reps)
+        res["rx%d" % rx] = b
+    res["framing"] = {str(rx): dlpipe.framing_overhead(rx, len(image)) for rx in (2048, 4096, 10240)}
+    print(json.dumps(res))
+
+
+main()
