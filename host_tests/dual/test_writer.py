@@ -98,3 +98,51 @@ class TestWriter(unittest.TestCase):
         w.finish()
         self.assertEqual(bytes(dev.mem[:10]), b"0123456789")
         self.assertEqual(bytes(dev.mem[10:256]), b"\xff" * 246)
+
+
+class TestBlockCRC(unittest.TestCase):
+    def _write(self, crc_span):
+        dev = RAMNOR(4)
+        img = _image(4096 * 3)
+        w = SlotWriter(dev, crc_span=crc_span)
+        crcs = []
+        w.on_block = lambda index, crc: crcs.append(crc)
+        w.begin(len(img))
+        _write_all(w, img, 1000)
+        w.finish()
+        return dev, img, crcs
+
+    def _resume(self, dev, n, crcs, crc_span):
+        w = SlotWriter(dev, crc_span=crc_span)
+        w.begin(n)
+        return w.resume(crcs), w
+
+    def test_resume_keeps_the_blocks_whose_crc_matches(self):
+        for span in (None, 256):
+            dev, img, crcs = self._write(span)
+            self.assertEqual(len(crcs), 3)
+            kept, w = self._resume(dev, len(img), crcs, span)
+            self.assertEqual(kept, len(img))
+            self.assertEqual(w._sha.digest(), hashlib.sha256(img).digest())
+
+    def test_torn_program_and_torn_erase_are_caught_either_way(self):
+        for span in (None, 256):
+            for where in (4096 + 4095, 4096):  # block 1: unprogrammed end / erased start
+                dev, img, crcs = self._write(span)
+                dev.mem[where] = 0xFF if dev.mem[where] != 0xFF else 0x00
+                kept, _ = self._resume(dev, len(img), crcs, span)
+                self.assertEqual(kept, 4096, (span, where))
+
+    def test_span_leaves_the_middle_to_the_image_digest(self):
+        dev, img, crcs = self._write(256)
+        dev.mem[4096 + 2000] ^= 1  # not something a torn program or erase leaves
+        kept, w = self._resume(dev, len(img), crcs, 256)
+        self.assertEqual(kept, len(img))
+        self.assertNotEqual(w._sha.digest(), hashlib.sha256(img).digest())  # caught here
+        dev, img, crcs = self._write(None)
+        dev.mem[4096 + 2000] ^= 1
+        self.assertEqual(self._resume(dev, len(img), crcs, None)[0], 4096)
+
+    def test_span_is_checked(self):
+        with self.assertRaises(ValueError):
+            SlotWriter(RAMNOR(2), crc_span=4096)

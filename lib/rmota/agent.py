@@ -832,7 +832,8 @@ class HostOTA:
             n = (self.window_size + bs - 1) // bs
         else:
             n = 1 + (self.rx_size + bs - 1) // bs
-        w = SlotWriter(bdev, buffer_blocks=n, prog_chunk=self.prog_chunk)
+        w = SlotWriter(bdev, buffer_blocks=n, prog_chunk=self.prog_chunk,
+                       crc_span=self.board.settings.get("crc_span"))
         w.defer = self.flash_mode == "window"
         return w
 
