@@ -6,12 +6,14 @@ and printed as one JSON line for tools/bench.py (rows 1c, 2, 3 and 5 of issue 5)
 Every figure is a ratio to SHA-256 alone over the same bytes, timed in the same process,
 interleaved with the measured run (best of ``reps``), because absolute times drift:
 
-- ``pipe_rx<N>``: a 1.74 MB ``+HTTPCGET`` stream with records of N bytes, from memory
+- ``rx<N>.pipe``: a 1.74 MB ``+HTTPCGET`` stream with records of N bytes, from memory
   through ``ATLink`` (read 4096 bytes at a time), the agent's record sink and
   ``SlotWriter`` (block buffer, erase, program, rolling SHA-256, per-block CRC-32 for
-  the journal) into a RAM block device; then ``finish()``.
+  the journal) into a RAM block device; then ``finish()``. ``nocrc``: the same without
+  the CRC; ``span``: with the CRC over each block's first and last 256 bytes
+  (``crc_span``); ``crc``: CRC-32 alone over the payload.
 - ``readback``: the final read-back check (the slot hashed again from the device).
-- ``naive_rx<N>``: the same stream parsed the way typical AT drivers do, a ``readline()``
+- ``naive``: the same stream parsed the way typical AT drivers do, a ``readline()``
   loop that joins lines until a record's length is reached, into the same writer.
 - ``alloc``: bytes allocated per ``+HTTPCGET`` record in the steady state
   (``gc.mem_alloc()`` deltas, collection disabled; MicroPython only), one record per
@@ -29,6 +31,7 @@ for _p in (_d, _d + "/../../lib"):
         sys.path.insert(0, _p)
 
 import dlpipe  # noqa: E402
+from binascii import crc32  # noqa: E402
 from rmota.image import HEADER_SIZE  # noqa: E402
 
 try:
@@ -105,32 +108,48 @@ def timed(f):
 
 
 def host_cost(image, payload, rx, reps):
-    """Best-of-reps times (µs) of the pipeline, SHA alone, read-back and the naive parser,
-    interleaved."""
+    """Best-of-reps times (µs), interleaved: the pipeline (``pipe``; ``nocrc`` without
+    the journal's CRC-32 per block), SHA-256 alone, CRC-32 alone, the read-back, and the
+    naive parser into the same writer."""
     stream, _ = dlpipe.make_stream(image, rx)
-    best = {"pipe": 1 << 60, "sha": 1 << 60, "readback": 1 << 60, "naive": 1 << 60}
+    best = {}
+
+    def keep(name, t):
+        best[name] = min(best.get(name, 1 << 60), t)
+
     ok = True
     for _ in range(reps):
         p = dlpipe.Pipeline(image, rx_size=rx, read_size=4096, stream=stream)
         gc.collect()
-        t = timed(lambda: (p.run(), p.agent.writer.finish()))
-        best["pipe"] = min(best["pipe"], t)
-        ok = ok and p.agent.header is not None and p.agent.writer._sha is not None
+        keep("pipe", timed(lambda: (p.run(), p.agent.writer.finish())))
+        ok = ok and p.agent.header is not None
         gc.collect()
-        best["sha"] = min(best["sha"], timed(lambda: dlpipe.sha_only(payload)))
+        keep("sha", timed(lambda: dlpipe.sha_only(payload)))
         gc.collect()
-        t = timed(lambda: p.readback_ok())
-        best["readback"] = min(best["readback"], t)
+        keep("readback", timed(lambda: p.readback_ok()))
         ok = ok and p.readback_ok()
-        w = p.agent._new_writer(p.bdev)
-        w.begin(len(payload))
+        agent = p.agent
         p = None
+        q = dlpipe.Pipeline(image, rx_size=rx, read_size=4096, stream=stream)
+        q.agent.writer.on_block = None
         gc.collect()
-        t = timed(lambda: naive_download(stream, w))
-        best["naive"] = min(best["naive"], t)
+        keep("nocrc", timed(lambda: (q.run(), q.agent.writer.finish())))
+        q = dlpipe.Pipeline(image, rx_size=rx, read_size=4096, stream=stream,
+                            settings={"crc_span": 256})
+        gc.collect()
+        keep("span", timed(lambda: (q.run(), q.agent.writer.finish())))
+        q = None
+        gc.collect()
+        keep("crc", timed(lambda: crc32(payload)))
+        w = agent._new_writer(agent.writer.bdev)
+        w.on_block = agent._on_block
+        w.begin(len(payload))
+        gc.collect()
+        keep("naive", timed(lambda: naive_download(stream, w)))
         ok = ok and w.finish() == p_digest(image)
+        w = agent = None
         gc.collect()
-        best["sha"] = min(best["sha"], timed(lambda: dlpipe.sha_only(payload)))
+        keep("sha", timed(lambda: dlpipe.sha_only(payload)))
     best["ok"] = ok
     return best
 

@@ -219,6 +219,7 @@ class Pipeline:
         a.note = FWNotify(0, len(image), b"http://bench/image", "2", "bench")
         a._slot = self.board.inactive_slot()
         a.writer = a._new_writer(self.bdev)
+        a.writer.on_block = a._on_block  # as in HostOTA._job: a CRC-32 per block for the journal
         a.header = None
         a.att = Attempt(0, 0, 0)
         self.link.sink = a
