@@ -234,6 +234,7 @@ def wire_run(image, baud, workdir, settings=None):
     res["overruns"] = b.get("overruns")
     res["failed_attempts"] = b.get("attempts")
     res["windows"] = b.get("windows")
+    res["peak_held"] = b.get("peak_held")  # most bytes the UART ring ever held
     res["framing_errors"] = sum("framing" in line for line in r.get("output", []))
     if r["ok"] and r["t_first"] is not None:
         el = r["t_exit"][0] - r["t_first"]
@@ -285,9 +286,9 @@ def table(res):
     for w in res["wire"]:
         rows.append(("4 wire %d" % w["baud"], "%s B, %s" % (format(w["image"], ","), w["mode"]),
                      fmt_pct(w.get("efficiency")) if w["ok"] else "FAILED (status %s)" % w["status"],
-                     "%s s (ideal %s s), overruns %s, failed attempts %s"
+                     "%s s (ideal %s s), overruns %s, ring peak %s B, failed attempts %s"
                      % (w.get("elapsed_s", "-"), w.get("ideal_s", "-"), w["overruns"],
-                        w["failed_attempts"]),
+                        w["peak_held"], w["failed_attempts"]),
                      ">= 97 %" if w.get("main") else "option"))
     fr = res["host"]["framing"]
     rows.append(("5 framing", "wire / payload bytes, full records",
