@@ -68,9 +68,10 @@ DEFAULT_SETTINGS = {
     "http_timeout_ms": 5000,  # AT+HTTPCGET network-idle timeout (ESP-AT default)
     "line_max": 2048,  # DESIGN.md section 2: longest legitimate line is a +RMFWNOTIFY
     # UART receive buffer, bytes (modelled when "faithful"; also the link's read size).
-    # 4096 holds twice what arrives at 115200 while a block is erased and programmed
-    # and the journal updated (safe_flash_mode), so "stream" loses nothing there.
-    "uart_rxbuf": 4096,
+    # make bench at 115200 in "stream": the ring held up to 3.7 KB (the journal's record
+    # of the new download, written when the header arrives, stalls the host ~0.3 s on
+    # littlefs); 8192 keeps a margin of two (safe_flash_mode).
+    "uart_rxbuf": 8192,
     "allow_raw": False,  # never accept a raw (headerless) image on this board
     # Faithful mode (issue 3, "UART overflow"; uart.py, nor.py): the UART keeps only
     # uart_rxbuf bytes and LOSES what does not fit, and flash operations stall the host
@@ -104,9 +105,11 @@ def safe_flash_mode(s, block=SECTOR_SIZE, margin=2):
       that arrive. With the receive interrupt running during flash operations
       (``uart_irq_off_fifo`` None) the ring of ``uart_rxbuf`` bytes holds them:
       "stream" needs it to hold ``margin`` times the longest stall between two reads (a
-      block's erase and program plus a journal update that may erase too) and the flash
-      to outpace the wire (else the ring fills a little more at every block: at 921600
-      baud 4 KB arrive in 44 ms while erasing and programming them takes 56 ms);
+      block's erase and program plus a journal update that may erase too, or the
+      journal's record of the new download written when the header arrives: about
+      seven erases on littlefs, measured by make bench) and the flash to outpace the
+      wire (else the ring fills a little more at every block: at 921600 baud 4 KB
+      arrive in 44 ms while erasing and programming them takes 56 ms);
       "pre_erase" needs the ring to hold what arrives during a program and a journal
       update. With interrupts off (rp2: only the 32-byte FIFO) neither holds.
     - Else "window": the ESP is idle whenever the flash is busy; it costs
@@ -122,8 +125,9 @@ def safe_flash_mode(s, block=SECTOR_SIZE, margin=2):
     ring = s["uart_rxbuf"]
     if s.get("uart_irq_off_fifo") is None:
         journal = erase + page  # a littlefs commit may erase a block
+        record = 7 * journal  # the download's journal record (file, rename) on littlefs
         fast = block / (erase + prog) >= 1.25 * rate
-        if fast and margin * rate * (erase + prog + journal) <= ring:
+        if fast and margin * rate * max(erase + prog + journal, record) <= ring:
             return "stream"
         if margin * rate * (prog + journal) <= ring:
             return "pre_erase"
