@@ -48,11 +48,11 @@ import tty
 import urllib.parse
 
 # --- ESP-AT wire tokens, limits and ERR CODE values (ESP-AT "AT Command Set", "HTTP AT
-# Commands", "AT Error Codes"; DESIGN.md section 1): one copy, in tools/espsim.py (the
-# virtual-time model of the fault campaign), so both speak the same bytes.
+# Commands", "AT Error Codes"; DESIGN.md section 1): one copy, in tools/espcommon.py, which
+# tools/espsim.py (the virtual-time model of the fault campaign) uses too.
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from espsim import (  # noqa: E402
+from espcommon import (  # noqa: E402
     BUSY,
     ERR_EXEC_FAIL,
     ERR_HTTP,
@@ -68,6 +68,7 @@ from espsim import (  # noqa: E402
     OK,
     PROMPT,
     READY,
+    S3_HOST,
     SET_OK,
     SIZE_DEFAULT,
     SIZE_MAX,
@@ -80,11 +81,12 @@ from espsim import (  # noqa: E402
     notification_line,
     parse_command,
     parse_params,
+    presigned_url,
     record_header,
 )
-from espsim import ParamError as _ParamError  # noqa: E402
-from espsim import RESULT_JSON_MAX as _RESULT_JSON_MAX  # noqa: E402
-from espsim import STATUS_WORDS as _STATUS_WORDS  # noqa: E402
+from espcommon import ParamError as _ParamError  # noqa: E402
+from espcommon import RESULT_JSON_MAX as _RESULT_JSON_MAX  # noqa: E402
+from espcommon import STATUS_WORDS as _STATUS_WORDS  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------
@@ -1337,12 +1339,7 @@ _escape = escape_bytes
 def padded_url(host, path, length=1083):
     """A presigned-style URL (``https://<host><path>?X-Amz-...``) padded to ``length``
     characters (the seed's URL has 1,083), for announcing a job from the CLI."""
-    url = "https://%s%s?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=86400" % (host, path)
-    url += "&X-Amz-Signature="
-    if len(url) < length:
-        url += "0123456789abcdef" * ((length - len(url)) // 16 + 1)
-        url = url[:length]
-    return url
+    return presigned_url(path, None, host, length)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1397,8 +1394,7 @@ def main(argv=None):
             blob = fh.read()
         path = "/firmwareimages/" + os.path.basename(a.image)
         srv.add(path, blob)
-        host = "esp-rainmaker-ota-000000000000-prod.s3.us-east-1.amazonaws.com"
-        url = padded_url(host, path, a.url_len)
+        url = padded_url(S3_HOST, path, a.url_len)
         done.wait(a.notify_after)
         emu.push_job(url, len(blob), a.version, a.job_id, passive=not a.no_passive)
         print("job %s: %d bytes, url %d chars" % (a.job_id, len(blob), len(url)), file=sys.stderr)

@@ -28,34 +28,16 @@ Usage::
 """
 
 import http.server
+import os
+import sys
 import threading
 import time
 
-# S3 error codes per status, for the XML body (Amazon S3 API reference, "Error responses").
-_S3_CODES = {
-    400: ("InvalidRequest", "Bad request"),
-    403: ("AccessDenied", "Request has expired"),
-    404: ("NoSuchKey", "The specified key does not exist."),
-    416: ("InvalidRange", "The requested range is not satisfiable"),
-    500: ("InternalError", "We encountered an internal error. Please try again."),
-    503: ("SlowDown", "Please reduce your request rate."),
-}
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from espcommon import parse_range, s3_error_body  # noqa: E402  (one copy, shared with espsim)
 
 _CHUNK = 4096  # bytes per socket write at full speed
-
-
-def s3_error_body(status, path=""):
-    """The XML error document S3 returns with ``status`` (bytes, UTF-8).
-
-    A 403 for an expired presigned URL starts
-    ``<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>``: this is what
-    ``AT+HTTPCGET`` streams to the host as ordinary ``+HTTPCGET`` records before ``ERROR``."""
-    code, message = _S3_CODES.get(status, ("InternalError", "Error"))
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        "<Error><Code>%s</Code><Message>%s</Message><Resource>%s</Resource>"
-        "<RequestId>4442587FB7D0A2F9</RequestId></Error>" % (code, message, path)
-    ).encode()
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -99,7 +81,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         status = 200
         rng = self.headers.get("Range")
         if rng is not None and not owner.ignore_range:
-            parsed = _parse_range(rng, total)
+            parsed = parse_range(rng, total)
             if parsed == "unsatisfiable":
                 self._send_error(416, path, content_range="bytes */%d" % total)
                 return
@@ -161,35 +143,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         owner._stop.wait(delay)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client (the emulated ESP) hung up: normal after a reboot or a cut
-
-
-def _parse_range(value, total):
-    """Parse one ``bytes=`` range against ``total`` bytes (RFC 9110 section 14.1.2).
-
-    Returns ``(start, end)`` inclusive, ``"unsatisfiable"``, or None for a header to
-    ignore (malformed or multi-range: served as a whole 200, as many servers do)."""
-    value = value.strip()
-    if not value.startswith("bytes=") or "," in value:
-        return None
-    spec = value[6:].strip()
-    first, sep, last = spec.partition("-")
-    if not sep:
-        return None
-    try:
-        if first == "":  # suffix range: the last N bytes
-            n = int(last)
-            if n <= 0:
-                return "unsatisfiable"
-            return max(0, total - n), total - 1
-        start = int(first)
-        end = int(last) if last else total - 1
-    except ValueError:
-        return None
-    if start < 0 or (last and end < start):
-        return None
-    if start >= total:
-        return "unsatisfiable"
-    return start, min(end, total - 1)
 
 
 class HTTPFiles:

@@ -1,19 +1,11 @@
-"""A small seeded PRNG with the same sequence on CPython and MicroPython (MicroPython's
-``random`` has no ``Random`` class). xorshift32."""
+"""The seeded PRNG of the dual-runtime tests: same sequence on CPython and MicroPython
+(MicroPython's ``random`` has no ``Random`` class). One copy, in tools/espcommon.py
+(xorshift32), the one the fault campaign uses too."""
 
+import sys
 
-class PRNG:
-    def __init__(self, seed):
-        self.s = (seed * 2654435761 + 1) & 0xFFFFFFFF or 1
+_d = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+if _d + "/../../tools" not in sys.path:
+    sys.path.append(_d + "/../../tools")
 
-    def next32(self):
-        x = self.s
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        self.s = x
-        return x
-
-    def randint(self, a, b):
-        """An int in [a, b], both included."""
-        return a + self.next32() % (b - a + 1)
+from espcommon import PRNG  # noqa: E402, F401
