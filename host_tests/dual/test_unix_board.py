@@ -580,6 +580,18 @@ class TestJournal(unittest.TestCase):
             self.j.save({"blob": b"bytes are not JSON"})
         self.assertEqual(self.j.load(), {"stage": 1})
 
+    def test_truncate_keeps_the_first_entries(self):
+        for k in range(6):
+            self.j.crc_append(100 + k)
+        self.j.crc_truncate(2)
+        self.assertEqual(self.j.crcs(), [100, 101])
+        self.j.crc_append(7)
+        self.nor.close()
+        self.j = self._open()
+        self.assertEqual(self.j.crcs(), [100, 101, 7])
+        self.j.crc_truncate(0)
+        self.assertEqual(self.j.crcs(), [])
+
     def _ops_of(self, fn):
         before = self.nor.op_count
         fn(self.j)
@@ -636,3 +648,4 @@ class TestJournal(unittest.TestCase):
             nor.close()
             self.j = self._open()
             self.assertIn(self.j.crcs(), ([0, 1, 2], [0, 1, 2, 3]), "cut at op %d" % op)
+

@@ -218,6 +218,7 @@ class HostOTA:
         self._retry_at = None
         self._fetch_empty = False
         self._report_retry_at = None
+        self._crcs_n = 0  # entries in the journal's block-CRC list
         self._fetch_failed = False
         self._cloud_back = False
         self.on_esp_ready = on_esp_ready
@@ -743,14 +744,23 @@ class HostOTA:
 
     def _on_block(self, index, crc):
         # The writer programmed block ``index``: journal its CRC so that a resume after a
-        # power cut can tell it intact.
-        self.board.journal.crc_append(crc)
+        # power cut can tell it intact. Entry k must describe block k: after a rewind
+        # the blocks from ``index`` on are written again, so their old entries go first.
+        j = self.board.journal
+        if index < self._crcs_n:
+            j.crc_truncate(index)
+            self._crcs_n = index
+        if index != self._crcs_n:
+            return  # a gap the list cannot describe: a resume stops before it
+        j.crc_append(crc)
+        self._crcs_n = index + 1
 
     def _journal_download(self, note, raw_header):
         """Journal a new download (before its first block is programmed): old CRCs go
         first, so a cut in between never pairs them with the new header."""
         j = self.board.journal
         j.crc_reset()
+        self._crcs_n = 0
         j.save(
             {
                 "stage": "download",
@@ -780,7 +790,9 @@ class HostOTA:
         except (ImageError, ValueError, KeyError, TypeError):
             return False
         self.writer.begin(h.image_len)
-        kept = self.writer.resume(self.board.journal.crcs())
+        crcs = self.board.journal.crcs()
+        self._crcs_n = len(crcs)
+        kept = self.writer.resume(crcs)
         self.header = h
         self._hdr_raw[:] = raw
         self.resumes += 1

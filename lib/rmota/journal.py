@@ -90,6 +90,25 @@ class Journal:
             f.close()
         self.writes += 1
 
+    def crc_truncate(self, n):
+        """Keep only the first ``n`` block CRCs (blocks after them are written again):
+        the kept entries go to a new file that replaces the old one atomically."""
+        try:
+            f = self.fs.open(_CRC, "rb")
+        except OSError:
+            return
+        try:
+            raw = f.read(4 * n)
+        finally:
+            f.close()
+        f = self.fs.open(_TMP, "wb")
+        try:
+            f.write(raw)
+        finally:
+            f.close()
+        self.fs.rename(_TMP, _CRC)
+        self.writes += 1
+
     def crcs(self):
         """The recorded block CRCs, a list of ints (a torn last entry is dropped)."""
         try:
