@@ -35,8 +35,10 @@ class _Progress:
 def main():
     b = board_profile.open()
     bs = b.boot_state()
-    print("[main] booted slot %d version %d%s" % (bs["slot"], b.running_version(),
-                                                  " (trial)" if bs["trial"] else ""))
+    print(
+        "[main] booted slot %d version %d%s"
+        % (bs["slot"], b.running_version(), " (trial)" if bs["trial"] else "")
+    )
     agent = for_board(b, progress=_Progress())
     state = agent.run(until_idle=True)
     if agent.result:

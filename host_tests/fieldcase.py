@@ -105,8 +105,10 @@ def check(name, result, payload, url):
     statuses = [s for _, s, _ in r.results]
 
     def fail(msg):
-        raise AssertionError("%s: %s\nresults %r\nfaults %r\n--- agent output ---\n%s" % (
-            name, msg, r.results, r.emu.faults.log, out))
+        raise AssertionError(
+            "%s: %s\nresults %r\nfaults %r\n--- agent output ---\n%s"
+            % (name, msg, r.results, r.emu.faults.log, out)
+        )
 
     for key, v in exp.items():
         if key == "status":
@@ -153,8 +155,10 @@ def check(name, result, payload, url):
                 want = 206 if v == "resumed" else 200
                 good = any(q["status"] == want for q in ranged)
             if not good:
-                fail("range=%s but requests %r" % (v, [(q["headers"].get("Range"), q["status"])
-                                                      for q in r.http_log]))
+                fail(
+                    "range=%s but requests %r"
+                    % (v, [(q["headers"].get("Range"), q["status"]) for q in r.http_log])
+                )
         elif key == "data_clean":
             for kind, data in r.data_log:
                 if b"\x00" in data:

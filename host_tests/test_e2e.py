@@ -44,7 +44,9 @@ def test_microbit_firmware_update(runtime, tmp_path):
     assert [s for _, s, _ in r.results] == [1, 2]
     assert r.slot == 1 and r.image_len == len(fw)
     assert r.slot_sha256 == hashlib.sha256(fw).digest()
-    assert r.slot_sha256.hex() == "ac293db42dc1be239e8c8e9baacb1af27706c3601eee616aba1c7653e99aa99e"
+    assert (
+        r.slot_sha256.hex() == "ac293db42dc1be239e8c8e9baacb1af27706c3601eee616aba1c7653e99aa99e"
+    )
     assert r.record.state == 1  # confirmed
     # 2 is reported only by the process that booted the new image and confirmed it
     assert _index(r.output, "booted slot 1 version 2 (trial)") < _index(r.output, "reported 2")

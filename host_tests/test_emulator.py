@@ -718,7 +718,7 @@ def test_script_mode_emits_exact_bytes(rig):
     emu.emit(trace)
     assert h.read_exact(len(trace)) == trace
     assert h.quiet(0.1) == b""
-    assert "H> AT+HTTPCGET=\"\"\\r\\n" in emu.format_trace()
+    assert 'H> AT+HTTPCGET=""\\r\\n' in emu.format_trace()
 
 
 def test_socketpair_port():

@@ -29,7 +29,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "boards", "unix"))
 
 import board as unix_board  # noqa: E402
-from mkimage import make_image  # noqa: E402
 from nor import NORFlash  # noqa: E402
 from scenario import run_update  # noqa: E402
 from uart import UnixUART  # noqa: E402
@@ -189,8 +188,14 @@ def _update(tmp_path, baud, n=64 * 1024, **settings):
     p = _payload(n)
     st = {"faithful": True, "baud": baud, "fetch_wait_ms": 300, "backoff_ms": 100}
     st.update(settings)
-    r = run_update(p, runtime="micropython", workdir=str(tmp_path), emu_options={"baud": baud},
-                   settings=st, timeout_s=120)
+    r = run_update(
+        p,
+        runtime="micropython",
+        workdir=str(tmp_path),
+        emu_options={"baud": baud},
+        settings=st,
+        timeout_s=120,
+    )
     return p, r
 
 

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+)
 
 import faults  # noqa: E402
 
@@ -27,7 +29,10 @@ def _fmt(failing):
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_campaign_fixed_seeds(runtime):
-    jobs = [(runtime, ["--range", str(lo), str(min(SEEDS, lo + BATCH))]) for lo in range(0, SEEDS, BATCH)]
+    jobs = [
+        (runtime, ["--range", str(lo), str(min(SEEDS, lo + BATCH))])
+        for lo in range(0, SEEDS, BATCH)
+    ]
     records, errors = faults.run_parallel(jobs, os.cpu_count() or 2)
     assert not errors, "\n".join(errors)
     rs = [r for r in records if r["_kind"] == "R"]
@@ -35,7 +40,10 @@ def test_campaign_fixed_seeds(runtime):
     text, failing = faults.table(records, [runtime])
     print(text)
     assert not failing, "%d of %d scenarios violate an invariant:\n%s" % (
-        len(failing), len(rs), _fmt(failing))
+        len(failing),
+        len(rs),
+        _fmt(failing),
+    )
     # the campaign exercises what it claims: updates, power cuts, every fault kind
     assert sum(1 for r in rs if r["committed"]) > SEEDS // 2
     assert sum(r["cuts_fired"] for r in rs) > SEEDS // 2
@@ -59,6 +67,12 @@ def test_exhaustive_power_cuts(runtime):
     assert x["tried"] == x["ops"] == c["ops"] > 20
     bad = [r for r in records if r["_kind"] == "R" and r["violations"]]
     assert x["held"] == x["tried"], "\n".join(
-        "cut %d (%s): %s\n  %s" % (r["cut_op"], r["op_kind"], r["violations"][0],
-                                   faults.repro(runtime, "--exhaustive --cut %d -v" % r["cut_op"]))
-        for r in bad)
+        "cut %d (%s): %s\n  %s"
+        % (
+            r["cut_op"],
+            r["op_kind"],
+            r["violations"][0],
+            faults.repro(runtime, "--exhaustive --cut %d -v" % r["cut_op"]),
+        )
+        for r in bad
+    )

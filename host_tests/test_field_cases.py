@@ -59,8 +59,17 @@ def _payload(n, seed=b"field"):
     return bytes(out[:n])
 
 
-def run_case(tmp_path, runtime, payload, faults=None, settings=None, before=None,
-             job=True, image=None, emu_options=None):
+def run_case(
+    tmp_path,
+    runtime,
+    payload,
+    faults=None,
+    settings=None,
+    before=None,
+    job=True,
+    image=None,
+    emu_options=None,
+):
     """One job through the emulator with ``faults``; ``before(bench)`` may arm the HTTP
     server. Returns the ``scenario.Result`` (with ``url``)."""
     img = image if image is not None else make_image(payload, b"unix", 2)
@@ -93,8 +102,13 @@ def fired(r, kind):
 # --- 1. a record shorter than its header says ---------------------------------------------
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_01_short_record(runtime, tmp_path):
-    r = case("field_01_short_record", tmp_path, runtime, _payload(5000),
-             faults=Faults(short_record={1: 2}))
+    r = case(
+        "field_01_short_record",
+        tmp_path,
+        runtime,
+        _payload(5000),
+        faults=Faults(short_record={1: 2}),
+    )
     assert fired(r, "short_record") == [1]
 
 
@@ -104,8 +118,13 @@ def test_01_short_record(runtime, tmp_path):
 )
 def test_01_cousins(size, short, tmp_path):
     # In the header probe, far over, a header claiming fewer bytes, one byte over.
-    r = case("field_01_short_record", tmp_path, "cpython", _payload(size),
-             faults=Faults(short_record=dict(short)))
+    r = case(
+        "field_01_short_record",
+        tmp_path,
+        "cpython",
+        _payload(size),
+        faults=Faults(short_record=dict(short)),
+    )
     assert fired(r, "short_record")
     assert r.agents[0].link.parser.frame_errors >= 1
 
@@ -114,8 +133,14 @@ def test_01_cousins(size, short, tmp_path):
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_02_altered_in_every_download(runtime, tmp_path):
     f = Faults(flip_body_at={64 + 6}, flip_mask=0x20, persist_body_faults=True)
-    r = case("field_02_same_length_altered", tmp_path, runtime, HELLO, faults=f,
-             settings={"max_attempts": 2})
+    r = case(
+        "field_02_same_length_altered",
+        tmp_path,
+        runtime,
+        HELLO,
+        faults=f,
+        settings={"max_attempts": 2},
+    )
     assert len(fired(r, "flip")) == 2
 
 
@@ -151,15 +176,25 @@ def test_02_header_altered_every_time_never_commits(tmp_path):
 # --- 3. bytes stop mid-record ---------------------------------------------------------------
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_03_stall_mid_record(runtime, tmp_path):
-    r = case("field_03_stall_mid_record", tmp_path, runtime, _payload(5000),
-             faults=Faults(silence_at_body=5, silence_s=0.3))
+    r = case(
+        "field_03_stall_mid_record",
+        tmp_path,
+        runtime,
+        _payload(5000),
+        faults=Faults(silence_at_body=5, silence_s=0.3),
+    )
     assert fired(r, "silence_at_body") == [5]
 
 
 @pytest.mark.parametrize("at, silence_s, size", [(3000, 0.0, 5000), (7999, 0.6, 8000)])
 def test_03_cousins(at, silence_s, size, tmp_path):
-    r = case("field_03_stall_mid_record", tmp_path, "cpython", _payload(size),
-             faults=Faults(silence_at_body=at, silence_s=silence_s))
+    r = case(
+        "field_03_stall_mid_record",
+        tmp_path,
+        "cpython",
+        _payload(size),
+        faults=Faults(silence_at_body=at, silence_s=silence_s),
+    )
     assert r.agents[0].link.record_stalls >= 1
     assert r.elapsed_s < 20
 
@@ -180,8 +215,13 @@ NOTE_JOB1 = b"+RMFWNOTIFY:0,12,https://h/p?q,1.2.3,JOB1\r\n"
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_04_final_urc_partial_header(runtime, tmp_path):
-    r = case("field_04_final_urc_partial_header", tmp_path, runtime, _payload(3000),
-             faults=Faults(final_extra=NOTE_JOB1 + b"+HTTPC"))
+    r = case(
+        "field_04_final_urc_partial_header",
+        tmp_path,
+        runtime,
+        _payload(3000),
+        faults=Faults(final_extra=NOTE_JOB1 + b"+HTTPC"),
+    )
     assert fired(r, "final_extra")
     assert not any("no final result" in x for x in r.output)
 
@@ -210,8 +250,13 @@ def test_04_cousin_same_job_fresh_url(tmp_path):
 # --- 5. mangled final result ------------------------------------------------------------
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_05_mangled_final(runtime, tmp_path):
-    r = case("field_05_mangled_final", tmp_path, runtime, HELLO,
-             faults=Faults(mangle_final=b"\r\nO\r\n"))
+    r = case(
+        "field_05_mangled_final",
+        tmp_path,
+        runtime,
+        HELLO,
+        faults=Faults(mangle_final=b"\r\nO\r\n"),
+    )
     assert fired(r, "mangle_final")
 
 
@@ -219,8 +264,13 @@ def test_05_mangled_final(runtime, tmp_path):
     "mangled, size", [(b"", 9000), (b"\r\nOK", 76 - 64), (b"\r\nK\r\n", 5000)]
 )
 def test_05_cousins(mangled, size, tmp_path):
-    r = case("field_05_mangled_final", tmp_path, "cpython", _payload(size),
-             faults=Faults(mangle_final=mangled))
+    r = case(
+        "field_05_mangled_final",
+        tmp_path,
+        "cpython",
+        _payload(size),
+        faults=Faults(mangle_final=mangled),
+    )
     assert r.elapsed_s < 20
 
 
@@ -233,16 +283,22 @@ def test_05_mangled_final_and_altered_never_commits(tmp_path):
 # --- 6. a URL byte lost after the prompt -----------------------------------------------------
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_06_lost_url_byte(runtime, tmp_path):
-    r = case("field_06_lost_url_byte", tmp_path, runtime, _payload(3000),
-             faults=Faults(lose_url_byte=5))
+    r = case(
+        "field_06_lost_url_byte", tmp_path, runtime, _payload(3000), faults=Faults(lose_url_byte=5)
+    )
     assert fired(r, "lose_url_byte") == [5]
 
 
 @pytest.mark.parametrize("k", [0, 1082])
 def test_06_cousins(k, tmp_path):
     # the first and the last byte of the 1,083-character URL
-    r = case("field_06_lost_url_byte", tmp_path, "cpython", _payload(3000),
-             faults=Faults(lose_url_byte=k))
+    r = case(
+        "field_06_lost_url_byte",
+        tmp_path,
+        "cpython",
+        _payload(3000),
+        faults=Faults(lose_url_byte=k),
+    )
     assert fired(r, "lose_url_byte") == [k]
 
 
@@ -257,14 +313,25 @@ def test_06_cousin_lost_header_byte(tmp_path):
 # --- 7. 403 with an error body ---------------------------------------------------------------
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_07_http403(runtime, tmp_path):
-    case("field_07_http403_error_body", tmp_path, runtime, _payload(3000),
-         before=lambda b: b.srv.fail_next(403))
+    case(
+        "field_07_http403_error_body",
+        tmp_path,
+        runtime,
+        _payload(3000),
+        before=lambda b: b.srv.fail_next(403),
+    )
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_07_http403_without_err_code(runtime, tmp_path):
-    r = case("field_07_http403_no_err_code", tmp_path, runtime, _payload(3000),
-             faults=Faults(drop_err_code=1), before=lambda b: b.srv.fail_next(403))
+    r = case(
+        "field_07_http403_no_err_code",
+        tmp_path,
+        runtime,
+        _payload(3000),
+        faults=Faults(drop_err_code=1),
+        before=lambda b: b.srv.fail_next(403),
+    )
     assert fired(r, "drop_err_code") == [0x010A7193]
 
 
@@ -279,8 +346,13 @@ def test_07_cousin_error_page_on_resume(tmp_path):
     # The resumed request gets the 403 page: it is not written at the resume offset and
     # the prefix already held survives (the next try resumes again).
     p = _payload(9000)
-    r = run_case(tmp_path, "cpython", p, faults=Faults(truncate_body_at=6000),
-                 before=lambda b: b.srv.fail_next(403, skip=1))
+    r = run_case(
+        tmp_path,
+        "cpython",
+        p,
+        faults=Faults(truncate_body_at=6000),
+        before=lambda b: b.srv.fail_next(403, skip=1),
+    )
     assert r.final_status == 2 and r.slot_sha256 == hashlib.sha256(p).digest(), r.output
     ranged = [q["status"] for q in r.http_log if "Range" in q["headers"]]
     assert ranged[:2] == [403, 206], r.http_log
@@ -294,8 +366,13 @@ def test_08_truncated_ok(runtime, tmp_path):
 
 @pytest.mark.parametrize("size, at", [(12, 70), (5000, 64 + 4096), (12000, 7001)])
 def test_08_cousins(size, at, tmp_path):
-    r = case("field_08_truncated_ok", tmp_path, "cpython", _payload(size),
-             faults=Faults(truncate_body_at=at))
+    r = case(
+        "field_08_truncated_ok",
+        tmp_path,
+        "cpython",
+        _payload(size),
+        faults=Faults(truncate_body_at=at),
+    )
     assert fired(r, "truncate_body") == [at]
 
 
@@ -314,14 +391,26 @@ def _ignore_range(b):
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_09_range_ignored(runtime, tmp_path):
-    case("field_09_range_ignored", tmp_path, runtime, HELLO,
-         faults=Faults(truncate_body_at=72), before=_ignore_range)
+    case(
+        "field_09_range_ignored",
+        tmp_path,
+        runtime,
+        HELLO,
+        faults=Faults(truncate_body_at=72),
+        before=_ignore_range,
+    )
 
 
 @pytest.mark.parametrize("size, at", [(10000, 6000), (5000, 64 + 4096 + 1)])
 def test_09_cousins(size, at, tmp_path):
-    r = case("field_09_range_ignored", tmp_path, "cpython", _payload(size),
-             faults=Faults(truncate_body_at=at), before=_ignore_range)
+    r = case(
+        "field_09_range_ignored",
+        tmp_path,
+        "cpython",
+        _payload(size),
+        faults=Faults(truncate_body_at=at),
+        before=_ignore_range,
+    )
     assert r.agents[-1].range_ok is False or r.agents[0].range_ok is False
 
 
@@ -346,8 +435,7 @@ def test_10_busy_then_prompt(runtime, tmp_path):
 @pytest.mark.parametrize("n, late_ms", [(3, None), (1, 800)])
 def test_10_cousins(n, late_ms, tmp_path):
     # Three refusals in a row; a prompt that comes after the agent gave up (padded).
-    f = Faults(busy_next=n, busy_match=b"AT+HTTPURLCFG=", busy_code=True,
-               busy_then_run_ms=late_ms)
+    f = Faults(busy_next=n, busy_match=b"AT+HTTPURLCFG=", busy_code=True, busy_then_run_ms=late_ms)
     r = case("field_10_busy_no_prompt", tmp_path, "cpython", _payload(2000), faults=f)
     assert len(fired(r, "busy")) == n
 
@@ -355,8 +443,13 @@ def test_10_cousins(n, late_ms, tmp_path):
 @pytest.mark.parametrize("late_ms", [None, 200])
 def test_10_cousin_busy_on_range_header(late_ms, tmp_path):
     # busy p... for AT+HTTPCHEAD must not turn Range off for the job.
-    f = Faults(truncate_body_at=3000, busy_next=1, busy_match=b"AT+HTTPCHEAD=1",
-               busy_code=True, busy_then_run_ms=late_ms)
+    f = Faults(
+        truncate_body_at=3000,
+        busy_next=1,
+        busy_match=b"AT+HTTPCHEAD=1",
+        busy_code=True,
+        busy_then_run_ms=late_ms,
+    )
     p = _payload(6000)
     r = run_case(tmp_path, "cpython", p, faults=f)
     assert r.final_status == 2 and r.slot_sha256 == hashlib.sha256(p).digest(), r.output
@@ -376,16 +469,26 @@ def test_10_cousin_busy_on_other_commands(match, tmp_path):
 # --- 11. the ESP resets inside a record -------------------------------------------------
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_11_reset_in_record(runtime, tmp_path):
-    r = case("field_11_reset_in_record", tmp_path, runtime, _payload(5000),
-             faults=Faults(reboot_at_body=3000))
+    r = case(
+        "field_11_reset_in_record",
+        tmp_path,
+        runtime,
+        _payload(5000),
+        faults=Faults(reboot_at_body=3000),
+    )
     assert fired(r, "reboot_at_body") == [3000]
     assert any(q["status"] == 206 for q in r.http_log)  # resumed, not restarted
 
 
 @pytest.mark.parametrize("at, size", [(4096 + 64, 9000), (2047, 2100), (6000, 6100)])
 def test_11_cousins(at, size, tmp_path):
-    r = case("field_11_reset_in_record", tmp_path, "cpython", _payload(size),
-             faults=Faults(reboot_at_body=at))
+    r = case(
+        "field_11_reset_in_record",
+        tmp_path,
+        "cpython",
+        _payload(size),
+        faults=Faults(reboot_at_body=at),
+    )
     assert r.emu.boots == 1
 
 
@@ -418,16 +521,21 @@ def test_11_cousin_ready_lost(runtime, tmp_path):
 # --- 12. +RMOTA numbers -----------------------------------------------------------------
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_12_rmota_numbers(runtime, tmp_path):
-    r = case("field_12_rmota_numbers", tmp_path, runtime, HELLO, job=False,
-             faults=Faults(wifi_ota_on_fetch=[1, 2, 3, 5, 4, 9]))
+    r = case(
+        "field_12_rmota_numbers",
+        tmp_path,
+        runtime,
+        HELLO,
+        job=False,
+        faults=Faults(wifi_ota_on_fetch=[1, 2, 3, 5, 4, 9]),
+    )
     assert r.emu.boots == 1  # restarted once
     assert r.exit_codes == [0]
 
 
 @pytest.mark.parametrize("statuses", [[1, 3], [5], [4, 9], [1]])
 def test_12_cousins_no_restart(statuses, tmp_path):
-    r = run_case(tmp_path, "cpython", HELLO, job=False,
-                 faults=Faults(wifi_ota_on_fetch=statuses))
+    r = run_case(tmp_path, "cpython", HELLO, job=False, faults=Faults(wifi_ota_on_fetch=statuses))
     assert r.emu.boots == 0 and not any(b"AT+RST" in x for x in r.emu.lines.queue)
     assert r.agents[0].esp_restart_wanted is False
 

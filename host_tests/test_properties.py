@@ -52,4 +52,3 @@ def test_records_survive_any_split(payloads, sizes, line_max):
     want = [("rec", p) for p in payloads] + [b"line OK"]
     assert run(data, [], line_max) == want
     assert run(data, sizes, line_max) == want
-

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -98,20 +97,35 @@ def build_mpy(dest):
     """Compile lib/rmota and the unix board's modules with mpy-cross into ``dest``."""
     pkg = os.path.join(dest, "rmota")
     os.makedirs(pkg)
-    srcs = [(os.path.join(ROOT, "lib", "rmota", f), pkg, []) for f in
-            sorted(os.listdir(os.path.join(ROOT, "lib", "rmota"))) if f.endswith(".py")]
+    srcs = [
+        (os.path.join(ROOT, "lib", "rmota", f), pkg, [])
+        for f in sorted(os.listdir(os.path.join(ROOT, "lib", "rmota")))
+        if f.endswith(".py")
+    ]
     bdir = os.path.join(ROOT, "boards", "unix")
     # nor.py holds a viper function: native code for the unix port's architecture.
-    srcs += [(os.path.join(bdir, f), dest, ["-march=x64"]) for f in sorted(os.listdir(bdir))
-             if f.endswith(".py")]
+    srcs += [
+        (os.path.join(bdir, f), dest, ["-march=x64"])
+        for f in sorted(os.listdir(bdir))
+        if f.endswith(".py")
+    ]
     for src, out, flags in srcs:
         mpy = os.path.join(out, os.path.basename(src)[:-3] + ".mpy")
         subprocess.run([MPY_CROSS] + flags + ["-o", mpy, src], check=True)
     return dest
 
 
-def run_agent(image, workdir, heap="512k", pypath=None, settings=None, emu_options=None,
-              timeout_s=120, max_boots=3, extra_env=None):
+def run_agent(
+    image,
+    workdir,
+    heap="512k",
+    pypath=None,
+    settings=None,
+    emu_options=None,
+    timeout_s=120,
+    max_boots=3,
+    extra_env=None,
+):
     """One update of ``image`` with tools/mp/bench_main.py under MicroPython. Returns a
     dict: ok (committed, reported 2, slot digest right), exit codes, the ``[bench]`` lines,
     the time of the first host byte and of each exit (emulator clock, s), the trace."""
@@ -135,8 +149,9 @@ def run_agent(image, workdir, heap="512k", pypath=None, settings=None, emu_optio
         cmd = [MICROPYTHON, "-X", "heapsize=" + heap, BENCH_MAIN]
         deadline = time.monotonic() + timeout_s
         for _ in range(max_boots):
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, cwd=ROOT)
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
+            )
             lines = []
             for raw in proc.stdout:
                 line = raw.decode(errors="replace").rstrip("\n")
@@ -158,12 +173,19 @@ def run_agent(image, workdir, heap="512k", pypath=None, settings=None, emu_optio
     trace = r.emu.trace
     out["t_first"] = next((t for t, d, _ in trace if d == "H>"), None)
     out["t_reported"] = next(
-        (t for t, d, data in trace if d == "H>" and data.startswith(b"AT+RMOTARESULT=")
-         and b'",2,"' in data), None)
-    out["record_bytes"] = sum(len(data) for _, d, data in trace
-                              if d == "E<" and data.startswith(b"+HTTPCGET:"))
-    out["ok"] = (r.final_status == 2 and r.slot_sha256 == payload_digest
-                 and out["exits"][:1] == [REBOOT])
+        (
+            t
+            for t, d, data in trace
+            if d == "H>" and data.startswith(b"AT+RMOTARESULT=") and b'",2,"' in data
+        ),
+        None,
+    )
+    out["record_bytes"] = sum(
+        len(data) for _, d, data in trace if d == "E<" and data.startswith(b"+HTTPCGET:")
+    )
+    out["ok"] = (
+        r.final_status == 2 and r.slot_sha256 == payload_digest and out["exits"][:1] == [REBOOT]
+    )
     out["status"] = r.final_status
     return out
 
@@ -223,9 +245,9 @@ def wire_run(image, baud, workdir, settings=None):
     res = {
         "baud": baud,
         "image": len(image),
-        "mode": mode + (" + flow control" if st.get("flow_control") else "")
-        + (" (irq off, fifo %d)" % st["uart_irq_off_fifo"] if st.get("uart_irq_off_fifo")
-           else ""),
+        "mode": mode
+        + (" + flow control" if st.get("flow_control") else "")
+        + (" (irq off, fifo %d)" % st["uart_irq_off_fifo"] if st.get("uart_irq_off_fifo") else ""),
         "ok": r["ok"],
         "status": r["status"],
         "wall_s": round(time.monotonic() - t, 1),
@@ -257,48 +279,113 @@ def table(res):
     h = res["heap"]
     for kind in ("py", "mpy"):
         x = h[kind]
-        rows.append(("1 heap (.%s)" % kind, "smallest -X heapsize, full 1,740,880 B update",
-                     "%d KiB" % x["min_kib"],
-                     "peak gc.mem_alloc() while writing %.1f KiB (gc every %d KiB); of it"
-                     " code %.1f KiB, board+link+agent %.1f KiB"
-                     % (x["peak_alloc"] / 1024, GC_THRESHOLD // 1024, x["code"] / 1024,
-                        x["setup"] / 1024), ""))
+        rows.append(
+            (
+                "1 heap (.%s)" % kind,
+                "smallest -X heapsize, full 1,740,880 B update",
+                "%d KiB" % x["min_kib"],
+                "peak gc.mem_alloc() while writing %.1f KiB (gc every %d KiB); of it"
+                " code %.1f KiB, board+link+agent %.1f KiB"
+                % (
+                    x["peak_alloc"] / 1024,
+                    GC_THRESHOLD // 1024,
+                    x["code"] / 1024,
+                    x["setup"] / 1024,
+                ),
+                "",
+            )
+        )
     a = res["host"]["alloc"]
-    rows.append(("1 alloc/record", "bytes allocated per +HTTPCGET record (gc off)",
-                 ", ".join("%s B: %d" % (k, v) for k, v in sorted(a.items(), key=lambda kv: int(kv[0]))),
-                 "one read per record, record lengths 64..10240", "constant"))
+    rows.append(
+        (
+            "1 alloc/record",
+            "bytes allocated per +HTTPCGET record (gc off)",
+            ", ".join(
+                "%s B: %d" % (k, v) for k, v in sorted(a.items(), key=lambda kv: int(kv[0]))
+            ),
+            "one read per record, record lengths 64..10240",
+            "constant",
+        )
+    )
     for rx in (2048, 10240):
         b = res["host"]["rx%d" % rx]
-        rows.append(("2 host cost rx %d" % rx, "link+sink+writer (SHA-256, CRC-32/block) / SHA-256",
-                     "%.2f" % (b["pipe"] / b["sha"]),
-                     "CRC of 2x256 B per block (crc_span): %.2f; no CRC: %.2f; CRC-32 alone: %.2f;"
-                     " SHA %.1f ms/1.74 MB" % (b["span"] / b["sha"], b["nocrc"] / b["sha"],
-                                             b["crc"] / b["sha"], b["sha"] / 1000),
-                     "<= 2.0"))
+        rows.append(
+            (
+                "2 host cost rx %d" % rx,
+                "link+sink+writer (SHA-256, CRC-32/block) / SHA-256",
+                "%.2f" % (b["pipe"] / b["sha"]),
+                "CRC of 2x256 B per block (crc_span): %.2f; no CRC: %.2f; CRC-32 alone: %.2f;"
+                " SHA %.1f ms/1.74 MB"
+                % (
+                    b["span"] / b["sha"],
+                    b["nocrc"] / b["sha"],
+                    b["crc"] / b["sha"],
+                    b["sha"] / 1000,
+                ),
+                "<= 2.0",
+            )
+        )
     b = res["host"]["rx%d" % res["defaults"]["rx_size"]]
-    rows.append(("2 read-back", "read-back hash of the slot / SHA-256 alone",
-                 "%.2f" % (b["readback"] / b["sha"]), "%.1f ms" % (b["readback"] / 1000), ""))
+    rows.append(
+        (
+            "2 read-back",
+            "read-back hash of the slot / SHA-256 alone",
+            "%.2f" % (b["readback"] / b["sha"]),
+            "%.1f ms" % (b["readback"] / 1000),
+            "",
+        )
+    )
     for rx in (2048, 10240):
         b = res["host"]["rx%d" % rx]
-        rows.append(("3 naive rx %d" % rx, "readline() parser / SHA-256 alone",
-                     "%.2f" % (b["naive"] / b["sha"]),
-                     "%.1fx our loop" % (b["naive"] / b["pipe"]), ""))
+        rows.append(
+            (
+                "3 naive rx %d" % rx,
+                "readline() parser / SHA-256 alone",
+                "%.2f" % (b["naive"] / b["sha"]),
+                "%.1fx our loop" % (b["naive"] / b["pipe"]),
+                "",
+            )
+        )
     for w in res["wire"]:
-        rows.append(("4 wire %d" % w["baud"], "%s B, %s" % (format(w["image"], ","), w["mode"]),
-                     fmt_pct(w.get("efficiency")) if w["ok"] else "FAILED (status %s)" % w["status"],
-                     "%s s (ideal %s s), overruns %s, ring peak %s B, failed attempts %s"
-                     % (w.get("elapsed_s", "-"), w.get("ideal_s", "-"), w["overruns"],
-                        w["peak_held"], w["failed_attempts"]),
-                     ">= 97 %" if w.get("main") else "option"))
+        rows.append(
+            (
+                "4 wire %d" % w["baud"],
+                "%s B, %s" % (format(w["image"], ","), w["mode"]),
+                fmt_pct(w.get("efficiency")) if w["ok"] else "FAILED (status %s)" % w["status"],
+                "%s s (ideal %s s), overruns %s, ring peak %s B, failed attempts %s"
+                % (
+                    w.get("elapsed_s", "-"),
+                    w.get("ideal_s", "-"),
+                    w["overruns"],
+                    w["peak_held"],
+                    w["failed_attempts"],
+                ),
+                ">= 97 %" if w.get("main") else "option",
+            )
+        )
     fr = res["host"]["framing"]
-    rows.append(("5 framing", "wire / payload bytes, full records",
-                 ", ".join("rx %s: %.4f" % (k, v) for k, v in sorted(fr.items(), key=lambda kv: int(kv[0]))),
-                 "", ""))
+    rows.append(
+        (
+            "5 framing",
+            "wire / payload bytes, full records",
+            ", ".join(
+                "rx %s: %.4f" % (k, v) for k, v in sorted(fr.items(), key=lambda kv: int(kv[0]))
+            ),
+            "",
+            "",
+        )
+    )
     for w in res["wire"][:2]:
         if w.get("wire_framing"):
-            rows.append(("5 framing (emu)", "as the emulator sends (sizes 1..rx), rx %d"
-                         % res["defaults"]["rx_size"], "%.4f" % w["wire_framing"],
-                         "%d baud run" % w["baud"], ""))
+            rows.append(
+                (
+                    "5 framing (emu)",
+                    "as the emulator sends (sizes 1..rx), rx %d" % res["defaults"]["rx_size"],
+                    "%.4f" % w["wire_framing"],
+                    "%d baud run" % w["baud"],
+                    "",
+                )
+            )
     return rows
 
 
@@ -346,10 +433,19 @@ def plot(res, path):
             ax[1].text(i, 2, "lost\nbytes", ha="center", fontsize=6, color="C3")
     ax[1].set_xticks(xs)
     ax[1].set_xticklabels(
-        ["%s\n%d k\n%d KiB" % (x["mode"].replace(" + flow control", "+fc")
-                                .replace(" (irq off, fifo 32)", "\nirq off"),
-                                x["baud"] // 1000, x["image"] // 1024) for x in w],
-        fontsize=5)
+        [
+            "%s\n%d k\n%d KiB"
+            % (
+                x["mode"]
+                .replace(" + flow control", "+fc")
+                .replace(" (irq off, fifo 32)", "\nirq off"),
+                x["baud"] // 1000,
+                x["image"] // 1024,
+            )
+            for x in w
+        ],
+        fontsize=5,
+    )
     ax[1].axhline(97, color="k", ls="--", lw=1)
     ax[1].set_ylim(0, 100)
     ax[1].set_title("wire efficiency % (faithful UART, NOR stalls)")
@@ -371,26 +467,48 @@ def main(argv=None):
     t0 = time.monotonic()
     res = {"machine": machine()}
     d = unix_board.DEFAULT_SETTINGS
-    res["defaults"] = {k: d[k] for k in ("baud", "rx_size", "uart_rxbuf", "line_max",
-                                         "flash_mode", "window_size", "flash_erase_ms",
-                                         "flash_page_ms")}
+    res["defaults"] = {
+        k: d[k]
+        for k in (
+            "baud",
+            "rx_size",
+            "uart_rxbuf",
+            "line_max",
+            "flash_mode",
+            "window_size",
+            "flash_erase_ms",
+            "flash_page_ms",
+        )
+    }
     work = tempfile.mkdtemp(prefix="rmota-bench-")
     try:
         # Rows 1c, 2, 3, 5: the loop under the unix port.
         log("host cost (unix port) ...")
-        p = subprocess.run([MICROPYTHON, "-X", "heapsize=24m", BENCH_HOST, "7"],
-                           capture_output=True, text=True, cwd=ROOT, check=True)
+        p = subprocess.run(
+            [MICROPYTHON, "-X", "heapsize=24m", BENCH_HOST, "7"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        )
         res["host"] = json.loads(p.stdout.strip().splitlines()[-1])
         # Row 1: heap, .py and .mpy.
         image = make_image(seed_sized_payload(), b"unix", 2)
         assert len(image) == SEED_IMAGE
         res["heap"] = {}
-        paths = {"py": os.pathsep.join(os.path.join(ROOT, x) for x in ("lib", "boards/unix")),
-                 "mpy": build_mpy(os.path.join(work, "mpy"))}
+        paths = {
+            "py": os.pathsep.join(os.path.join(ROOT, x) for x in ("lib", "boards/unix")),
+            "mpy": build_mpy(os.path.join(work, "mpy")),
+        }
         for kind in ("py", "mpy"):
             log("heap search, package from .%s ..." % kind)
-            r = run_agent(image, os.path.join(work, "h"), heap="512k", pypath=paths[kind],
-                          extra_env={"RMOTA_BENCH_GC_THRESHOLD": str(GC_THRESHOLD)})
+            r = run_agent(
+                image,
+                os.path.join(work, "h"),
+                heap="512k",
+                pypath=paths[kind],
+                extra_env={"RMOTA_BENCH_GC_THRESHOLD": str(GC_THRESHOLD)},
+            )
             if not r["ok"]:
                 raise SystemExit("the update failed at 512k:\n" + "\n".join(r["output"][-20:]))
             b = r["bench"][0]
@@ -398,8 +516,9 @@ def main(argv=None):
             if a.quick:
                 x["min_kib"] = 0
             else:
-                x["min_kib"], x["probes"] = heap_search(image, os.path.join(work, "h"),
-                                                        paths[kind])
+                x["min_kib"], x["probes"] = heap_search(
+                    image, os.path.join(work, "h"), paths[kind]
+                )
             res["heap"][kind] = x
         # Row 4: wire efficiency, the two required points with the default flash mode.
         log("wire efficiency ...")
@@ -418,12 +537,13 @@ def main(argv=None):
                 ({"flash_mode": "window"}, ()),
                 ({"flash_mode": "stream", "flow_control": True}, ()),
                 ({"flash_mode": "stream", "uart_irq_off_fifo": 32}, (115200,)),
-                ({"flash_mode": "pre_erase", "uart_irq_off_fifo": 32, "prog_chunk": 256},
-                 (115200,)),
+                (
+                    {"flash_mode": "pre_erase", "uart_irq_off_fifo": 32, "prog_chunk": 256},
+                    (115200,),
+                ),
                 ({"flash_mode": "window", "uart_irq_off_fifo": 32}, (115200,)),
             ]
-            imgs = {115200: make_image(payload_for(64 * 1024), b"unix", 2),
-                    921600: small}
+            imgs = {115200: make_image(payload_for(64 * 1024), b"unix", 2), 921600: small}
             for st, only in opts:
                 for baud in (115200, 921600):
                     if only and baud not in only:
@@ -431,8 +551,10 @@ def main(argv=None):
                     st2 = dict(st, max_attempts=2, backoff_ms=100)
                     w = wire_run(imgs[baud], baud, os.path.join(work, "w"), st2)
                     res["wire"].append(w)
-                    log("  %d baud %s: %s" % (baud, w["mode"], fmt_pct(w.get("efficiency"))
-                                               if w["ok"] else "failed"))
+                    log(
+                        "  %d baud %s: %s"
+                        % (baud, w["mode"], fmt_pct(w.get("efficiency")) if w["ok"] else "failed")
+                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["elapsed_s"] = round(time.monotonic() - t0, 1)
@@ -440,8 +562,10 @@ def main(argv=None):
     res["table"] = rows
     text = render(rows)
     m = res["machine"]
-    print("rmota bench: %s, %d CPUs; Python %s; %s" % (m["cpu"], m["nproc"], m["python"],
-                                                     m["micropython"]))
+    print(
+        "rmota bench: %s, %d CPUs; Python %s; %s"
+        % (m["cpu"], m["nproc"], m["python"], m["micropython"])
+    )
     print(text)
     print("(%.0f s)" % res["elapsed_s"])
     os.makedirs(a.out, exist_ok=True)

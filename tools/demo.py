@@ -58,7 +58,9 @@ def main():
     base = tempfile.mkdtemp(prefix="rmota-demo-")
     fw = microbit_firmware()
     ok1 = scenario("micro:bit v2 MicroPython 2.1.2", fw, os.path.join(base, "microbit"))
-    ok2 = scenario("seed-sized image (1,740,880 B)", seed_sized_payload(), os.path.join(base, "seed"))
+    ok2 = scenario(
+        "seed-sized image (1,740,880 B)", seed_sized_payload(), os.path.join(base, "seed")
+    )
     if ok1 and ok2:
         print("demo: both updates committed, confirmed and reported 2")
         return 0

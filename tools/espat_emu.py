@@ -207,14 +207,17 @@ class SerialPort:
         self.ser.close()
 
 
-
-
 # ------------------------------------------------------------------------------------------
 # Faults
 # ------------------------------------------------------------------------------------------
 # The durations espat_emu.Faults takes in seconds (espcore.Faults: "<name>_ms"), defaults.
-_FAULT_SECONDS = {"silence": 0.0, "stall": 1.0, "wifi_down": None, "cloud_down": None,
-                  "refuse_result": 2.0}
+_FAULT_SECONDS = {
+    "silence": 0.0,
+    "stall": 1.0,
+    "wifi_down": None,
+    "cloud_down": None,
+    "refuse_result": 2.0,
+}
 
 
 def _seconds_defaults():
@@ -488,7 +491,9 @@ class ESPEmulator(ESPCore):
     # --- AT+HTTPCGET: the download, over real HTTP in its own thread ----------------------
     def _dl_begin(self, dl):
         dl.conn = None
-        t = threading.Thread(target=self._dl_thread, args=(dl,), name="espat-httpcget", daemon=True)
+        t = threading.Thread(
+            target=self._dl_thread, args=(dl,), name="espat-httpcget", daemon=True
+        )
         self._threads = [x for x in self._threads if x.is_alive()]
         self._threads.append(t)
         t.start()

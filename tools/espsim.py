@@ -76,7 +76,6 @@ def _url_parts(url):
     return path.decode(), gen
 
 
-
 # ------------------------------------------------------------------------------------------
 # The HTTP side
 # ------------------------------------------------------------------------------------------
@@ -171,7 +170,6 @@ class Server:
             req["body"] = memoryview(blob)[start : end + 1]
         req["length"] = len(req["body"])
         return req
-
 
 
 class _Response:

@@ -554,10 +554,14 @@ class Scenario:
             self._violation("flash file: %r" % (e,))
             return False
         try:
-            b = unix_board.Board(self.flash.path, clock=self.clock, nor=nor, settings=self.settings)
+            b = unix_board.Board(
+                self.flash.path, clock=self.clock, nor=nor, settings=self.settings
+            )
         except PowerCut:
             self.cuts_fired += 1
-            self._say("  %8d POWER CUT during boot, flash op %d" % (self.clock.now_ms, run.ops - 1))
+            self._say(
+                "  %8d POWER CUT during boot, flash op %d" % (self.clock.now_ms, run.ops - 1)
+            )
             return None
         except Bricked as e:
             nor.close()
@@ -580,7 +584,9 @@ class Scenario:
         self._check_boot(b)
         self.board = b
         # the board's UART is the ESP model; the link is sized from the board's settings
-        agent = for_board(b, uart=self.sim, clock=self.clock, log=Logger("rmota", sink=self._logsink))
+        agent = for_board(
+            b, uart=self.sim, clock=self.clock, log=Logger("rmota", sink=self._logsink)
+        )
         self.agents.append(agent)
         st = b.boot_state()
         self._say(
@@ -690,8 +696,10 @@ class Scenario:
                     break
                 # The agent waits for the next notification (issue 3: "report 3 and wait
                 # for the next notification"): the cloud sends it again later.
-                self._say("  %8d idle with the job open; the cloud notifies again in %d s"
-                          % (self.clock.now_ms, CYCLE_GAP_MS // 1000))
+                self._say(
+                    "  %8d idle with the job open; the cloud notifies again in %d s"
+                    % (self.clock.now_ms, CYCLE_GAP_MS // 1000)
+                )
                 self.clock.sleep_ms(CYCLE_GAP_MS)
                 sim.renotify()
                 continue
@@ -862,8 +870,17 @@ def run_exhaustive(flash, only=None, verbose=False, out=print, settings=None):
     (or only at ``only``). Prints one ``R`` line per cut point and an ``X`` summary."""
     ops = []
     clean = Scenario(exhaustive_scenario(None, settings), flash, op_log=ops).run()
-    out("C " + json.dumps({"ops": len(ops), "runtime": RUNTIME, "clean_ok": not clean["violations"],
-                           "kinds": _op_kinds(ops)}))
+    out(
+        "C "
+        + json.dumps(
+            {
+                "ops": len(ops),
+                "runtime": RUNTIME,
+                "clean_ok": not clean["violations"],
+                "kinds": _op_kinds(ops),
+            }
+        )
+    )
     held = 0
     tried = 0
     points = range(len(ops)) if only is None else [only]
@@ -934,8 +951,12 @@ def main(argv):
             try:
                 r = sn.run()
             except Exception as e:  # a defect of the harness: report it as a failure
-                r = {"seed": s, "runtime": RUNTIME, "harness_error": repr(e), "violations": [
-                    "harness error: %r" % (e,)]}
+                r = {
+                    "seed": s,
+                    "runtime": RUNTIME,
+                    "harness_error": repr(e),
+                    "violations": ["harness error: %r" % (e,)],
+                }
                 if verbose:
                     sys.print_exception(e) if IS_MP else _print_tb()
             if verbose:

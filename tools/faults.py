@@ -146,13 +146,22 @@ def table(records, runtimes):
                 str(sum(r.get("bricked", 0) for r in rs)),
                 str(sum(r.get("unverified", 0) for r in rs)),
                 "%d B, %d B (%d interruptions, %d over %d B)"
-                % (_median(per), max(per) if per else 0, len(per),
-                   sum(1 for x in per if x > BOUND), BOUND),
-                str(sum(r.get("unhandled", 0) for r in rs)
-                    + sum(1 for r in rs if "harness_error" in r)),
+                % (
+                    _median(per),
+                    max(per) if per else 0,
+                    len(per),
+                    sum(1 for x in per if x > BOUND),
+                    BOUND,
+                ),
+                str(
+                    sum(r.get("unhandled", 0) for r in rs)
+                    + sum(1 for r in rs if "harness_error" in r)
+                ),
             )
         )
-    widths = [max(len(head[i]), max((len(r[i]) for r in rows), default=0)) for i in range(len(head))]
+    widths = [
+        max(len(head[i]), max((len(r[i]) for r in rows), default=0)) for i in range(len(head))
+    ]
     lines = ["| " + " | ".join(head[i].ljust(widths[i]) for i in range(len(head))) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
@@ -206,9 +215,16 @@ def campaign(seeds, start, runtimes, n_workers, batch):
     t0 = time.time()
     records, errors = run_parallel(jobs, n_workers)
     text, failing = table(records, runtimes)
-    print("Fault campaign: seeds %d..%d, %s%s (%.0f s)" % (
-        start, start + seeds - 1, " and ".join(runtimes),
-        ", board settings %s" % json.dumps(SETTINGS) if SETTINGS else "", time.time() - t0))
+    print(
+        "Fault campaign: seeds %d..%d, %s%s (%.0f s)"
+        % (
+            start,
+            start + seeds - 1,
+            " and ".join(runtimes),
+            ", board settings %s" % json.dumps(SETTINGS) if SETTINGS else "",
+            time.time() - t0,
+        )
+    )
     print(text)
     for line in extra_stats(records, runtimes):
         print(line)
@@ -216,14 +232,21 @@ def campaign(seeds, start, runtimes, n_workers, batch):
         got = {r["seed"] for r in records if r["runtime"] == rt and r["_kind"] == "R"}
         missing = [s for s in range(start, start + seeds) if s not in got]
         if missing:
-            errors.append("%s: no result for %d seeds (first %s)" % (rt, len(missing), missing[:5]))
+            errors.append(
+                "%s: no result for %d seeds (first %s)" % (rt, len(missing), missing[:5])
+            )
     failing.sort(key=lambda r: (r["runtime"], r["seed"]))
     if failing:
         print("\nFailing seeds (%d):" % len(failing))
         for r in failing:
-            print("  %s   # %s; %s" % (repro(r["runtime"], "-v %d" % r["seed"]),
-                                      "+".join(r.get("kinds", [])) or "no faults",
-                                      r["violations"][0]))
+            print(
+                "  %s   # %s; %s"
+                % (
+                    repro(r["runtime"], "-v %d" % r["seed"]),
+                    "+".join(r.get("kinds", [])) or "no faults",
+                    r["violations"][0],
+                )
+            )
     for e in errors:
         print("ERROR:", e)
     return 1 if failing or errors else 0
@@ -245,14 +268,26 @@ def exhaustive(runtimes, n_workers):
         kinds = c.get("kinds", {})
         print(
             "  %s: a clean update makes %d flash operations (%s); cut points tried %d, held %d"
-            % (rt, x["ops"], ", ".join("%d %ss" % (kinds[k], k) for k in sorted(kinds)),
-               x["tried"], x["held"])
+            % (
+                rt,
+                x["ops"],
+                ", ".join("%d %ss" % (kinds[k], k) for k in sorted(kinds)),
+                x["tried"],
+                x["held"],
+            )
         )
         bad = [r for r in records if r["runtime"] == rt and r["_kind"] == "R" and r["violations"]]
         for r in bad:
-            print("    cut %d (%s of %d B): %s\n      %s" % (
-                r["cut_op"], r.get("op_kind"), r.get("op_len", 0), r["violations"][0],
-                repro(rt, "--exhaustive --cut %d -v" % r["cut_op"])))
+            print(
+                "    cut %d (%s of %d B): %s\n      %s"
+                % (
+                    r["cut_op"],
+                    r.get("op_kind"),
+                    r.get("op_len", 0),
+                    r["violations"][0],
+                    repro(rt, "--exhaustive --cut %d -v" % r["cut_op"]),
+                )
+            )
         if bad or x["held"] != x["tried"]:
             status = 1
     for e in errors:
@@ -265,15 +300,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="rmota fault campaign (issue 3)")
     ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS") or 200))
     ap.add_argument("--start", type=int, default=int(os.environ.get("START") or 0))
-    ap.add_argument("--runtime", default=os.environ.get("RUNTIME") or "both",
-                    choices=("both",) + RUNTIMES)
-    ap.add_argument("--exhaustive", action="store_true",
-                    default=os.environ.get("EXHAUSTIVE", "") not in ("", "0"))
+    ap.add_argument(
+        "--runtime", default=os.environ.get("RUNTIME") or "both", choices=("both",) + RUNTIMES
+    )
+    ap.add_argument(
+        "--exhaustive",
+        action="store_true",
+        default=os.environ.get("EXHAUSTIVE", "") not in ("", "0"),
+    )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--batch", type=int, default=50, help="seeds per subprocess")
     ap.add_argument("--seed", type=int, help="run this one seed verbosely instead")
-    ap.add_argument("--settings", default=os.environ.get("SETTINGS") or None,
-                    help='board settings as JSON, e.g. \'{"faithful": true}\'')
+    ap.add_argument(
+        "--settings",
+        default=os.environ.get("SETTINGS") or None,
+        help="board settings as JSON, e.g. '{\"faithful\": true}'",
+    )
     a = ap.parse_args(argv)
     global SETTINGS
     SETTINGS = json.loads(a.settings) if a.settings else None

@@ -145,8 +145,9 @@ class Bench:
             env["RMOTA_SETTINGS"] = json.dumps(self.settings)
         return env
 
-    def run_process(self, runtime="micropython", max_boots=4, timeout_s=600, echo=None,
-                    heap="512k", cuts=()):
+    def run_process(
+        self, runtime="micropython", max_boots=4, timeout_s=600, echo=None, heap="512k", cuts=()
+    ):
         """Run ``firmware/main.py`` as a process until it exits with anything but 75 (a
         reboot) or a power cut. ``cuts``: for the first boots, ``(op, byte)`` power cuts
         (``RMOTA_CUT``: the NOR model tears flash operation ``op`` after ``byte`` bytes and
@@ -185,8 +186,9 @@ class Bench:
                 break
         return r
 
-    def run_inprocess(self, settings=None, agent_kw=None, max_boots=4, timeout_ms=300000,
-                      board_factory=None):
+    def run_inprocess(
+        self, settings=None, agent_kw=None, max_boots=4, timeout_ms=300000, board_factory=None
+    ):
         """Run the agent in this process (CPython) until it is idle; a reboot
         (``SystemExit(75)``) powers a new ``Board`` on. ``board_factory(flash, uart)``
         may return a wrapped board (tests record calls)."""
@@ -267,9 +269,20 @@ def run_update(
     return bench.result
 
 
-def run_inprocess(payload, version=2, workdir="/tmp/rmota-run", board_id=b"unix", image=None,
-                  faults=None, emu_options=None, passive=False, settings=None, agent_kw=None,
-                  board_factory=None, **bench_kw):
+def run_inprocess(
+    payload,
+    version=2,
+    workdir="/tmp/rmota-run",
+    board_id=b"unix",
+    image=None,
+    faults=None,
+    emu_options=None,
+    passive=False,
+    settings=None,
+    agent_kw=None,
+    board_factory=None,
+    **bench_kw,
+):
     """The same job with the agent in this process (CPython). Returns ``Result`` with
     ``agents``."""
     if image is None:

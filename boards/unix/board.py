@@ -240,9 +240,7 @@ class Board:
                 raise ValueError("RMOTA_SETTINGS must be a JSON object")
             extra.update(kw.get("settings") or {})
             kw["settings"] = extra
-        return cls(
-            flash, os.getenv("RMOTA_UART") or None, **kw
-        )
+        return cls(flash, os.getenv("RMOTA_UART") or None, **kw)
 
     # -- the board interface (docs/interfaces.md) ---------------------------------------
 

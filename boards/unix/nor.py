@@ -129,9 +129,7 @@ class NORFlash:
     ``stall_hook(us)`` instead of sleeping.
     """
 
-    def __init__(
-        self, path, size, sector_size=SECTOR_SIZE, create=False, erase_ms=0, page_ms=0
-    ):
+    def __init__(self, path, size, sector_size=SECTOR_SIZE, create=False, erase_ms=0, page_ms=0):
         if sector_size <= 0 or size <= 0 or size % sector_size:
             raise ValueError("flash size must be a positive multiple of the sector size")
         self.path = path

@@ -89,8 +89,9 @@ class UnixUART:
     delivered), ``tx_bytes``, ``overruns`` (bytes lost to a full receive buffer, faithful
     mode), ``peak_held`` (most bytes the ring ever held)."""
 
-    def __init__(self, path, baud=115200, rxbuf=None, faithful=False, flow=False,
-                 irq_off_fifo=None):
+    def __init__(
+        self, path, baud=115200, rxbuf=None, faithful=False, flow=False, irq_off_fifo=None
+    ):
         self.path = path
         self.baud = baud
         self.rxbuf = rxbuf

@@ -68,7 +68,11 @@ def _agent(clock=None):
 
 
 def _run(coro):
-    return asyncio.run(coro) if hasattr(asyncio, "run") else asyncio.get_event_loop().run_until_complete(coro)
+    return (
+        asyncio.run(coro)
+        if hasattr(asyncio, "run")
+        else asyncio.get_event_loop().run_until_complete(coro)
+    )
 
 
 class TestAsync(unittest.TestCase):

@@ -109,7 +109,9 @@ class TestHelpers(unittest.TestCase):
     def test_parse_command(self):
         self.assertEqual(parse_command(b"AT\r\n"), ("ok",))
         self.assertEqual(parse_command(b"ATE0\r\n"), ("echo", False))
-        self.assertEqual(parse_command(b"AT+HTTPURLCFG?\r\n"), ("cmd", b"+HTTPURLCFG", "query", None))
+        self.assertEqual(
+            parse_command(b"AT+HTTPURLCFG?\r\n"), ("cmd", b"+HTTPURLCFG", "query", None)
+        )
         self.assertEqual(parse_command(b"AT+X=1\r\n"), ("cmd", b"+X", "set", [1]))
         self.assertEqual(parse_command(b"AT+RST\r\n"), ("cmd", b"+RST", "exe", None))
         self.assertEqual(parse_command(b"hello\r\n")[0], "error")
@@ -268,7 +270,7 @@ class TestRainMaker(unittest.TestCase):
     def test_fetch_notify_result(self):
         h = Host(echo=False, fetch_notify_ms=50)
         h.sim.push_job(PATH, len(IMG), None, "J1", passive=False)
-        self.assertEqual(h.cmd(b"AT+RMOTARESULT=0,\"J1\",1,\"x\""), ERROR)  # not pending yet
+        self.assertEqual(h.cmd(b'AT+RMOTARESULT=0,"J1",1,"x"'), ERROR)  # not pending yet
         out = h.cmd(b"AT+RMOTAFETCH", 250)  # 1,100 bytes take 95 ms at 115200 baud
         self.assertTrue(out.startswith(OK + b"+RMFWNOTIFY:0,9000,https://"), out)
         self.assertTrue(out.endswith(b",null,J1\r\n"), out)
@@ -309,7 +311,9 @@ class TestRainMaker(unittest.TestCase):
         self.assertEqual(out, b"WIFI CONNECTED\r\nWIFI GOT IP\r\n+RMCONNECTED\r\n")
         self.assertEqual(h.cmd(b"AT"), b"AT\r\n" + OK)  # echo on again
         self.assertEqual(h.cmd(b'AT+HTTPCGET=""', 100), b'AT+HTTPCGET=""\r\n' + ERROR)  # no URL
-        self.assertEqual(h.cmd(b'AT+RMOTARESULT=0,"J1",2,"x"'), b'AT+RMOTARESULT=0,"J1",2,"x"\r\n' + ERROR)
+        self.assertEqual(
+            h.cmd(b'AT+RMOTARESULT=0,"J1",2,"x"'), b'AT+RMOTARESULT=0,"J1",2,"x"\r\n' + ERROR
+        )
         h.cmd(b"AT+RMOTAFETCH", 250)  # the notification re-arms the pending flag
         self.assertTrue(h.cmd(b'AT+RMOTARESULT=0,"J1",2,"x"').endswith(OK))
 
@@ -516,7 +520,9 @@ class TestFaults(unittest.TestCase):
         self.assertEqual((payload, rest), (IMG, OK))
         h.sim.reboot()  # AT+UART_CUR is forgotten
         h.run(1000)
-        self.assertEqual(h.cmd(b"AT+UART_CUR?"), b"AT+UART_CUR?\r\n+UART_CUR:115200,8,1,0,1\r\n" + OK)
+        self.assertEqual(
+            h.cmd(b"AT+UART_CUR?"), b"AT+UART_CUR?\r\n+UART_CUR:115200,8,1,0,1\r\n" + OK
+        )
 
     def test_same_seed_same_bytes(self):
         a = self._get(Host(echo=False, seed=9))

@@ -93,7 +93,9 @@ class FaultKinds(unittest.TestCase):
     def test_cloud_drops(self):
         r, sn = self.scenario(12, ["cloud_drop"], {"cloud_drop_t": [150, 20000]})
         self.assertTrue(self.fired(sn, "cloud_drop"))
-        r, sn = self.scenario(12, ["cloud_drop"], {"cloud_drop_at_body": 3000, "cloud_down_ms": 9000})
+        r, sn = self.scenario(
+            12, ["cloud_drop"], {"cloud_drop_at_body": 3000, "cloud_down_ms": 9000}
+        )
         self.assertTrue(self.fired(sn, "cloud_drop"))
 
     def test_http_errors_once(self):
@@ -102,14 +104,18 @@ class FaultKinds(unittest.TestCase):
             self.assertEqual(self.statuses(sn)[0], st)
 
     def test_expired_url_is_fetched_again(self):
-        r, sn = self.scenario(14, ["url_expiry", "esp_reboot"], {"expire_ms": 300, "reboot_at_body": 5000})
+        r, sn = self.scenario(
+            14, ["url_expiry", "esp_reboot"], {"expire_ms": 300, "reboot_at_body": 5000}
+        )
         self.assertIn(403, self.statuses(sn))
         self.assertGreaterEqual(r["counters"]["refetches"], 1)
 
     def test_server_ignores_range(self):
         # The dropped byte must fall after the first record (else nothing is held and no
         # Range is asked for); record sizes follow the virtual time of the exchange.
-        r, sn = self.scenario(15, ["ignore_range", "drop"], {"ignore_range": -1, "drop_body_at": [8000]})
+        r, sn = self.scenario(
+            15, ["ignore_range", "drop"], {"ignore_range": -1, "drop_body_at": [8000]}
+        )
         self.assertTrue(any(q["ignored"] for q in sn.sim.server.requests))
 
     def test_slow_server(self):
@@ -117,12 +123,16 @@ class FaultKinds(unittest.TestCase):
         self.assertGreater(r["virtual_ms"], 3000)
 
     def test_server_stalls_within_the_timeout(self):
-        r, sn = self.scenario(17, ["server_stall"], {"server_stall_at": 5000, "server_stall_ms": 3000})
+        r, sn = self.scenario(
+            17, ["server_stall"], {"server_stall_at": 5000, "server_stall_ms": 3000}
+        )
         self.assertTrue(self.fired(sn, "server_stall"))
         self.assertEqual(r["requests"], 1)
 
     def test_server_stalls_past_the_timeout(self):
-        r, sn = self.scenario(18, ["server_stall"], {"server_stall_at": 5000, "server_stall_ms": 30000})
+        r, sn = self.scenario(
+            18, ["server_stall"], {"server_stall_at": 5000, "server_stall_ms": 30000}
+        )
         self.assertTrue(self.fired(sn, "server_stall"))
         self.assertGreaterEqual(r["requests"], 2)
 
@@ -155,7 +165,9 @@ class FaultKinds(unittest.TestCase):
         self.assertTrue(self.fired(sn, "lose_url_byte"))
 
     def test_result_refused_while_the_cloud_is_down(self):
-        r, sn = self.scenario(25, ["result_refused"], {"refuse_result": 2, "refuse_result_ms": 10000})
+        r, sn = self.scenario(
+            25, ["result_refused"], {"refuse_result": 2, "refuse_result_ms": 10000}
+        )
         self.assertEqual(len(self.fired(sn, "refuse_result")), 2)
 
     # --- permanent faults: the truthful status --------------------------------------

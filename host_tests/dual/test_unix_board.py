@@ -648,4 +648,3 @@ class TestJournal(unittest.TestCase):
             nor.close()
             self.j = self._open()
             self.assertIn(self.j.crcs(), ([0, 1, 2], [0, 1, 2, 3]), "cut at op %d" % op)
-

@@ -84,7 +84,7 @@ class TestWriter(unittest.TestCase):
         img = _image(4096 + 300)
         w = SlotWriter(dev)
         w.begin(len(img))
-        _write_all(w, img[:4096 + 200], 100)
+        _write_all(w, img[: 4096 + 200], 100)
         self.assertEqual(w.rewind(4096 + 150), 4096)
         self.assertEqual(w.rehashed, 0)
         w.write(img[4096:])

@@ -45,6 +45,7 @@ from .urc import (
 )
 from .writer import SlotWriter
 
+
 def _pick(arg, settings, name, default):
     # A wait or limit: the constructor argument, else the board setting, else default.
     if arg is not None:
@@ -559,9 +560,7 @@ class HostOTA:
         c = yield from self._cmd(b"AT+RMOTAFETCH", 5000)
         if not c.ok:
             return None
-        got = yield from self._wait(
-            self.fetch_wait_ms, lambda: self._notified is not None
-        )
+        got = yield from self._wait(self.fetch_wait_ms, lambda: self._notified is not None)
         if not got:
             self._fetch_empty = True
             return None
@@ -629,8 +628,9 @@ class HostOTA:
             yield from self._finish_job(j["job"], OTA_FAILED, "commit lost")
             return
         self.log.info("commit was cut by a power loss: committing again")
-        ok = yield from self._commit(j["job"], slot.index, j["len"], unhexlify(j["sha"]),
-                                     j["version"])
+        ok = yield from self._commit(
+            j["job"], slot.index, j["len"], unhexlify(j["sha"]), j["version"]
+        )
         if not ok:
             return
         self.state = "reboot"
@@ -721,8 +721,9 @@ class HostOTA:
                 "sha": hexlify(h.sha256).decode(),
             }
         )
-        ok = yield from self._commit(note.job_id, slot.index, h.image_len, h.sha256,
-                                     h.image_version)
+        ok = yield from self._commit(
+            note.job_id, slot.index, h.image_len, h.sha256, h.image_version
+        )
         if not ok:
             return
         self.log.info("committed v%d to slot %d; rebooting" % (h.image_version, slot.index))
@@ -844,8 +845,12 @@ class HostOTA:
             n = (self.window_size + bs - 1) // bs
         else:
             n = 1 + (self.rx_size + bs - 1) // bs
-        w = SlotWriter(bdev, buffer_blocks=n, prog_chunk=self.prog_chunk,
-                       crc_span=self.board.settings.get("crc_span"))
+        w = SlotWriter(
+            bdev,
+            buffer_blocks=n,
+            prog_chunk=self.prog_chunk,
+            crc_span=self.board.settings.get("crc_span"),
+        )
         w.defer = self.flash_mode == "window"
         return w
 

@@ -592,10 +592,7 @@ class ATLink:
             self.parser.feed(self._rx, n)
         elif n == 0:
             self.closed = True
-        if (
-            self.parser.in_record()
-            and clk.ticks_diff(now, self.last_rx_ms) > self.record_idle_ms
-        ):
+        if self.parser.in_record() and clk.ticks_diff(now, self.last_rx_ms) > self.record_idle_ms:
             self.record_stalls += 1
             self.parser.abort_record()
         c = self.cmd

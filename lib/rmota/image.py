@@ -75,7 +75,9 @@ class ImageHeader:
             board = board[:n]
         return cls(flags, hlen, plen, ilen, iver, bytes(board), bytes(digest))
 
-    def check(self, board_id, slot_size, running_version=None, total_size=None, allow_downgrade=False):
+    def check(
+        self, board_id, slot_size, running_version=None, total_size=None, allow_downgrade=False
+    ):
         """Refuse an image before anything is erased. Raises ``ImageError`` with status 5
         (rejected) and a short reason: unsupported flags (compression, signature are
         not implemented yet), a header length that does not fit the flags, a payload

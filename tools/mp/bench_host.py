@@ -134,8 +134,9 @@ def host_cost(image, payload, rx, reps):
         q.agent.writer.on_block = None
         gc.collect()
         keep("nocrc", timed(lambda: (q.run(), q.agent.writer.finish())))
-        q = dlpipe.Pipeline(image, rx_size=rx, read_size=4096, stream=stream,
-                            settings={"crc_span": 256})
+        q = dlpipe.Pipeline(
+            image, rx_size=rx, read_size=4096, stream=stream, settings={"crc_span": 256}
+        )
         gc.collect()
         keep("span", timed(lambda: (q.run(), q.agent.writer.finish())))
         q = None
@@ -191,7 +192,9 @@ def main():
     for rx in (2048, 10240):
         b = host_cost(image, payload, rx, reps)
         res["rx%d" % rx] = b
-    res["framing"] = {str(rx): dlpipe.framing_overhead(rx, len(image)) for rx in (2048, 4096, 10240)}
+    res["framing"] = {
+        str(rx): dlpipe.framing_overhead(rx, len(image)) for rx in (2048, 4096, 10240)
+    }
     print(json.dumps(res))
 
 

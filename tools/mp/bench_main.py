@@ -50,9 +50,19 @@ def _report(peak, code, agent, b):
     print(
         "[bench] peak_alloc %d live_after %d heap %d records %d exit %d overruns %d"
         " attempts %d windows %d peak_held %d code %d setup %d"
-        % (peak.peak, gc.mem_alloc(), gc.mem_alloc() + gc.mem_free(), peak.calls, code,
-           getattr(b.uart, "overruns", -1), agent.attempts, agent.windows,
-           getattr(b.uart, "peak_held", -1), _CODE, peak.setup)
+        % (
+            peak.peak,
+            gc.mem_alloc(),
+            gc.mem_alloc() + gc.mem_free(),
+            peak.calls,
+            code,
+            getattr(b.uart, "overruns", -1),
+            agent.attempts,
+            agent.windows,
+            getattr(b.uart, "peak_held", -1),
+            _CODE,
+            peak.setup,
+        )
     )
 
 

@@ -200,8 +200,7 @@ class Pipeline:
     rx_size)``), read ``read_size`` bytes at a time (or cut at ``cuts``). ``settings``:
     board settings (``flash_mode`` etc.; ``rx_size`` is set here)."""
 
-    def __init__(self, image, rx_size=2048, read_size=4096, settings=None, stream=None,
-                 cuts=None):
+    def __init__(self, image, rx_size=2048, read_size=4096, settings=None, stream=None, cuts=None):
         s = {"rx_size": rx_size, "line_max": 2048, "flash_mode": "stream"}
         if settings:
             s.update(settings)
@@ -213,8 +212,13 @@ class Pipeline:
         self.uart = MemUART(stream, read_size, cuts)
         self.board = StubBoard(self.bdev, s)
         rbuf = read_size if cuts is None else max(b - a for a, b in zip([0] + cuts, cuts))
-        self.link = ATLink(self.uart, clock=VirtualClock(), line_max=s["line_max"],
-                           record_max=rx_size, rxbuf_size=max(rbuf, 16))
+        self.link = ATLink(
+            self.uart,
+            clock=VirtualClock(),
+            line_max=s["line_max"],
+            record_max=rx_size,
+            rxbuf_size=max(rbuf, 16),
+        )
         a = self.agent = HostOTA(self.link, self.board)
         a.note = FWNotify(0, len(image), b"http://bench/image", "2", "bench")
         a._slot = self.board.inactive_slot()
