@@ -29,9 +29,9 @@ bench: $(STAMP)
 # `RUNTIME=micropython|cpython` (default both), `SEED=n` replays one seed verbosely,
 # `SETTINGS='{"faithful": true}'` board settings for every scenario.
 faults: $(STAMP)
-	$(PY) tools/faults.py $(if $(SEEDS),--seeds $(SEEDS)) $(if $(START),--start $(START)) \
+	@$(PY) tools/faults.py $(if $(SEEDS),--seeds $(SEEDS)) $(if $(START),--start $(START)) \
 		$(if $(RUNTIME),--runtime $(RUNTIME)) $(if $(SEED),--seed $(SEED)) \
 		$(if $(filter-out 0,$(EXHAUSTIVE)),--exhaustive)
 
 clean:
-	rm -rf $(VENV) build out .pytest_cache
+	rm -rf $(VENV) build out .pytest_cache .hypothesis

@@ -16,6 +16,7 @@ status as the emulator holds it, and exits 1 on any mismatch.
 
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 
@@ -56,11 +57,14 @@ def scenario(title, payload, workdir):
 
 def main():
     base = tempfile.mkdtemp(prefix="rmota-demo-")
-    fw = microbit_firmware()
-    ok1 = scenario("micro:bit v2 MicroPython 2.1.2", fw, os.path.join(base, "microbit"))
-    ok2 = scenario(
-        "seed-sized image (1,740,880 B)", seed_sized_payload(), os.path.join(base, "seed")
-    )
+    try:
+        fw = microbit_firmware()
+        ok1 = scenario("micro:bit v2 MicroPython 2.1.2", fw, os.path.join(base, "microbit"))
+        ok2 = scenario(
+            "seed-sized image (1,740,880 B)", seed_sized_payload(), os.path.join(base, "seed")
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the flash files: 8 MB per run
     if ok1 and ok2:
         print("demo: both updates committed, confirmed and reported 2")
         return 0

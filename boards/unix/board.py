@@ -265,6 +265,10 @@ class Board:
         """Image version (int, header field ``image_version``) of the running image."""
         return self.loader.record.versions[self.loader.running]
 
+    def running_sha256(self):
+        """SHA-256 (32 bytes) of the running image, from the boot record."""
+        return self.loader.record.digests[self.loader.running]
+
     def commit(self, index, image_len, sha256, image_version):
         """Point the boot record at slot ``index`` (``image_len`` bytes, 32-byte
         ``sha256``, int ``image_version``), on trial. Raises ``ValueError`` for the

@@ -79,6 +79,8 @@ class Attempt:
         self.probed = 0
         self.pos = 0
         self.mode = _M_PROBE
+        self.too_long = False
+        self.last_ms = 0
         self.frame_errors = 0
         self.stalled = False  # a record stopped arriving (the link's inactivity timeout)
         self.new_header = False  # a full response whose header is not the one we hold
@@ -323,11 +325,14 @@ class HostOTA:
 
     def _fault(self, e):
         self.errors += 1
-        self.last_error = repr(e)
-        self.log.error("agent error:", repr(e))
         self.link.sink = None
         self._retry_at = self.clock.ticks_ms() + self.backoff_ms
         self.state = "error"
+        try:  # reporting must not raise out of poll() either (a full disk, no memory)
+            self.last_error = repr(e)
+            self.log.error("agent error:", self.last_error)
+        except Exception:
+            pass
 
     def _wake(self):
         # An idle agent starts a new cycle only when there is something to do: a
@@ -375,8 +380,16 @@ class HostOTA:
         self._cloud_back = False
         self.state = "init"
         yield from self._init_esp()
-        yield from self._finish_committed()
-        yield from self._deliver_saved_result()
+        try:
+            yield from self._finish_committed()
+            yield from self._deliver_saved_result()
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            # A record this firmware cannot read (another version's schema, damage that
+            # still parses as JSON): acting on it is impossible, and keeping it would
+            # stop every later cycle here. Drop it and carry on with the cloud's jobs.
+            self.errors += 1
+            self.log.error("journal record unusable, dropped:", repr(e))
+            self.board.journal.clear()
         self.state = "fetch"
         self._notified = None
         c = yield from self._cmd(b"AT+RMOTAFETCH", 5000)
@@ -609,6 +622,7 @@ class HostOTA:
         if bs.get("slot") == j["slot"] and not bs.get("rolled_back"):
             if bs.get("trial"):
                 self.board.confirm()
+                self.log.info("confirmed the trial image v%d" % j["version"])
             status, info = OTA_SUCCEEDED, "v%d running" % j["version"]
         else:
             status, info = OTA_FAILED, "rolled back: v%d did not confirm" % j["version"]
@@ -681,7 +695,10 @@ class HostOTA:
                 break
             if verdict == "more":
                 continue  # a window (or the header) arrived: go on, nothing failed
-            if isinstance(verdict, ImageError) and verdict.status == OTA_REJECTED:
+            if isinstance(verdict, ImageError) and verdict.status in (
+                OTA_REJECTED,
+                OTA_SUCCEEDED,
+            ):
                 break
             failures += 1
             self.attempts += 1
@@ -739,7 +756,10 @@ class HostOTA:
         if not j or j.get("stage") != "download":
             return None
         try:
-            return FWNotify(0, j["size"], j["url"].encode(), j.get("fw"), j["job"])
+            size, url, job = j["size"], j["url"], j["job"]
+            if not (isinstance(size, int) and isinstance(url, str) and isinstance(job, str)):
+                return None
+            return FWNotify(0, size, url.encode(), j.get("fw"), job)
         except (KeyError, AttributeError):
             return None
 
@@ -992,15 +1012,14 @@ class HostOTA:
         # we watch the bytes instead (a stall is no byte for that long plus a margin).
         att.cmd = c = self.link.send(cmd, 1 << 29)
         clk = self.clock
-        t_sent = clk.ticks_ms()
+        att.last_ms = clk.ticks_ms()
         stall_ms = self.http_timeout_ms + 2000
         quiet_ms = self.quiet_ms
         while not c.done:
             yield
-            idle = self.link.idle_ms()
-            since = clk.ticks_diff(clk.ticks_ms(), t_sent)
-            if since < idle:
-                idle = since  # quiet before the command counts for nothing
+            # Only this download's bytes count: URCs between records (an application's
+            # +RMRECV every second) must not keep a stalled transfer alive.
+            idle = clk.ticks_diff(clk.ticks_ms(), att.last_ms)
             if idle > quiet_ms and self.header and self._accepted() >= note.size:
                 # Every byte is here but no final result (a mangled OK, issue 4 case 5):
                 # judge the image by its own digest; the link is resynchronised below.
@@ -1074,6 +1093,11 @@ class HostOTA:
             return "image header changed"
         if att.reject is not None:
             return self._judge_reject(att, note)
+        if att.too_long:
+            # Not the file announced (more bytes than it holds), wherever the extra bytes
+            # fell: nothing of this attempt is kept, complete image or not.
+            self.writer.rewind(att.acc0 - HEADER_SIZE if att.acc0 > HEADER_SIZE else 0)
+            return "response longer than announced"
         if self.header is None or self.writer.offset < self.header.image_len:
             if att.stalled:
                 return "record stalled"
@@ -1089,6 +1113,17 @@ class HostOTA:
             return "short: %d of %d B" % (self._accepted(), note.size)
         return self._verify()
 
+    def _running_image(self, h):
+        """True when header ``h`` describes exactly the image running now (same version
+        and SHA-256, as the board knows it through ``running_sha256()``, if it does)."""
+        get = getattr(self.board, "running_sha256", None)
+        if get is None or h.image_version != self.board.running_version():
+            return False
+        try:
+            return get() == h.sha256
+        except Exception:
+            return False
+
     def _judge_reject(self, att, note):
         """The header of a whole response failed its check (``att.reject``, an
         ``ImageError``). Report it (status 5 finishes the job) only when it really is the
@@ -1098,6 +1133,8 @@ class HostOTA:
         as rejected). Otherwise the attempt failed: returns a reason string."""
         e = att.reject
         want = note.size if att.want is None else att.want
+        if e.status == OTA_SUCCEEDED and att.received == want:
+            return e  # the running image itself: version and digest match, no doubt
         if att.received != want:
             why = (att.received, want, e.reason)
             return "not the announced file (%d B, %d expected: %s)" % why
@@ -1136,6 +1173,7 @@ class HostOTA:
         att = self.att
         n = len(mv)
         att.received += n
+        att.last_ms = self.clock.ticks_ms()
         i = 0
         if att.mode == _M_PROBE:
             k = _PROBE - att.probed
@@ -1154,6 +1192,7 @@ class HostOTA:
         """A record was malformed: everything after it is out of place. Keep what was
         written, drop the rest of this attempt (the next one resumes)."""
         att = self.att
+        att.last_ms = self.clock.ticks_ms()
         att.frame_errors += 1
         if reason == "record stalled":
             att.stalled = True
@@ -1180,8 +1219,10 @@ class HostOTA:
             att.mode = _M_DISCARD
             return
         if n - i > w.image_len - have:
-            # More bytes than the image holds: not the response we asked for.
+            # More bytes than the image holds: not the response we asked for, whether
+            # the extra bytes share a record with the image's tail or come after it.
             att.mode = _M_DISCARD
+            att.too_long = True
             self.log.warn("response longer than the image")
             return
         w.write(mv[i:n] if i else mv)
@@ -1215,6 +1256,7 @@ class HostOTA:
                 return
             att.pos = 0
         else:
+            h = None
             try:
                 h = ImageHeader.parse(p)
                 h.check(
@@ -1226,6 +1268,10 @@ class HostOTA:
                 self.writer.begin(h.image_len)
             except ImageError as e:
                 att.reject = e
+                if h is not None and self._running_image(h):
+                    # The job we already installed, announced again (our result 2 was
+                    # lost with an ESP reboot): it is done, not rejected.
+                    att.reject = ImageError("v%d running" % h.image_version, OTA_SUCCEEDED)
                 return
             self.header = h
             self._hdr_raw[:] = p[:HEADER_SIZE]

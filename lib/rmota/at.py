@@ -48,6 +48,7 @@ _COMMA = const(44)
 _REC_PREFIX = b"+HTTPCGET:"
 _REC_PREFIX_LEN = const(10)
 _MAX_LEN_DIGITS = const(8)
+_MAX_LINES = const(8)  # response lines kept per command
 
 
 class ATParser:
@@ -430,6 +431,8 @@ class ATLink:
         self.stray_prompts = 0
         self.echo_lines = 0
         self.late_finals = 0
+        self.dropped_lines = 0
+        self.subscriber_errors = 0
         self.record_idle_ms = record_idle_ms
         self.record_stalls = 0
         self.closed = False
@@ -439,7 +442,12 @@ class ATLink:
     def on_line(self, mv):
         c = self.cmd
         if c and not c.done and c.prefix and _starts(mv, c.prefix):
-            c.lines.append(bytes(mv))  # the command's own response line
+            # the command's own response line; a few at most (a hostile stream of them
+            # must not grow the heap): beyond _MAX_LINES the oldest goes
+            if len(c.lines) >= _MAX_LINES:
+                c.lines.pop(0)
+                self.dropped_lines += 1
+            c.lines.append(bytes(mv))
             return
         for prefix, kind in _URC_TABLE:
             if _starts(mv, prefix):
@@ -605,7 +613,10 @@ class ATLink:
             self._q = []
             for kind, line in q:
                 for fn in self._subs:
-                    fn(kind, line)
+                    try:
+                        fn(kind, line)
+                    except Exception:  # one subscriber's bug must not stop the link
+                        self.subscriber_errors += 1
         return n or 0
 
     def idle_ms(self):

@@ -25,16 +25,20 @@ class Logger:
         self.level = level
         self.sink = sink
         self.count = {ERROR: 0, WARN: 0, INFO: 0, DEBUG: 0}
+        self.failures = 0  # lines the sink refused
 
     def _emit(self, lvl, args):
         self.count[lvl] += 1
         if lvl < self.level:
             return
-        line = "[%s] %s: %s" % (self.tag, _NAMES[lvl], " ".join(str(a) for a in args))
-        if self.sink:
-            self.sink(line)
-        else:
-            print(line)
+        try:  # a log line must never take the agent down (a full disk, a closed port)
+            line = "[%s] %s: %s" % (self.tag, _NAMES[lvl], " ".join(str(a) for a in args))
+            if self.sink:
+                self.sink(line)
+            else:
+                print(line)
+        except Exception:
+            self.failures += 1
 
     def error(self, *args):
         self._emit(ERROR, args)
