@@ -160,3 +160,27 @@ class TestNeverRaises(unittest.TestCase):
         link.poll()
         self.assertEqual(got, [b"+RMRECV:a,b,c:1", b"+RMCONNECTED"])
         self.assertEqual(link.subscriber_errors, 2)
+
+
+class TestConfirmBeforeTwo(unittest.TestCase):
+    def test_the_boot_record_is_confirmed_when_2_reaches_the_esp(self):
+        # Status 2 only after the new image booted and was confirmed (DESIGN.md section
+        # 2): look at the boot record at the instant the ESP receives the result.
+        img = mkimage(payload(12000))
+        seen = []
+
+        def setup(esp):
+            def res(esp, line):
+                if b",2," in line:
+                    b = unix_board.Board(FLASH, boot=False)
+                    st = (b.loader.record.active, b.loader.record.state)
+                    b.close()
+                    seen.append(st)
+                    esp.notify = None
+                esp.out(b"\r\nOK\r\n")
+
+            esp.result_hook = res
+
+        r = run(img, setup=setup, max_ms=120000)
+        self.assertEqual(_statuses(r), [1, 2])
+        self.assertEqual(seen, [(1, 1)])  # slot 1, state 1 = confirmed
