@@ -196,7 +196,6 @@ def test_03_cousins(at, silence_s, size, tmp_path):
         faults=Faults(silence_at_body=at, silence_s=silence_s),
     )
     assert r.agents[0].link.record_stalls >= 1
-    assert r.elapsed_s < 20
 
 
 def test_03_cousin_pause_then_the_rest(tmp_path):
@@ -271,7 +270,7 @@ def test_05_cousins(mangled, size, tmp_path):
         _payload(size),
         faults=Faults(mangle_final=mangled),
     )
-    assert r.elapsed_s < 20
+    assert fired(r, "mangle_final")
 
 
 def test_05_mangled_final_and_altered_never_commits(tmp_path):
