@@ -12,6 +12,11 @@ partition; the desktop board uses the same on-disk format):
   of the slot is checked against its CRC while the SHA-256 is rebuilt (DESIGN.md
   section 4: MicroPython's hash objects cannot be saved, so the prefix is hashed again).
 
+  A littlefs append allocates a new data block each time (an erase, ~45 ms on NOR: it
+  stalls the host while the ESP keeps sending). A board with a few raw sectors to spare
+  passes a ``CRCLog`` instead: the list then lives in pre-erased flash and each entry is
+  one 4-byte program (a page program, ~0.7 ms), see ``CRCLog``.
+
 Usage::
 
     j = Journal(vfs.VfsLfs2(bdev))
@@ -34,8 +39,9 @@ class Journal:
     ``OSDir`` below). Errors from the filesystem propagate as ``OSError``, except that
     a missing or unreadable record loads as None."""
 
-    def __init__(self, fs):
+    def __init__(self, fs, crclog=None):
         self.fs = fs
+        self.crclog = crclog
         self.writes = 0
 
     def load(self):
@@ -68,6 +74,8 @@ class Journal:
 
     def clear(self):
         """Forget the record and the block CRCs."""
+        if self.crclog is not None:
+            self.crclog.reset()
         for name in (_JOB, _TMP, _CRC):
             try:
                 self.fs.remove(name)
@@ -76,6 +84,9 @@ class Journal:
 
     def crc_reset(self):
         """Start a new list of block CRCs (a new download)."""
+        if self.crclog is not None:
+            self.crclog.reset()
+            return
         try:
             self.fs.remove(_CRC)
         except OSError:
@@ -83,6 +94,9 @@ class Journal:
 
     def crc_append(self, crc):
         """Record the CRC-32 (int) of the next programmed erase block."""
+        if self.crclog is not None:
+            self.crclog.append(crc)
+            return
         f = self.fs.open(_CRC, "ab")
         try:
             f.write(struct.pack("<I", crc & 0xFFFFFFFF))
@@ -93,6 +107,9 @@ class Journal:
     def crc_truncate(self, n):
         """Keep only the first ``n`` block CRCs (blocks after them are written again):
         the kept entries go to a new file that replaces the old one atomically."""
+        if self.crclog is not None:
+            self.crclog.truncate(n)
+            return
         try:
             f = self.fs.open(_CRC, "rb")
         except OSError:
@@ -111,6 +128,8 @@ class Journal:
 
     def crcs(self):
         """The recorded block CRCs, a list of ints (a torn last entry is dropped)."""
+        if self.crclog is not None:
+            return self.crclog.crcs()
         try:
             f = self.fs.open(_CRC, "rb")
         except OSError:
@@ -121,6 +140,87 @@ class Journal:
             f.close()
         n = len(raw) // 4
         return [struct.unpack_from("<I", raw, 4 * k)[0] for k in range(n)]
+
+
+class CRCLog:
+    """The journal's block CRCs in raw flash: ``bdev`` (an extended block device over
+    a few sectors kept for it, outside any filesystem) holds entry ``k`` (the CRC-32 of
+    slot block ``k``, 4 bytes little-endian) at byte ``4 * k``. The region is erased
+    when a download starts, so an append is one 4-byte program into erased flash (NOR
+    clears bits without an erase): no erase, no filesystem commit while the ESP sends.
+
+    Power cuts: an entry is 0xFFFFFFFF (absent) or what was programmed; a torn program
+    leaves a value that matches no block, so the resume's check stops there and the block
+    is fetched again. ``crcs()`` ends at the first absent entry (a block whose CRC happens
+    to be 0xFFFFFFFF is one more block fetched again, no more). ``truncate(n)`` erases
+    and programs the first ``n`` entries back; a cut in between leaves fewer entries
+    (blocks fetched again), never wrong ones. Appends beyond the region's capacity
+    (``capacity`` entries) are dropped: the list stops there.
+
+    Counters: ``programs``, ``erases``."""
+
+    def __init__(self, bdev):
+        self.bdev = bdev
+        self.bs = bdev.ioctl(5, 0)
+        self.nblocks = bdev.ioctl(4, 0)
+        self.capacity = self.nblocks * self.bs // 4
+        self._n = None  # entries present; None: not scanned yet
+        self._e = bytearray(4)
+        self.programs = 0
+        self.erases = 0
+
+    def _raw(self, n):
+        buf = bytearray(4 * n)
+        if n:
+            self.bdev.readblocks(0, buf, 0)
+        return buf
+
+    def crcs(self):
+        """The entries up to the first absent one, a list of ints."""
+        raw = self._raw(self.capacity)
+        out = []
+        for k in range(self.capacity):
+            v = struct.unpack_from("<I", raw, 4 * k)[0]
+            if v == 0xFFFFFFFF:
+                break
+            out.append(v)
+        self._n = len(out)
+        return out
+
+    def reset(self):
+        """Erase the region's blocks that are not blank already."""
+        buf = bytearray(self.bs)
+        for b in range(self.nblocks):
+            self.bdev.readblocks(b, buf, 0)
+            if buf.count(b"\xff") != len(buf):
+                self.bdev.ioctl(6, b)
+                self.erases += 1
+        self._n = 0
+
+    def append(self, crc):
+        """Program the next entry (``crc``: int). Allocation-free once scanned."""
+        n = self._n
+        if n is None:
+            n = len(self.crcs())
+        if n >= self.capacity:
+            return
+        struct.pack_into("<I", self._e, 0, crc & 0xFFFFFFFF)
+        a = 4 * n
+        self.bdev.writeblocks(a // self.bs, self._e, a % self.bs)
+        self.programs += 1
+        self._n = n + 1
+
+    def truncate(self, n):
+        """Keep only the first ``n`` entries."""
+        have = self.crcs()
+        if n >= len(have):
+            return
+        keep = self._raw(n)
+        self.reset()
+        if n:
+            self.bdev.writeblocks(0, keep, 0)
+            self.programs += 1
+        self._n = n
 
 
 def _check(x):
