@@ -163,8 +163,13 @@ class HostOTA:
         self.flash_mode = s.get("flash_mode", "stream")
         if self.flash_mode not in ("stream", "pre_erase", "window"):
             raise ValueError("flash_mode must be stream, pre_erase or window")
-        self.window_size = s.get("window_size", 16384)
+        self.window_size = s.get("window_size", 12288)
         self.prog_chunk = s.get("prog_chunk")
+        # Bytes erased at once (one block-erase command where the slot's bdev has
+        # ``erase_blocks``); "header_first": the 64-byte header is fetched alone, so the
+        # journal's record of the download is written while the ESP is idle.
+        self.erase_unit = s.get("erase_unit") or 0
+        self.header_first = bool(s.get("header_first"))
         self.flow_control = s.get("flow_control", False)
         self.baud = s.get("baud", 115200)
         self.windows = 0
@@ -221,7 +226,6 @@ class HostOTA:
         self._retry_at = None
         self._fetch_empty = False
         self._report_retry_at = None
-        self._crcs_n = 0  # entries in the journal's block-CRC list
         self._fetch_failed = False
         self._cloud_back = False
         self.on_esp_ready = on_esp_ready
@@ -681,6 +685,7 @@ class HostOTA:
         slot = self.board.inactive_slot()
         self.writer = self._new_writer(slot.bdev)
         self.writer.on_block = self._on_block
+        self.writer.on_erase = self._on_erase
         self._slot = slot
         self.range_ok = True
         resumed = self._resume(saved, note, slot)
@@ -763,25 +768,33 @@ class HostOTA:
         except (KeyError, AttributeError):
             return None
 
+    def _on_erase(self, index):
+        # The writer is about to erase block ``index`` (and maybe the blocks of an erase
+        # unit after it) while the journal describes blocks from it on (the writer asks
+        # only then: ``writer.journaled``). Those entries go FIRST: so an entry only ever
+        # describes a block whose program finished, and a cut inside this erase or the
+        # program after it leaves no entry that claims the torn block.
+        self.board.journal.crc_truncate(index)
+        self.writer.journaled = index
+
     def _on_block(self, index, crc):
         # The writer programmed block ``index``: journal its CRC so that a resume after a
-        # power cut can tell it intact. Entry k must describe block k: after a rewind
-        # the blocks from ``index`` on are written again, so their old entries go first.
-        j = self.board.journal
-        if index < self._crcs_n:
-            j.crc_truncate(index)
-            self._crcs_n = index
-        if index != self._crcs_n:
+        # power cut can tell it intact. Entry k must describe block k.
+        w = self.writer
+        if index < w.journaled:  # not after an erase (on_erase dropped them): defensive
+            self.board.journal.crc_truncate(index)
+            w.journaled = index
+        if index != w.journaled:
             return  # a gap the list cannot describe: a resume stops before it
-        j.crc_append(crc)
-        self._crcs_n = index + 1
+        self.board.journal.crc_append(crc)
+        w.journaled = index + 1
 
     def _journal_download(self, note, raw_header):
         """Journal a new download (before its first block is programmed): old CRCs go
         first, so a cut in between never pairs them with the new header."""
         j = self.board.journal
         j.crc_reset()
-        self._crcs_n = 0
+        self.writer.journaled = 0
         j.save(
             {
                 "stage": "download",
@@ -812,7 +825,7 @@ class HostOTA:
             return False
         self.writer.begin(h.image_len)
         crcs = self.board.journal.crcs()
-        self._crcs_n = len(crcs)
+        self.writer.journaled = len(crcs)
         kept = self.writer.resume(crcs)
         self.header = h
         self._hdr_raw[:] = raw
@@ -870,6 +883,7 @@ class HostOTA:
             buffer_blocks=n,
             prog_chunk=self.prog_chunk,
             crc_span=self.board.settings.get("crc_span"),
+            erase_unit=self.erase_unit,
         )
         w.defer = self.flash_mode == "window"
         return w
@@ -973,8 +987,10 @@ class HostOTA:
             if mode == "window":
                 # One writer buffer of payload; the first window also brings the header.
                 end = (acc if acc else HEADER_SIZE) + w.room - 1
-            elif mode == "pre_erase" and self.header is None:
-                end = HEADER_SIZE - 1  # the header first: it says how much to erase
+            elif self.header is None and (mode == "pre_erase" or self.header_first):
+                # The header first: it says how much to erase, and the journal's record
+                # of the download is written before the payload streams.
+                end = HEADER_SIZE - 1
             if end is not None and end >= note.size:
                 end = note.size - 1
         if mode == "pre_erase" and self.header is not None:
@@ -1290,7 +1306,8 @@ def for_board(board, uart=None, clock=None, **kw):
     """A ``HostOTA`` and its ``ATLink`` for ``board`` (a board profile, see
     docs/interfaces.md). The link reads ``uart`` (default ``board.uart``) on ``clock``
     (default ``board.clock``) with buffers sized from ``board.settings``: ``line_max``
-    and ``uart_rxbuf`` (bytes) and ``rx_size`` (the largest ``AT+HTTPCGET`` record).
+    and ``read_size`` (at most ``uart_rxbuf``; bytes) and ``rx_size`` (the largest
+    ``AT+HTTPCGET`` record).
     ``kw`` go to ``HostOTA`` (``progress``, ``log``, waits). The link is ``agent.link``:
     the application sends its own commands and subscribes to URCs through it."""
     from .at import ATLink
@@ -1301,6 +1318,6 @@ def for_board(board, uart=None, clock=None, **kw):
         clock=clock if clock is not None else board.clock,
         line_max=s["line_max"],
         record_max=s["rx_size"],
-        rxbuf_size=s["uart_rxbuf"],
+        rxbuf_size=min(s.get("read_size") or s["uart_rxbuf"], s["uart_rxbuf"]),
     )
     return HostOTA(link, board, **kw)

@@ -61,14 +61,30 @@ class SlotWriter:
     block ``index`` of the slot was programmed, ``crc`` the CRC-32 of its image bytes
     (``binascii.crc32``; the last block: only the image's bytes, not the padding), so a
     journal can tell later which blocks are intact (DESIGN.md section 4).
+    ``on_erase`` (attribute, default None): called as ``on_erase(index)`` before block
+    ``index`` (or an erase unit starting there) is erased when ``index < journaled``
+    (attribute, int: how many blocks the owner's journal describes; the owner keeps it
+    current), so that the journal can drop its entries for those blocks first: then an
+    entry always describes a block whose program finished, and a power cut inside an
+    erase or program leaves none for it.
+
     ``crc_span`` (bytes, None: the whole block): the CRC covers only the first and the
     last ``crc_span`` bytes of a full block. A torn program leaves the block's end
     unprogrammed and a torn erase its start erased (programs and erases run in address
     order), so that still tells a torn block, for a fraction of the cost (MicroPython's
     ``crc32`` costs about as much as SHA-256: make bench); anything else that could
-    differ is caught by the image's SHA-256 and the read-back before any commit."""
+    differ is caught by the image's SHA-256 and the read-back before any commit.
 
-    def __init__(self, bdev, prog_align=256, buffer_blocks=1, prog_chunk=None, crc_span=None):
+    ``erase_unit`` (bytes, a multiple of the block size; 0: one block): when the write
+    position reaches a multiple of it and the image needs the whole unit, the unit is
+    erased at once with ``bdev.erase_blocks(block, count)`` if the device has it (serial
+    NOR erases an aligned 32 or 64 KB block in one command: 150 ms for 64 KB against
+    16 x 45 ms sector by sector, W25Q128JV typical). Without the method, or near the
+    end of the image, blocks are erased one by one (``ioctl(6, n)``)."""
+
+    def __init__(
+        self, bdev, prog_align=256, buffer_blocks=1, prog_chunk=None, crc_span=None, erase_unit=0
+    ):
         self.bdev = bdev
         bs = self.block_size = bdev.ioctl(_IOCTL_BLOCK_SIZE, 0)
         self.capacity = bdev.ioctl(_IOCTL_BLOCK_COUNT, 0) * bs
@@ -102,8 +118,13 @@ class SlotWriter:
             self._tails = [
                 self._mv[(k + 1) * bs - crc_span : (k + 1) * bs] for k in range(buffer_blocks)
             ]
+        if erase_unit and (erase_unit < 0 or erase_unit % bs):
+            raise ValueError("erase_unit must be a multiple of the block size")
+        self._unit = erase_unit // bs if erase_unit and hasattr(bdev, "erase_blocks") else 1
         self.defer = False
         self.on_block = None
+        self.on_erase = None
+        self.journaled = 0
         self.erases = 0
         self.programs = 0
         self.rehashed = 0
@@ -163,12 +184,26 @@ class SlotWriter:
             self._erased_to = self._done  # the next block to be programmed
         k = 0
         while self._erased_to < end and k < max_blocks:
-            self.bdev.ioctl(_IOCTL_BLOCK_ERASE, self._erased_to // bs)
-            self.erases += 1
-            self.pre_erased += 1
-            self._erased_to += bs
+            n = self._erase_at(self._erased_to // bs, end // bs)
+            self.pre_erased += n
             k += 1
         return self._erased_to < end
+
+    def _erase_at(self, blk, limit):
+        # Erase from block ``blk`` (== _erased_to // bs): a whole erase unit when blk is
+        # on its boundary and the unit ends by block ``limit``, else one block. Returns
+        # the blocks erased; _erased_to moves past them.
+        if self.on_erase is not None and blk < self.journaled:
+            self.on_erase(blk)
+        u = self._unit
+        if u > 1 and blk % u == 0 and blk + u <= limit:
+            self.bdev.erase_blocks(blk, u)
+        else:
+            self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
+            u = 1
+        self.erases += u
+        self._erased_to = (blk + u) * self.block_size
+        return u
 
     def write(self, data):
         """Append ``data`` (bytes-like). Erases and programs each block as it fills
@@ -248,19 +283,25 @@ class SlotWriter:
         bs = self.block_size
         blk = self._done // bs
         dev = self.bdev
-        if self._done < self._erased_to:
-            pass  # erased by erase_ahead()
-        else:
-            dev.ioctl(_IOCTL_BLOCK_ERASE, blk)
-            self.erases += 1
+        if self._done >= self._erased_to:  # else erased ahead (erase_ahead, a unit)
+            if self._unit == 1 and blk >= self.journaled:  # the steady state
+                dev.ioctl(_IOCTL_BLOCK_ERASE, blk)
+                self.erases += 1
+                self._erased_to = self._done + bs
+            else:
+                self._erase_at(blk, (self.image_len + bs - 1) // bs)
         if n == bs and self.prog_chunk == bs:  # the steady state: one call per block
             data = self._blk[k]
             dev.writeblocks(blk, data, 0)
             self.programs += 1
             self._sha.update(data)
             self._done += bs
-            if self.on_block is not None:
-                self.on_block(blk, self._block_crc(k, data, bs))
+            cb = self.on_block
+            if cb is not None:
+                if self.crc_span:
+                    cb(blk, crc32(self._tails[k], crc32(self._heads[k])))
+                else:
+                    cb(blk, crc32(data))
             return
         a = self.prog_align
         padded = (n + a - 1) // a * a
