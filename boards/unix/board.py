@@ -4,12 +4,16 @@ Runs unchanged under the MicroPython unix port and CPython. The "device" is a NO
 file (``nor.NORFlash``) and a pty or serial port (``uart.UnixUART``). Flash layout, in
 4,096-byte sectors::
 
-    sectors     bytes            use
-    0 .. 1      0x000000  8 KiB  boot record, ping-pong (bootrec.py)
-    2 .. 513    0x002000  2 MiB  slot 0
-    514 .. 1025 0x202000  2 MiB  slot 1
-    1026 .. 1041 0x402000 64 KiB journal area (littlefs later, issue 3)
-    total 1042 sectors = 4,268,032 bytes
+    sectors     bytes              use
+    0 .. 1      0x000000   8 KiB   boot record, ping-pong (bootrec.py)
+    2 .. 13     0x002000  48 KiB   journal: littlefs (job.json)
+    14 .. 15    0x00e000   8 KiB   journal: raw block-CRC log (rmota.journal.CRCLog)
+    16 .. 527   0x010000   2 MiB   slot 0
+    528 .. 1039 0x210000   2 MiB   slot 1
+    total 1040 sectors = 4,259,840 bytes
+
+The slots start on 64 KiB boundaries (as ESP-IDF requires of app partitions), so the
+writer can erase them with 64 KiB block erases (``nor.Partition.erase_blocks``).
 
 Constructing a ``Board`` is the power-on: it runs the boot logic once (``bootrec.boot``),
 which may write the boot record (trial → trial_booted, rollback) and raises
@@ -44,15 +48,17 @@ except ImportError:  # CPython
 import lfs
 from bootrec import Bootloader, Bricked, provision_record
 from nor import SECTOR_SIZE, NORFlash, Partition
-from rmota.journal import Journal
+from rmota.journal import CRCLog, Journal
 
 BOOT_SECTOR = const(0)
 BOOT_SECTORS = const(2)
 SLOT_SECTORS = const(512)  # 2 MiB
-SLOT_SECTOR = (2, 514)  # first sector of slot 0 and slot 1
-JOURNAL_SECTOR = const(1026)
-JOURNAL_SECTORS = const(16)  # 64 KiB
-FLASH_SECTORS = const(1042)
+SLOT_SECTOR = (16, 528)  # first sector of slot 0 and slot 1: 64 KiB aligned
+JOURNAL_SECTOR = const(2)
+JOURNAL_SECTORS = const(12)  # 48 KiB of littlefs
+CRCLOG_SECTOR = const(14)
+CRCLOG_SECTORS = const(2)  # 2,048 entries: 8 MiB of image, four times a slot
+FLASH_SECTORS = const(1040)
 FLASH_SIZE = FLASH_SECTORS * SECTOR_SIZE
 SLOT_SIZE = SLOT_SECTORS * SECTOR_SIZE
 
@@ -67,12 +73,24 @@ DEFAULT_SETTINGS = {
     "tx_size": 2048,
     "http_timeout_ms": 5000,  # AT+HTTPCGET network-idle timeout (ESP-AT default)
     "line_max": 2048,  # DESIGN.md section 2: longest legitimate line is a +RMFWNOTIFY
-    # UART receive buffer, bytes (modelled when "faithful"; also the link's read size).
-    # make bench at 115200 in "stream": the ring held up to 3.7 KB (the journal's record
-    # of the new download, written when the header arrives, stalls the host ~0.3 s on
-    # littlefs); 8192 keeps a margin of two (safe_flash_mode).
-    "uart_rxbuf": 8192,
+    # UART receive buffer, bytes (modelled when "faithful"; on a board, machine.UART's
+    # rxbuf). None: 8192 up to 230400 baud, 24576 above (plan_flash). make bench at
+    # 115200 ("stream", 4 KB erases): the ring peaked at 2 KB; at 921600 (32 KB block
+    # erases, 120 ms) it peaked at 15 KB: what arrives during one block erase and its
+    # first program (12.2 KB) on top of a read's worth not yet taken.
+    "uart_rxbuf": None,
+    # Bytes the link reads from the UART per poll (its own buffer; at most uart_rxbuf).
+    # make bench: 8192 halves the link's cost per byte against 4096 (a poll costs about
+    # as much as parsing a record) for 4 KB more RAM.
+    "read_size": 8192,
     "allow_raw": False,  # never accept a raw (headerless) image on this board
+    # The journal's CRC-32 per block covers the block's first and last crc_span bytes
+    # (rmota.writer). make bench: over the whole block MicroPython's crc32 (a 16-entry
+    # table) costs 0.75-1.05 x SHA-256 and the loop 2.5-2.75 x; with 256, 1.75 x. A
+    # journal entry only ever names a block whose program finished (entries are dropped
+    # before their block is erased), so the CRC is a second line; the image's SHA-256
+    # and the read-back stand before any commit. None: the whole block.
+    "crc_span": 256,
     # Faithful mode (issue 3, "UART overflow"; uart.py, nor.py): the UART keeps only
     # uart_rxbuf bytes and LOSES what does not fit, and flash operations stall the host
     # as real NOR does. Needs a peer that paces its output at the baud rate
@@ -80,6 +98,8 @@ DEFAULT_SETTINGS = {
     "faithful": False,
     "flash_erase_ms": 45,  # 4 KB sector erase, W25Q16JV/W25Q128JV tSE typical (max 400)
     "flash_page_ms": 0.7,  # 256-byte page program, tPP typical (max 3)
+    "flash_block32_ms": 120,  # 32 KB block erase (0x52), tBE1 typical (max 1600)
+    "flash_block64_ms": 150,  # 64 KB block erase (0xD8), tBE2 typical (max 2000)
     # None: the UART interrupt keeps running during flash operations. rp2: 32 - flash
     # operations run with interrupts off and only the PL011's 32-byte FIFO catches bytes.
     "uart_irq_off_fifo": None,
@@ -87,51 +107,86 @@ DEFAULT_SETTINGS = {
     "flow_control": False,
     # How flash writes share the host with the download (rmota.agent): "stream",
     # "pre_erase" or "window"; window_size bytes of RAM for "window"; prog_chunk: bytes
-    # per writeblocks call (None: a whole block). "auto": safe_flash_mode() picks the
-    # one that cannot overflow the UART with the numbers above.
+    # per writeblocks call (None: a whole block). "auto": plan_flash() picks the one
+    # that cannot overflow the UART with the numbers above, with erase_unit and
+    # header_first. window_size 12288: a power cut loses at most one window, which must
+    # stay within one erase block plus one record (issue 3).
     "flash_mode": "auto",
-    "window_size": 16384,
+    "window_size": 12288,
     "prog_chunk": None,
+    # Bytes the writer erases at once when it reaches a boundary of that size (4096: a
+    # sector at a time; 32768 or 65536: one block-erase command, nor.Partition
+    # .erase_blocks). None: plan_flash picks it.
+    "erase_unit": None,
+    # Fetch the image header alone first (a 64-byte Range request), so the journal's
+    # record of the new download is written while the ESP is idle, not mid-stream.
+    # None: plan_flash decides.
+    "header_first": None,
 }
 
 
-def safe_flash_mode(s, block=SECTOR_SIZE, margin=2):
-    """The flash mode with which the agent cannot lose a byte to a full UART receive
-    buffer, from the settings ``s`` (issue 3, "UART overflow"; the numbers behind it are
-    measured by ``make bench``, tools/bench.py).
+_UNITS = ((65536, "flash_block64_ms"), (32768, "flash_block32_ms"))
+
+
+def plan_flash(s, block=SECTOR_SIZE, margin=1.25):
+    """How flash writes share the host with the download, from the settings ``s`` (a
+    dict like ``DEFAULT_SETTINGS``; issue 3 "UART overflow", the numbers are measured
+    by ``make bench``, tools/bench.py). Returns a dict: ``flash_mode`` ("stream",
+    "pre_erase" or "window"), ``erase_unit`` (bytes), ``header_first`` (bool) and
+    ``uart_rxbuf`` (bytes): the values to use where ``s`` has "auto" or None.
 
     - Flow control: "stream" (the ESP waits while the host is busy).
     - Otherwise, while the host is in a flash operation the UART must keep the bytes
       that arrive. With the receive interrupt running during flash operations
-      (``uart_irq_off_fifo`` None) the ring of ``uart_rxbuf`` bytes holds them:
-      "stream" needs it to hold ``margin`` times the longest stall between two reads (a
-      block's erase and program plus a journal update that may erase too, or the
-      journal's record of the new download written when the header arrives: about
-      seven erases on littlefs, measured by make bench) and the flash to outpace the
-      wire (else the ring fills a little more at every block: at 921600 baud 4 KB
-      arrive in 44 ms while erasing and programming them takes 56 ms);
-      "pre_erase" needs the ring to hold what arrives during a program and a journal
-      update. With interrupts off (rp2: only the 32-byte FIFO) neither holds.
+      (``uart_irq_off_fifo`` None) the ring of ``uart_rxbuf`` bytes holds them.
+      "stream" needs the flash to outpace the wire (4 KB arrive in 44 ms at 921600 baud;
+      erasing a sector and programming it takes 56 ms, but a 32 KB block erase is 120 ms
+      for 8 sectors) by a quarter, and the ring to hold ``margin`` times what arrives
+      during the longest stall between two reads: an erase of ``erase_unit`` plus the
+      programs (and CRC-log entries, a page each) of the blocks one read completes
+      (``read_size`` / block + 1). The smallest erase unit that qualifies is
+      taken (a shorter stall). The journal's record of a new download (littlefs: up to
+      four erases) is written mid-stream unless ``header_first``, which costs one more
+      HTTP request; it is turned on when the ring cannot hold that stall.
+      "pre_erase" needs the ring to hold what arrives during a program.
+      With interrupts off (rp2: only the 32-byte FIFO) neither holds.
     - Else "window": the ESP is idle whenever the flash is busy; it costs
       ``window_size`` bytes of RAM and one HTTP request per window."""
-    if s.get("flow_control"):
-        return "stream"
-    if not s.get("faithful"):
-        return "stream"  # the desktop board without stalls: nothing to protect
     rate = s["baud"] / 10000.0  # bytes per ms on the wire, 8N1
+    ring = s.get("uart_rxbuf")
+    if ring is None:
+        ring = 8192 if s["baud"] <= 230400 else 24576
+    # blocks the host may program while it works through one read, before it reads again
+    per_read = (s.get("read_size") or 4096) // block + 1
+    plan = {"flash_mode": "stream", "erase_unit": block, "header_first": False}
+    plan["uart_rxbuf"] = ring
+    if s.get("flow_control") or not s.get("faithful"):
+        return plan  # the ESP waits, or the desktop board without stalls
     erase = s["flash_erase_ms"]
     page = s["flash_page_ms"]
     prog = page * block / 256  # one block programmed, page by page
-    ring = s["uart_rxbuf"]
     if s.get("uart_irq_off_fifo") is None:
-        journal = erase + page  # a littlefs commit may erase a block
-        record = 7 * journal  # the download's journal record (file, rename) on littlefs
-        fast = block / (erase + prog) >= 1.25 * rate
-        if fast and margin * rate * max(erase + prog + journal, record) <= ring:
-            return "stream"
-        if margin * rate * (prog + journal) <= ring:
-            return "pre_erase"
-    return "window"
+        # the download's journal record on littlefs (file, rename; the CRC log's reset):
+        # at most 3 erases over 60 jobs on both runtimes, one more for margin
+        record = 4 * (erase + page)
+        units = [(block, erase)] + [(u, s[k]) for u, k in reversed(_UNITS) if u > block]
+        progs = per_read * (prog + page)
+        for unit, t in units:
+            per_block = t * block / unit + prog + page
+            if block / per_block >= 1.25 * rate and margin * rate * (t + progs) <= ring:
+                plan["erase_unit"] = unit
+                plan["header_first"] = margin * rate * (record + progs) > ring
+                return plan
+        if margin * rate * (progs + record) <= ring:
+            plan["flash_mode"] = "pre_erase"
+            return plan
+    plan["flash_mode"] = "window"
+    return plan
+
+
+def safe_flash_mode(s, block=SECTOR_SIZE, margin=1.25):
+    """The flash mode ``plan_flash(s)`` picks (a str)."""
+    return plan_flash(s, block, margin)["flash_mode"]
 
 
 class Slot:
@@ -183,8 +238,12 @@ class Board:
         self.settings = dict(DEFAULT_SETTINGS)
         if settings:
             self.settings.update(settings)
+        plan = plan_flash(self.settings)
+        for k in ("uart_rxbuf", "erase_unit", "header_first"):
+            if self.settings.get(k) is None:
+                self.settings[k] = plan[k]
         if self.settings["flash_mode"] == "auto":
-            self.settings["flash_mode"] = safe_flash_mode(self.settings)
+            self.settings["flash_mode"] = plan["flash_mode"]
         if nor is None:
             nor = NORFlash(flash_path, FLASH_SIZE, SECTOR_SIZE, create=create)
         elif nor.size != FLASH_SIZE:
@@ -194,6 +253,8 @@ class Board:
         if st["faithful"]:  # real NOR timing: every erase and program stalls the host
             nor.erase_us = int(st["flash_erase_ms"] * 1000)
             nor.page_us = int(st["flash_page_ms"] * 1000)
+            nor.block32_us = int(st["flash_block32_ms"] * 1000)
+            nor.block64_us = int(st["flash_block64_ms"] * 1000)
         self.slots = [Partition(self.nor, s, SLOT_SECTORS) for s in SLOT_SECTOR]
         self.journal_bdev = Partition(self.nor, JOURNAL_SECTOR, JOURNAL_SECTORS)
         self.loader = Bootloader(self.nor, self.slots, BOOT_SECTOR)
@@ -246,10 +307,12 @@ class Board:
 
     @property
     def journal(self):
-        """The agent's ``rmota.journal.Journal`` on littlefs in the journal area, mounted
-        (and on a blank area formatted) on first use."""
+        """The agent's ``rmota.journal.Journal``: its record on littlefs in the journal
+        area, mounted (and on a blank area formatted) on first use; its block CRCs in
+        the raw CRC-log sectors (``rmota.journal.CRCLog``)."""
         if self._journal is None:
-            self._journal = Journal(lfs.mount(self.journal_bdev))
+            log = CRCLog(Partition(self.nor, CRCLOG_SECTOR, CRCLOG_SECTORS))
+            self._journal = Journal(lfs.mount(self.journal_bdev), crclog=log)
         return self._journal
 
     def running_slot(self):

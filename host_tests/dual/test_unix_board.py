@@ -12,7 +12,7 @@ import unittest
 import board as unix_board
 from board import SLOT_SIZE, Board, provision
 from lfs import mount
-from rmota.journal import Journal
+from rmota.journal import CRCLog, Journal
 from bootrec import RECORD_SIZE, BootRecord, BootStore, Bricked
 from nor import NORFlash, Partition
 
@@ -187,6 +187,69 @@ class TestNOR(unittest.TestCase):
         again = NORFlash(self.path, 4 * 4096)
         self.assertEqual(_read(again, 5, 3), b"xyz")
         again.close()
+
+
+class TestBlockErase(unittest.TestCase):
+    """32 and 64 KB block erases (commands 0x52/0xD8) and Partition.erase_blocks."""
+
+    def setUp(self):
+        self.path = _tmp("blk")
+        self.nor = CuttableNOR(self.path, 40 * 4096, create=True)
+
+    def tearDown(self):
+        try:
+            self.nor.close()
+        except Exception:
+            pass
+        _rm(self.path)
+
+    def test_one_command_erases_an_aligned_block(self):
+        nor = self.nor
+        nor.program(0, b"\x00" * (40 * 4096))
+        stalls = []
+        nor.stall_hook = stalls.append
+        nor.block32_us, nor.block64_us = 120000, 150000
+        ops = nor.op_count
+        nor.block_erase(16, 16)
+        nor.block_erase(8, 8)
+        self.assertEqual(nor.op_count - ops, 2)
+        self.assertEqual(stalls, [150000, 120000])
+        self.assertEqual(_read(nor, 8 * 4096, 24 * 4096), b"\xff" * (24 * 4096))
+        self.assertEqual(_read(nor, 8 * 4096 - 1, 1), b"\x00")
+        self.assertEqual(_read(nor, 32 * 4096, 1), b"\x00")
+        self.assertEqual(list(nor.erase_counts[7:33]), [0] + [1] * 24 + [0])
+        for sector, n in ((4, 8), (8, 16), (32, 16), (0, 4), (-8, 8)):
+            with self.assertRaises(ValueError):
+                nor.block_erase(sector, n)
+
+    def test_a_torn_block_erase_is_erased_in_address_order(self):
+        nor = self.nor
+        nor.program(0, b"\x00" * (16 * 4096))
+        nor.cut_at(nor.op_count, 5 * 4096 + 7)
+        with self.assertRaises(_Cut):
+            nor.block_erase(0, 16)
+        nor2 = NORFlash(self.path, 40 * 4096)
+        try:
+            self.assertEqual(_read(nor2, 0, 5 * 4096 + 7), b"\xff" * (5 * 4096 + 7))
+            self.assertEqual(_read(nor2, 5 * 4096 + 7, 1), b"\x00")
+            self.assertEqual(_read(nor2, 16 * 4096 - 1, 1), b"\x00")
+        finally:
+            nor2.close()
+
+    def test_erase_blocks_uses_the_largest_aligned_commands(self):
+        nor = self.nor
+        part = Partition(nor, 6, 34)  # sectors 6..39
+        nor.program(0, b"\x00" * (40 * 4096))
+        ops = nor.op_count
+        # sectors 6, 7 one by one; 8..15 one 32 KB block; 16..31 one 64 KB block; 32 alone
+        self.assertEqual(part.erase_blocks(0, 27), 5)
+        self.assertEqual(nor.op_count - ops, 5)
+        self.assertEqual(_read(nor, 6 * 4096, 27 * 4096), b"\xff" * (27 * 4096))
+        self.assertEqual(_read(nor, 5 * 4096 + 4095, 2), b"\x00\xff")
+        self.assertEqual(_read(nor, 33 * 4096 - 1, 2), b"\xff\x00")
+        with self.assertRaises(ValueError):
+            part.erase_blocks(30, 5)  # leaves the partition
+        self.assertEqual(_read(nor, 36 * 4096, 1), b"\x00")  # nothing touched
 
 
 class TestPartition(unittest.TestCase):
@@ -648,3 +711,78 @@ class TestJournal(unittest.TestCase):
             nor.close()
             self.j = self._open()
             self.assertIn(self.j.crcs(), ([0, 1, 2], [0, 1, 2, 3]), "cut at op %d" % op)
+
+
+class TestCRCLog(unittest.TestCase):
+    """Block CRCs in raw, program-only flash (rmota.journal.CRCLog)."""
+
+    def setUp(self):
+        self.path = _tmp("crclog")
+        self.nor = CuttableNOR(self.path, 4 * 4096, create=True)
+        self.log = CRCLog(Partition(self.nor, 2, 2))
+
+    def tearDown(self):
+        try:
+            self.nor.close()
+        except Exception:
+            pass
+        _rm(self.path)
+
+    def test_appends_are_single_programs_without_erases(self):
+        log = self.log
+        log.reset()
+        erases = self.nor.erase_ops
+        vals = [0x11223344, 0, 0xDEADBEEF] + list(range(1030))
+        for v in vals:
+            log.append(v)
+        self.assertEqual(self.nor.erase_ops, erases)
+        self.assertEqual(log.programs, len(vals))
+        self.assertEqual(log.crcs(), vals)  # across the sector boundary too
+        self.assertEqual(CRCLog(Partition(self.nor, 2, 2)).crcs(), vals)  # from flash
+
+    def test_reset_erases_only_what_is_dirty_and_truncate_keeps_a_prefix(self):
+        log = self.log
+        log.reset()
+        self.assertEqual(log.erases, 0)  # a blank region is not erased again
+        for v in range(5):
+            log.append(v + 100)
+        log.truncate(2)
+        self.assertEqual(log.crcs(), [100, 101])
+        log.append(7)
+        self.assertEqual(log.crcs(), [100, 101, 7])
+        log.truncate(9)  # more than there is: nothing changes
+        self.assertEqual(log.crcs(), [100, 101, 7])
+        log.reset()
+        self.assertEqual(log.crcs(), [])
+        self.assertEqual(log.erases, 2)  # truncate's erase and this one; sector 1 blank
+
+    def test_a_torn_append_reads_as_a_value_that_matches_no_block(self):
+        log = self.log
+        log.reset()
+        log.append(0x00000000)
+        self.nor.cut_at(self.nor.op_count, 2)
+        with self.assertRaises(_Cut):
+            log.append(0x12345678)
+        again = CRCLog(Partition(NORFlash(self.path, 4 * 4096), 2, 2))
+        self.assertEqual(again.crcs(), [0, 0xFFFF5678])
+        again.bdev.nor.close()
+
+    def test_capacity_drops_the_rest(self):
+        log = CRCLog(Partition(self.nor, 3, 1))
+        log.reset()
+        for v in range(1030):
+            log.append(v)
+        self.assertEqual(log.crcs(), list(range(1024)))
+
+    def test_journal_keeps_its_crcs_in_the_log(self):
+        part = Partition(self.nor, 0, 2)
+        j = Journal(mount(part), crclog=self.log)
+        j.crc_reset()
+        j.crc_append(5)
+        j.crc_append(6)
+        self.assertEqual(j.crcs(), [5, 6])
+        self.assertEqual(self.log.crcs(), [5, 6])
+        j.crc_truncate(1)
+        self.assertEqual(j.crcs(), [5])
+        j.clear()
+        self.assertEqual(j.crcs(), [])

@@ -146,3 +146,92 @@ class TestBlockCRC(unittest.TestCase):
     def test_span_is_checked(self):
         with self.assertRaises(ValueError):
             SlotWriter(RAMNOR(2), crc_span=4096)
+
+
+class UnitNOR(RAMNOR):
+    """RAMNOR with a multi-block erase (nor.Partition.erase_blocks), calls recorded."""
+
+    def __init__(self, blocks):
+        RAMNOR.__init__(self, blocks, fill=0x00)
+        self.unit_calls = []
+
+    def erase_blocks(self, blk, count):
+        self.unit_calls.append((blk, count))
+        for b in range(blk, blk + count):
+            RAMNOR.ioctl(self, 6, b)
+        return 1
+
+
+class TestEraseUnit(unittest.TestCase):
+    def test_units_where_the_image_needs_them_blocks_at_the_tail(self):
+        dev = UnitNOR(24)
+        img = _image(4096 * 19 + 100)  # 20 blocks: units at 0 and 8, blocks 16..19
+        w = SlotWriter(dev, buffer_blocks=2, erase_unit=32768)
+        w.begin(len(img))
+        _write_all(w, img, 3000)
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        self.assertEqual(dev.unit_calls, [(0, 8), (8, 8)])
+        self.assertEqual(dev.erase_counts, [1] * 20 + [0] * 4)  # each block once, no more
+        self.assertEqual(w.erases, 20)
+
+    def test_after_a_rewind_units_restart_at_their_boundary(self):
+        dev = UnitNOR(24)
+        img = _image(4096 * 20)
+        w = SlotWriter(dev, erase_unit=32768)
+        w.begin(len(img))
+        _write_all(w, img[: 4096 * 11], 4096)
+        self.assertEqual(w.rewind(4096 * 5), 4096 * 5)
+        _write_all(w, img[4096 * 5 :], 4096)
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        # blocks 5..7 one by one, then the unit at 8 again; 16..19 one by one (the image
+        # ends before the unit does)
+        self.assertEqual(dev.unit_calls, [(0, 8), (8, 8), (8, 8)])
+        self.assertEqual(dev.erase_counts[16:20], [1, 1, 1, 1])
+
+    def test_erase_ahead_uses_units_and_a_device_without_them_gets_blocks(self):
+        dev = UnitNOR(24)
+        w = SlotWriter(dev, erase_unit=32768)
+        w.begin(4096 * 18)
+        while w.erase_ahead(4096 * 18, 1):
+            pass
+        self.assertEqual(dev.unit_calls, [(0, 8), (8, 8)])
+        self.assertEqual(w.pre_erased, 18)
+        plain = RAMNOR(4)
+        w = SlotWriter(plain, erase_unit=32768)  # no erase_blocks: one block at a time
+        w.begin(4096 * 3)
+        _write_all(w, _image(4096 * 3), 4096)
+        self.assertEqual(plain.erase_counts, [1, 1, 1, 0])
+        with self.assertRaises(ValueError):
+            SlotWriter(dev, erase_unit=5000)
+
+
+class TestEraseOrder(unittest.TestCase):
+    def test_journal_entries_go_before_their_block_is_erased(self):
+        from binascii import crc32
+
+        dev = UnitNOR(16)
+        img = _image(4096 * 16)
+        w = SlotWriter(dev)
+        w.begin(len(img))
+        _write_all(w, img[: 4096 * 5], 4096)  # blocks 0..4 programmed
+        dev.mem[2 * 4096] ^= 0xFF  # then block 2 damaged
+        w = SlotWriter(dev, erase_unit=32768)
+        w.begin(len(img))
+        w.journaled = 5  # the journal describes blocks 0..4
+        drops = []
+
+        def on_erase(i):
+            drops.append((i, dev.erase_counts[i]))
+            w.journaled = i
+
+        w.on_erase = on_erase
+        kept = w.resume([crc32(img[k * 4096 : (k + 1) * 4096]) for k in range(5)])
+        self.assertEqual(kept, 2 * 4096)
+        _write_all(w, img[kept:], 4096)
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        # asked once, while block 2 still had its first erase only: before the second
+        self.assertEqual(drops, [(2, 1)])
+        self.assertEqual(w.journaled, 2)
+        self.assertEqual(dev.unit_calls, [(8, 8)])  # blocks 2..7 one by one, then a unit

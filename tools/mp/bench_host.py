@@ -7,11 +7,11 @@ Every figure is a ratio to SHA-256 alone over the same bytes, timed in the same 
 interleaved with the measured run (best of ``reps``), because absolute times drift:
 
 - ``rx<N>.pipe``: a 1.74 MB ``+HTTPCGET`` stream with records of N bytes, from memory
-  through ``ATLink`` (read 4096 bytes at a time), the agent's record sink and
-  ``SlotWriter`` (block buffer, erase, program, rolling SHA-256, per-block CRC-32 for
-  the journal) into a RAM block device; then ``finish()``. ``nocrc``: the same without
-  the CRC; ``span``: with the CRC over each block's first and last 256 bytes
-  (``crc_span``); ``crc``: CRC-32 alone over the payload.
+  through ``ATLink`` (read 8192 bytes at a time, ``read_size``), the agent's record sink and
+  ``SlotWriter`` (block buffer, erase, program, rolling SHA-256, the journal's CRC-32
+  per block over its first and last 256 bytes, ``crc_span`` as the board profiles set
+  it) into a RAM block device; then ``finish()``. ``full``: the CRC over the whole
+  block; ``nocrc``: no CRC; ``crc``: CRC-32 alone over the payload.
 - ``readback``: the final read-back check (the slot hashed again from the device).
 - ``naive``: the same stream parsed the way typical AT drivers do, a ``readline()``
   loop that joins lines until a record's length is reached, into the same writer.
@@ -48,6 +48,10 @@ except ImportError:  # CPython
 
 
 IS_MP = sys.implementation.name == "micropython"
+# the journal's CRC span, as boards/unix and boards/esp32 set it ("crc_span")
+SPAN = 256
+# bytes per UART read, as boards/unix sets it ("read_size")
+READ = 8192
 # tools/firmware_src.py seed_sized_payload(): image 1,740,880 bytes; smaller for a smoke run
 PAYLOAD = int(os.getenv("RMOTA_BENCH_PAYLOAD") or 1740816)
 
@@ -120,8 +124,9 @@ def host_cost(image, payload, rx, reps):
         best[name] = min(best.get(name, 1 << 60), t)
 
     ok = True
+    span = {"crc_span": SPAN}
     for _ in range(reps):
-        p = dlpipe.Pipeline(image, rx_size=rx, read_size=4096, stream=stream)
+        p = dlpipe.Pipeline(image, rx_size=rx, read_size=READ, stream=stream, settings=span)
         gc.collect()
         keep("pipe", timed(lambda: (p.run(), p.agent.writer.finish())))
         ok = ok and p.agent.header is not None
@@ -132,15 +137,15 @@ def host_cost(image, payload, rx, reps):
         ok = ok and p.readback_ok()
         agent = p.agent
         p = None
-        q = dlpipe.Pipeline(image, rx_size=rx, read_size=4096, stream=stream)
+        q = dlpipe.Pipeline(image, rx_size=rx, read_size=READ, stream=stream, settings=span)
         q.agent.writer.on_block = None
         gc.collect()
         keep("nocrc", timed(lambda: (q.run(), q.agent.writer.finish())))
         q = dlpipe.Pipeline(
-            image, rx_size=rx, read_size=4096, stream=stream, settings={"crc_span": 256}
+            image, rx_size=rx, read_size=READ, stream=stream, settings={"crc_span": None}
         )
         gc.collect()
-        keep("span", timed(lambda: (q.run(), q.agent.writer.finish())))
+        keep("full", timed(lambda: (q.run(), q.agent.writer.finish())))
         q = None
         gc.collect()
         keep("crc", timed(lambda: crc32(payload)))

@@ -18,7 +18,7 @@ import hashlib
 
 from rmota.agent import Attempt, HostOTA
 from rmota.at import ATLink
-from rmota.compat import VirtualClock
+from rmota.compat import Clock
 from rmota.image import HEADER_SIZE, build_header
 from rmota.urc import FWNotify
 
@@ -217,7 +217,7 @@ class Pipeline:
         rbuf = read_size if cuts is None else max(b - a for a, b in zip([0] + cuts, cuts))
         self.link = ATLink(
             self.uart,
-            clock=VirtualClock(),
+            clock=Clock(),  # the real one, as on a board: read on every poll
             line_max=s["line_max"],
             record_max=rx_size,
             rxbuf_size=max(rbuf, 16),
@@ -227,6 +227,7 @@ class Pipeline:
         a._slot = self.board.inactive_slot()
         a.writer = a._new_writer(self.bdev)
         a.writer.on_block = a._on_block  # as in HostOTA._job: a CRC-32 per block for the journal
+        a.writer.on_erase = a._on_erase
         a.header = None
         a.att = Attempt(0, 0, 0)
         self.link.sink = a
