@@ -64,7 +64,13 @@ class ATParser:
       during the call);
     - ``on_frame_error(reason)``: a malformed record (bad length, missing ``\\r\\n``,
       aborted) or a line over ``line_max`` (reason ``"line too long"``); nothing of
-      the bad record is delivered.
+      the bad record is delivered. During the call ``parser.lost`` says what the error
+      did to the position in the response: an int ``L >= 0`` when a record whose
+      header was well formed and claimed ``L`` payload bytes was dropped (its bytes
+      came altered; the records delivered next start ``L`` bytes further on); ``None``
+      for a line too long while replaying (bytes already counted in a dropped record);
+      ``-1`` when the position is unknown (a header itself came altered, or a record
+      stopped arriving).
 
     Resynchronisation: when a record turns out wrong (it does not end in ``\\r\\n``, or
     ``abort_record()`` ends it after an inactivity timeout), the bytes taken as its
@@ -98,6 +104,7 @@ class ATParser:
         self._fbuf = None
         self._fmv = None
         self._replaying = False
+        self.lost = -1
         self.lines = 0
         self.records = 0
         self.frame_errors = 0
@@ -134,8 +141,11 @@ class ATParser:
         # (not when already replaying: a record found in a replay is dropped, not replayed).
         have = self._have
         replay = have and not self._replaying
+        # A record that ran its claimed length but did not end in CRLF: the response goes
+        # on after those bytes. One that stopped arriving: nobody knows.
+        lost = have if self._state in (_TRAIL_CR, _TRAIL_LF) else -1
         self.reset()
-        self._frame_error(reason)
+        self._frame_error(reason, lost)
         if replay:
             fbuf, fmv = self._fbuf, self._fmv
             self._fbuf, self._fmv = self._rec, self._rmv
@@ -146,8 +156,9 @@ class ATParser:
                 self._replaying = False
                 self._fbuf, self._fmv = fbuf, fmv
 
-    def _frame_error(self, reason):
+    def _frame_error(self, reason, lost=-1):
         self.frame_errors += 1
+        self.lost = lost
         self.handler.on_frame_error(reason)
 
     def feed(self, buf, n=None):
@@ -244,7 +255,7 @@ class ATParser:
             if over:
                 self.overflows += 1
                 self._n = 0
-                self._frame_error("line too long")
+                self._frame_error("line too long", None if self._replaying else -1)
                 self._state = _SKIP
                 i = e
                 continue
