@@ -83,6 +83,7 @@ class Attempt:
         self.last_ms = 0
         self.frame_errors = 0
         self.stalled = False  # a record stopped arriving (the link's inactivity timeout)
+        self.gapped = False  # a record was lost and the bytes after it written ahead
         self.new_header = False  # a full response whose header is not the one we hold
         self.want = None  # bytes a whole response holds (None: the announced size)
         self.cmd = None
@@ -987,6 +988,8 @@ class HostOTA:
             if mode == "window":
                 # One writer buffer of payload; the first window also brings the header.
                 end = (acc if acc else HEADER_SIZE) + w.room - 1
+            elif w.hole_end:
+                end = HEADER_SIZE + w.hole_end - 1  # a hole: fetch just that
             elif self.header is None and (mode == "pre_erase" or self.header_first):
                 # The header first: it says how much to erase, and the journal's record
                 # of the download is written before the payload streams.
@@ -1053,6 +1056,15 @@ class HostOTA:
             self.link.parser.abort_record()
         if att.mode == _M_PROBE:
             self._decide(att)
+        if att.gapped and w.hole_end:
+            # Keep what was written after the hole only when the response ran exactly to
+            # where it should end: a record lost without a trace (its header altered)
+            # would have shifted everything after it. (The final result adds nothing: a
+            # mangled OK after the last byte, issue 4 case 5, still counts.)
+            want_end = end + 1 if end is not None and use_range else note.size
+            if not (att.mode == _M_WRITE and att.pos == want_end):
+                self.log.warn("bytes after the hole not confirmed: dropped")
+                w.drop_ahead()
         self.att = None
         if end is not None and use_range and att.received > end - start + 1:
             self.log.warn("server ignored Range: full downloads from now on")
@@ -1114,6 +1126,8 @@ class HostOTA:
             # fell: nothing of this attempt is kept, complete image or not.
             self.writer.rewind(att.acc0 - HEADER_SIZE if att.acc0 > HEADER_SIZE else 0)
             return "response longer than announced"
+        if att.gapped and w.hole_end and self.header is not None:
+            return "more"  # the bytes after the hole are in: fetch the hole alone next
         if self.header is None or self.writer.offset < self.header.image_len:
             if att.stalled:
                 return "record stalled"
@@ -1205,43 +1219,82 @@ class HostOTA:
             self._take(mv, i, n)
 
     def frame_error(self, reason):
-        """A record was malformed: everything after it is out of place. Keep what was
-        written, drop the rest of this attempt (the next one resumes)."""
+        """A record was malformed. When the parser still knows where the response goes
+        on (``parser.lost``: the dropped record's claimed length) and the writer can
+        keep a hole, the records after it are written ahead and only the hole is
+        fetched again (issue 3: bytes fetched twice per interruption, at most one erase
+        block plus one record). Otherwise keep what was written and drop the rest of
+        this attempt (the next one resumes)."""
         att = self.att
         att.last_ms = self.clock.ticks_ms()
+        lost = self.link.parser.lost
+        if lost is None:
+            return  # a line too long inside a dropped record's bytes: already counted
         att.frame_errors += 1
         if reason == "record stalled":
             att.stalled = True
-        if att.mode != _M_DISCARD:
-            self.log.warn("framing:", reason)
-            if att.mode == _M_PROBE:
-                self._decide(att)
-            att.mode = _M_DISCARD
+        if att.mode == _M_DISCARD:
+            return
+        self.log.warn("framing:", reason)
+        if att.mode == _M_PROBE:
+            self._decide(att)
+        elif lost >= 0 and not att.gapped and self._gap(att, att.pos + lost):
+            return
+        att.mode = _M_DISCARD
+
+    def _gap(self, att, resume):
+        # The record at stream offset att.pos is lost; the response goes on at resume.
+        w = self.writer
+        acc = HEADER_SIZE + w.offset
+        if resume <= acc:  # it held only bytes we have already
+            att.pos = resume
+            return True
+        if att.pos > acc or not w.gap(resume - HEADER_SIZE):
+            return False
+        att.gapped = True
+        att.pos = resume
+        self.log.warn("keeping the bytes after a hole at %d..%d" % (acc, resume))
+        return True
 
     def _take(self, mv, i, n):
         """Bytes ``mv[i:n]`` sit at stream offset ``att.pos``: drop what we already hold,
-        write what continues the accepted prefix."""
+        write what continues the accepted prefix, or what follows a hole (``_gap``)."""
         att = self.att
         p = att.pos
         att.pos = p + n - i
         w = self.writer
-        have = w.offset
-        acc = HEADER_SIZE + have
-        if p < acc:
-            if acc - p >= n - i:
+        while i < n:
+            have = w.offset
+            acc = HEADER_SIZE + have
+            if p < acc:
+                if acc - p >= n - i:
+                    return
+                i += acc - p
+                p = acc
+            elif p > acc:
+                # After a hole: write ahead. Otherwise a gap cannot happen with a correct
+                # base: never write past it.
+                try:
+                    ok = w.hole_end and w.write_ahead(mv[i:n], p - HEADER_SIZE)
+                except ImageError:
+                    # Past the image's end: the lost record's header claimed a wrong
+                    # length (issue 4 case 1), so the positions after it are wrong.
+                    self.log.warn("bytes after the hole run past the image")
+                    ok = False
+                if not ok:
+                    att.mode = _M_DISCARD
+                    w.drop_ahead()
                 return
-            i += acc - p
-        elif p > acc:  # a gap: cannot happen with a correct base; never write past it
-            att.mode = _M_DISCARD
-            return
-        if n - i > w.image_len - have:
-            # More bytes than the image holds: not the response we asked for, whether
-            # the extra bytes share a record with the image's tail or come after it.
-            att.mode = _M_DISCARD
-            att.too_long = True
-            self.log.warn("response longer than the image")
-            return
-        w.write(mv[i:n] if i else mv)
+            if n - i > w.image_len - have:
+                # More bytes than the image holds: not the response we asked for, whether
+                # the extra bytes share a record with the image's tail or come after it.
+                att.mode = _M_DISCARD
+                att.too_long = True
+                self.log.warn("response longer than the image")
+                return
+            k = w.write(mv[i:n] if i else mv)
+            i += k
+            p += k
         if self.progress:
             self.progress(w.offset, w.image_len)
 

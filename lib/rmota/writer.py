@@ -135,6 +135,14 @@ class SlotWriter:
         self._done = 0  # bytes programmed (and hashed): a multiple of the block size
         self._erased_to = 0  # blocks [_done/bs, _erased_to/bs) were erased ahead, unused
         self._sha = None
+        # A hole (gap()): bytes [offset, _hole) are missing; bytes from _hole on are
+        # written ahead into blocks [_hole, _ahead_end), assembled in ring block _ablk.
+        self._hole = 0  # 0: no hole
+        self._apos = 0  # payload offset write_ahead() expects next
+        self._ahead_end = 0
+        self._afill = 0
+        self._ablk = 0
+        self._aerased = 0  # blocks [_ahead_end, _aerased) erased for the ahead path
 
     @property
     def offset(self):
@@ -168,6 +176,7 @@ class SlotWriter:
         self._fill = 0
         self._head = 0
         self._done = 0
+        self._hole = 0
         self._sha = hashlib.sha256()
 
     def erase_ahead(self, upto, max_blocks=1):
@@ -193,6 +202,12 @@ class SlotWriter:
         # Erase from block ``blk`` (== _erased_to // bs): a whole erase unit when blk is
         # on its boundary and the unit ends by block ``limit``, else one block. Returns
         # the blocks erased; _erased_to moves past them.
+        u = self._erase(blk, limit)
+        self._erased_to = (blk + u) * self.block_size
+        return u
+
+    def _erase(self, blk, limit):
+        # Erase block ``blk`` or the erase unit starting there; returns the blocks erased.
         if self.on_erase is not None and blk < self.journaled:
             self.on_erase(blk)
         u = self._unit
@@ -202,16 +217,24 @@ class SlotWriter:
             self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
             u = 1
         self.erases += u
-        self._erased_to = (blk + u) * self.block_size
         return u
 
     def write(self, data):
         """Append ``data`` (bytes-like). Erases and programs each block as it fills
-        (with ``defer``: only when the buffer is full). Raises ``ImageError`` (status 3)
+        (with ``defer``: only when the buffer is full). Returns the bytes taken: all of
+        them, except that with a hole (``gap()``) it stops where the hole ends; once
+        the hole is filled the blocks written ahead join the image (``offset`` jumps
+        past them) and the caller goes on from there. Raises ``ImageError`` (status 3)
         for bytes beyond ``image_len``. Allocates at most two memoryview slices per
         call while ``data`` fits the free buffer (see the class docstring)."""
         n = len(data)
         fill = self._fill
+        if self._hole and self._done + fill + n > self._hole:
+            k = self._hole - self._done - fill
+            if k <= 0:  # the hole ends the image: nothing may follow
+                raise ImageError("more bytes than the image length", 3)
+            self.write(data[:k])
+            return k
         if self._done + fill + n > self.image_len:
             raise ImageError("more bytes than the image length", 3)
         cap = self._cap
@@ -230,7 +253,7 @@ class SlotWriter:
             self._fill = fill
             if fill >= bs and not self.defer:
                 self._flush_full(self.nblocks)
-            return
+            return n
         i = 0
         while i < n:
             room = cap - self._fill
@@ -244,6 +267,7 @@ class SlotWriter:
             i += k
             if not self.defer:
                 self._flush_full(self.nblocks)
+        return n
 
     def _put(self, data, i, k):
         # Copy data[i:i+k] to the write position of the ring (one or two segments).
@@ -289,7 +313,8 @@ class SlotWriter:
                 self.erases += 1
                 self._erased_to = self._done + bs
             else:
-                self._erase_at(blk, (self.image_len + bs - 1) // bs)
+                lim = self._hole // bs if self._hole else (self.image_len + bs - 1) // bs
+                self._erase_at(blk, lim)
         if n == bs and self.prog_chunk == bs:  # the steady state: one call per block
             data = self._blk[k]
             dev.writeblocks(blk, data, 0)
@@ -302,7 +327,23 @@ class SlotWriter:
                     cb(blk, crc32(self._tails[k], crc32(self._heads[k])))
                 else:
                     cb(blk, crc32(data))
+            if self._hole and self._done >= self._hole:
+                self._absorb(k)
             return
+        self._program_raw(blk, k, n)
+        base = k * bs
+        data = self._blk[k] if n == bs else self._mv[base : base + n]
+        self._sha.update(data)
+        self._done += n
+        if self.on_block is not None:
+            self.on_block(blk, self._block_crc(k, data, n))
+        if self._hole and self._done >= self._hole:
+            self._absorb(k)
+
+    def _program_raw(self, blk, k, n):
+        # Program ring block k holding n bytes into slot block blk (erased), the tail
+        # padded with 0xFF to prog_align, prog_chunk bytes per call.
+        bs = self.block_size
         a = self.prog_align
         padded = (n + a - 1) // a * a
         base = k * bs
@@ -317,14 +358,120 @@ class SlotWriter:
                 view = self._chunks[k * per + c]
             else:
                 view = self._mv[base + off : base + padded]  # the image's last block only
-            dev.writeblocks(blk, view, off)
+            self.bdev.writeblocks(blk, view, off)
             self.programs += 1
             c += 1
-        data = self._blk[k] if n == bs else self._mv[base : base + n]
-        self._sha.update(data)
-        self._done += n
-        if self.on_block is not None:
-            self.on_block(blk, self._block_crc(k, data, n))
+
+    # --- a hole: the bytes after it are written ahead ---------------------------------
+    @property
+    def hole_end(self):
+        """Payload offset where the hole ends and the blocks written ahead begin (a
+        block boundary, or ``image_len``); 0 when there is no hole."""
+        return self._hole
+
+    @property
+    def ahead(self):
+        """Bytes programmed ahead of the hole (0 without a hole)."""
+        return self._ahead_end - self._hole if self._hole else 0
+
+    def gap(self, resume):
+        """The bytes from ``offset`` up to payload offset ``resume`` are lost (a record
+        that came altered), the ones after it are good: from the first block boundary at
+        or after ``resume`` on, ``write_ahead()`` programs them now, and the hole
+        (``offset`` .. ``hole_end``) is filled later with ``write()``, after which the
+        blocks written ahead are hashed from flash and join the image. Returns False
+        (nothing changed) when a hole cannot be kept: one is open already, ``defer``,
+        a buffer of one block, or ``resume`` not in (offset, image_len]."""
+        bs = self.block_size
+        at = self._done + self._fill
+        if self._hole or self.defer or self.nblocks < 2 or self._fill >= bs:
+            return False
+        if not at < resume <= self.image_len:
+            return False
+        b1 = (resume + bs - 1) // bs * bs
+        if b1 > self.image_len:
+            b1 = self.image_len
+        self._hole = b1
+        self._apos = resume
+        self._ahead_end = b1
+        self._afill = 0
+        self._ablk = self._head + 1 if self._head + 1 < self.nblocks else 0
+        # Blocks from b1 on are the ahead path's: erased already if erased ahead before.
+        self._aerased = self._erased_to if self._erased_to > b1 else b1
+        if self._erased_to > b1:
+            self._erased_to = b1
+        return True
+
+    def write_ahead(self, data, off):
+        """Bytes ``data`` at payload offset ``off`` after the hole (``gap()``): bytes
+        before ``hole_end`` are dropped (their block starts in the hole), whole blocks
+        are erased and programmed as they fill (not hashed yet), the image's last block
+        when it ends. Returns False, writing nothing, when there is no hole or ``off``
+        is not where the previous bytes ended. Raises ``ImageError`` (status 3) for
+        bytes beyond ``image_len``."""
+        if not self._hole or off != self._apos:
+            return False
+        n = len(data)
+        if off + n > self.image_len:
+            raise ImageError("more bytes than the image length", 3)
+        self._apos = off + n
+        i = 0
+        if off < self._hole:
+            i = self._hole - off
+            if i >= n:
+                return True
+        bs = self.block_size
+        base = self._ablk * bs
+        mv = self._mv
+        while i < n:
+            k = bs - self._afill
+            if k > n - i:
+                k = n - i
+            a = base + self._afill
+            mv[a : a + k] = data[i : i + k]
+            self._afill += k
+            i += k
+            if self._afill == bs or self._ahead_end + self._afill == self.image_len:
+                self._program_ahead()
+        return True
+
+    def _program_ahead(self):
+        bs = self.block_size
+        blk = self._ahead_end // bs
+        if self._ahead_end >= self._aerased:
+            u = self._erase(blk, (self.image_len + bs - 1) // bs)
+            self._aerased = (blk + u) * bs
+        self._program_raw(blk, self._ablk, self._afill)
+        self._ahead_end += self._afill
+        self._afill = 0
+
+    def drop_ahead(self):
+        """Forget the hole and the blocks written ahead (their positions could not be
+        confirmed): they are erased again when the image reaches them."""
+        self._hole = 0
+
+    def _absorb(self, k):
+        # The hole is filled: hash the blocks written ahead from flash (ring block k, just
+        # programmed, is the scratch buffer), report them to on_block, move past them.
+        bs = self.block_size
+        view = self._blk[k]
+        base = k * bs
+        end = self._ahead_end
+        while self._done < end:
+            n = end - self._done
+            if n > bs:
+                n = bs
+            blk = self._done // bs
+            self.bdev.readblocks(blk, view, 0)
+            data = view if n == bs else self._mv[base : base + n]
+            self._sha.update(data)
+            self.rehashed += n
+            self._done += n
+            if self.on_block is not None:
+                self.on_block(blk, self._block_crc(k, data, n))
+        self._hole = 0
+        if self._aerased > self._done:
+            self._erased_to = self._aerased
 
     def _block_crc(self, k, data, n):
         # The journal's CRC-32 of ring block k holding n image bytes (``data``).
@@ -341,6 +488,7 @@ class SlotWriter:
         keep = offset // bs * bs
         if keep > self._done:
             keep = self._done
+        self._hole = 0
         self._fill = 0
         self._head = 0
         if keep < self._done:
@@ -361,6 +509,7 @@ class SlotWriter:
         bs = self.block_size
         view = self._blk[0]
         kept = 0
+        self._hole = 0
         self._fill = 0
         self._head = 0
         self._erased_to = 0
