@@ -237,9 +237,18 @@ def wire_run(image, baud, workdir, settings=None):
     st.update(settings or {})
     resolved = dict(unix_board.DEFAULT_SETTINGS)
     resolved.update(st)
+    plan = unix_board.plan_flash(resolved)
+    for k in ("uart_rxbuf", "erase_unit", "header_first"):
+        if resolved.get(k) is None:
+            resolved[k] = plan[k]
     mode = resolved["flash_mode"]
     if mode == "auto":
-        mode = unix_board.safe_flash_mode(resolved)
+        mode = plan["flash_mode"]
+    if mode in ("stream", "pre_erase"):
+        mode += ", %d KB erases" % (resolved["erase_unit"] // 1024)
+    mode += ", ring %d KB" % (resolved["uart_rxbuf"] // 1024)
+    if resolved["header_first"]:
+        mode += ", header first"
     t = time.monotonic()
     r = run_agent(image, workdir, settings=st, emu_options={"baud": baud}, timeout_s=240)
     res = {
@@ -312,12 +321,12 @@ def table(res):
         rows.append(
             (
                 "2 host cost rx %d" % rx,
-                "link+sink+writer (SHA-256, CRC-32/block) / SHA-256",
+                "link+sink+writer (SHA-256, CRC-32 of 2x256 B/block) / SHA-256",
                 "%.2f" % (b["pipe"] / b["sha"]),
-                "CRC of 2x256 B per block (crc_span): %.2f; no CRC: %.2f; CRC-32 alone: %.2f;"
+                "CRC of the whole block: %.2f; no CRC: %.2f; CRC-32 alone: %.2f;"
                 " SHA %.1f ms/1.74 MB"
                 % (
-                    b["span"] / b["sha"],
+                    b["full"] / b["sha"],
                     b["nocrc"] / b["sha"],
                     b["crc"] / b["sha"],
                     b["sha"] / 1000,
@@ -414,8 +423,8 @@ def plot(res, path):
     labels, vals = [], []
     for rx in (2048, 10240):
         b = host["rx%d" % rx]
-        labels += ["ours %d" % rx, "crc_span %d" % rx, "naive %d" % rx]
-        vals += [b["pipe"] / b["sha"], b["span"] / b["sha"], b["naive"] / b["sha"]]
+        labels += ["ours %d" % rx, "full CRC %d" % rx, "naive %d" % rx]
+        vals += [b["pipe"] / b["sha"], b["full"] / b["sha"], b["naive"] / b["sha"]]
     b = host["rx%d" % res["defaults"]["rx_size"]]
     labels += ["CRC-32", "read-back"]
     vals += [b["crc"] / b["sha"], b["readback"] / b["sha"]]
@@ -473,11 +482,17 @@ def main(argv=None):
             "baud",
             "rx_size",
             "uart_rxbuf",
+            "read_size",
             "line_max",
             "flash_mode",
             "window_size",
+            "erase_unit",
+            "header_first",
+            "crc_span",
             "flash_erase_ms",
             "flash_page_ms",
+            "flash_block32_ms",
+            "flash_block64_ms",
         )
     }
     work = tempfile.mkdtemp(prefix="rmota-bench-")
@@ -485,7 +500,7 @@ def main(argv=None):
         # Rows 1c, 2, 3, 5: the loop under the unix port.
         log("host cost (unix port) ...")
         p = subprocess.run(
-            [MICROPYTHON, "-X", "heapsize=24m", BENCH_HOST, "7"],
+            [MICROPYTHON, "-X", "heapsize=24m", BENCH_HOST, "15"],
             capture_output=True,
             text=True,
             cwd=ROOT,

@@ -467,7 +467,8 @@ class Scenario:
         fifo = None
         if st.get("faithful"):
             # the host's UART keeps uart_rxbuf bytes; flash operations take real NOR time
-            fifo = st.get("uart_rxbuf", unix_board.DEFAULT_SETTINGS["uart_rxbuf"])
+            resolved = dict(unix_board.DEFAULT_SETTINGS, **st)
+            fifo = st.get("uart_rxbuf") or unix_board.plan_flash(resolved)["uart_rxbuf"]
             self.run_.stall_hook = self._flash_stall
         sim = ESPSim(
             self.clock,
@@ -777,7 +778,8 @@ class Scenario:
         GET after the first, the bytes of its body below the furthest stream offset
         that earlier GETs had delivered to the host (``reached``). A GET from 0 after the
         host had the whole image (a digest failure) counts as a full restart, a GET
-        whose Range the server ignored in its own column. Returns (list of bytes per
+        whose Range the server ignored in its own column; after a full restart only what
+        later GETs delivered counts as reached. Returns (list of bytes per
         interruption, full restarts, bytes re-sent because a Range was ignored)."""
         total = len(self.image)
         per = []
@@ -797,6 +799,7 @@ class Scenario:
                     ignored += dup
                 elif a == 0 and q["range"] is None and reached >= total:
                     restarts += 1
+                    reached = -1  # the agent dropped everything: count from this GET on
                 else:
                     per.append(dup)
             if q["reached"] > reached:

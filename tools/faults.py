@@ -34,8 +34,13 @@ RUNNER = os.path.join("tools", "faultrun.py")
 VENV_BIN = os.path.join(".venv", "bin")
 RUNTIMES = ("micropython", "cpython")
 # Re-download bound per interruption the issue asks for: one erase block plus one chunk
-# (rx size 2048) plus the resume overlap.
-BOUND = 4096 + 2048 + 64
+# (a +HTTPCGET record of the board's rx size) plus the image header (64 B, which also
+# covers the 16-byte resume overlap).
+sys.path.insert(0, os.path.join(ROOT, "boards", "unix"))
+sys.path.insert(0, os.path.join(ROOT, "lib"))
+import board as _unix_board  # noqa: E402
+
+BOUND = 4096 + _unix_board.DEFAULT_SETTINGS["rx_size"] + 64
 
 
 def _exe(runtime):
@@ -201,6 +206,23 @@ def extra_stats(records, runtimes):
         if over:
             out.append("  bytes lost to UART receive overflow: %d" % over)
         out.append("  fault kinds: " + ", ".join("%s %d" % (k, kinds[k]) for k in sorted(kinds)))
+        # Which faults the interruptions over the bound came with (a scenario mixes
+        # several kinds: each of its kinds is counted once per such scenario).
+        by = {}
+        for r in rs:
+            if any(x > BOUND for x in r.get("refetch", [])):
+                for k in r.get("kinds", []):
+                    by[k] = by.get(k, 0) + 1
+        if by:
+            top = sorted(by.items(), key=lambda kv: -kv[1])
+            out.append(
+                "  scenarios with an interruption over %d B, by fault kind: %s, e.g. seeds %s"
+                % (
+                    BOUND,
+                    ", ".join("%s %d" % kv for kv in top),
+                    [r["seed"] for r in rs if any(x > BOUND for x in r.get("refetch", []))][:6],
+                )
+            )
     return out
 
 

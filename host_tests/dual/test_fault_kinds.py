@@ -45,6 +45,25 @@ class FaultKinds(unittest.TestCase):
         self.assertTrue(self.fired(sn, "drop"))
         self.assertGreaterEqual(r["requests"], 2)
 
+    def test_a_lost_record_costs_only_its_hole(self):
+        # A byte dropped or doubled mid-image: the records after the damaged one are
+        # written ahead, and the second request asks for the hole alone (bounded Range),
+        # at most one erase block plus one record (issue 3).
+        bound = 4096 + 10240 + 64
+        for kind, key, at in (("drop", "drop_body_at", 50000), ("dup", "dup_body_at", 70000)):
+            r, sn = self.scenario(11, [kind], {key: [at]}, size=120000)
+            q = sn.sim.server.requests
+            self.assertEqual(len(q), 2, q)
+            self.assertLess(q[1]["start"], at)
+            self.assertLessEqual(q[1]["sent"], bound)
+            self.assertTrue(0 < max(r["refetch"]) <= bound, r["refetch"])
+            self.assertEqual(r["full_restarts"], 0)
+
+    def test_two_lost_records_in_one_attempt(self):
+        # One hole at a time: the second loss drops the rest of the attempt, as before.
+        r, sn = self.scenario(12, ["drop"], {"drop_body_at": [30000, 90000]}, size=120000)
+        self.assertEqual(len(self.fired(sn, "drop")), 2)
+
     def test_dropped_byte_anywhere_on_the_wire(self):
         for off in (3, 40, 700, 1500):
             r, sn = self.scenario(2, ["drop"], {"drop_at": [off]})

@@ -264,3 +264,67 @@ class TestAllocation(unittest.TestCase):
             self.assertLessEqual(big // 20, 3 * 32)
         else:  # CPython frees slices at once: nothing may be retained per record
             self.assertLess(big, 1024)
+
+
+class TestLostRecordPosition(unittest.TestCase):
+    """``parser.lost`` during ``on_frame_error``: where the response goes on."""
+
+    class Log:
+        def __init__(self):
+            self.parser = None
+            self.events = []
+
+        def on_line(self, mv):
+            self.events.append(("line", bytes(mv)))
+
+        def on_prompt(self):
+            pass
+
+        def on_record(self, mv):
+            self.events.append(("record", bytes(mv)))
+
+        def on_frame_error(self, reason):
+            self.events.append(("frame", reason, self.parser.lost))
+
+    def _run(self, data, line_max=64):
+        h = self.Log()
+        p = ATParser(h, line_max=line_max, record_max=64)
+        h.parser = p
+        p.feed(data)
+        return h.events
+
+    def test_a_record_with_a_byte_dropped_keeps_the_position(self):
+        # "+HTTPCGET:6,abcdef" lost its "c": the parser takes "abdef\r" as the payload,
+        # then finds no CRLF; the next record is found in the replay.
+        ev = self._run(b"+HTTPCGET:6,abdef\r\n+HTTPCGET:3,xyz\r\n")
+        self.assertEqual(ev[0], ("frame", "record not ended by CRLF", 6))
+        self.assertIn(("record", b"xyz"), ev)
+
+    def test_a_duplicated_byte_too(self):
+        ev = self._run(b"+HTTPCGET:6,abccdef\r\n+HTTPCGET:3,xyz\r\n")
+        self.assertEqual(ev[0], ("frame", "record not ended by CRLF", 6))
+        self.assertEqual(ev[-1], ("record", b"xyz"))
+
+    def test_an_altered_header_loses_the_position(self):
+        ev = self._run(b"+HTTPCGET:6x,abcdef\r\n+HTTPCGET:3,xyz\r\n")
+        self.assertEqual(ev[0], ("frame", "bad record length", -1))
+        ev = self._run(b"+HTTPCGET:99,abcdef\r\n")
+        self.assertEqual(ev[0], ("frame", "record length over rx size", -1))
+
+    def test_a_long_line_inside_a_dropped_record_is_already_counted(self):
+        junk = b"j" * 40
+        ev = self._run(b"+HTTPCGET:50," + junk + b"\r\n+HTTPCGET:3,xyz\r\n", line_max=16)
+        frames = [e for e in ev if e[0] == "frame"]
+        self.assertEqual(frames[0], ("frame", "record not ended by CRLF", 50))
+        self.assertEqual(frames[1:], [("frame", "line too long", None)])
+        self.assertEqual(ev[-1], ("record", b"xyz"))
+        ev = self._run(b"j" * 40 + b"\r\n", line_max=16)  # not inside a record: unknown
+        self.assertEqual(ev[0], ("frame", "line too long", -1))
+
+    def test_a_record_that_stops_arriving(self):
+        h = self.Log()
+        p = ATParser(h, line_max=64, record_max=64)
+        h.parser = p
+        p.feed(b"+HTTPCGET:6,abc")
+        p.abort_record()
+        self.assertEqual(h.events[0], ("frame", "record stalled", -1))

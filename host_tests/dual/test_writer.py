@@ -235,3 +235,88 @@ class TestEraseOrder(unittest.TestCase):
         self.assertEqual(drops, [(2, 1)])
         self.assertEqual(w.journaled, 2)
         self.assertEqual(dev.unit_calls, [(8, 8)])  # blocks 2..7 one by one, then a unit
+
+
+class TestHole(unittest.TestCase):
+    """gap(): a lost stretch is fetched again alone; the bytes after it are kept."""
+
+    def _gapped(self, dev, img, at, resume, step=1000, **kw):
+        w = SlotWriter(dev, buffer_blocks=3, **kw)
+        blocks = []
+        w.on_block = lambda i, c: blocks.append(i)
+        w.begin(len(img))
+        _write_all(w, img[:at], step)
+        self.assertTrue(w.gap(resume))
+        for i in range(resume, len(img), step):
+            self.assertTrue(w.write_ahead(img[i : i + step], i))
+        return w, blocks
+
+    def test_the_hole_is_filled_and_the_blocks_ahead_join_the_image(self):
+        dev = UnitNOR(24)
+        img = _image(4096 * 20 + 700)  # the last block partial
+        at, resume = 4096 * 3 + 1500, 4096 * 3 + 1500 + 2048  # a 2 KB record lost
+        w, blocks = self._gapped(dev, img, at, resume)
+        self.assertEqual(w.offset, at)  # the bytes before the hole are kept
+        self.assertEqual(w.hole_end, 4096 * 4)
+        self.assertEqual(w.ahead, len(img) - 4096 * 4)  # the image's last block included
+        self.assertEqual(blocks, [0, 1, 2])  # blocks ahead are not journalled yet
+        self.assertEqual(w.write(img[at : at + 10]), 10)
+        # write() stops where the hole ends; then the offset jumps past what is ahead
+        self.assertEqual(w.write(img[at + 10 : 4096 * 4 + 500]), 4096 * 4 - at - 10)
+        self.assertEqual(w.offset, len(img))
+        self.assertEqual(w.hole_end, 0)
+        self.assertEqual(blocks, list(range(21)))  # all in order, once
+        self.assertEqual(w.rehashed, len(img) - 4096 * 4)
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        self.assertEqual(dev.erase_counts[:21], [1] * 21)
+
+    def test_units_ahead_and_before_the_hole(self):
+        dev = UnitNOR(40)
+        img = _image(4096 * 40)
+        at, resume = 4096 * 9 + 100, 4096 * 9 + 100 + 10240
+        w, _ = self._gapped(dev, img, at, resume, step=3000, erase_unit=32768)
+        # the unit at 8 was erased before the hole; ahead: blocks 12..15 one by one,
+        # then units at 16, 24 and 32
+        self.assertEqual(dev.unit_calls, [(0, 8), (8, 8), (16, 8), (24, 8), (32, 8)])
+        _write_all(w, img[at : 4096 * 12], 3000)
+        self.assertEqual(w.offset, len(img))
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        self.assertEqual(dev.erase_counts, [1] * 40)
+
+    def test_dropped_ahead_blocks_are_erased_again_in_order(self):
+        dev = UnitNOR(24)
+        img = _image(4096 * 12)
+        w, blocks = self._gapped(dev, img, 5000, 9000)
+        w.drop_ahead()
+        self.assertEqual((w.hole_end, w.ahead, w.offset), (0, 0, 5000))
+        _write_all(w, img[5000:], 1000)
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        self.assertEqual(dev.erase_counts[3:12], [2] * 9)  # ahead once, in order again
+
+    def test_what_gap_and_write_ahead_refuse(self):
+        dev = UnitNOR(8)
+        img = _image(4096 * 6)
+        w = SlotWriter(dev, buffer_blocks=2)
+        w.begin(len(img))
+        w.write(img[:5000])
+        self.assertFalse(w.gap(5000))  # nothing lost
+        self.assertFalse(w.gap(len(img) + 1))
+        self.assertFalse(w.write_ahead(img[:10], 9000))  # no hole
+        self.assertTrue(w.gap(9000))
+        self.assertFalse(w.gap(10000))  # one hole at a time
+        self.assertFalse(w.write_ahead(img[9100:9200], 9100))  # not where it left off
+        self.assertTrue(w.write_ahead(img[9000:9100], 9000))
+        with self.assertRaises(ImageError):
+            w.write_ahead(img[:200] * 200, 9100)  # past the image
+        one = SlotWriter(RAMNOR(8), buffer_blocks=1)
+        one.begin(len(img))
+        one.write(img[:100])
+        self.assertFalse(one.gap(200))  # no room for a block ahead
+        wd = SlotWriter(RAMNOR(8), buffer_blocks=2)
+        wd.defer = True
+        wd.begin(len(img))
+        wd.write(img[:100])
+        self.assertFalse(wd.gap(200))  # window mode: the window is dropped instead
