@@ -59,6 +59,19 @@ class FaultKinds(unittest.TestCase):
             self.assertTrue(0 < max(r["refetch"]) <= bound, r["refetch"])
             self.assertEqual(r["full_restarts"], 0)
 
+    def test_a_power_cut_while_a_hole_is_open(self):
+        # The blocks written ahead are in the journal's raw CRC log: after the cut the
+        # agent keeps them and still fetches only the hole.
+        bound = 4096 + 10240 + 64
+        for t in (7000, 9500):
+            r, sn = self.scenario(
+                13, ["drop"], {"drop_body_at": [50000]}, cuts=[["t", t, 500]], size=120000
+            )
+            self.assertEqual(r["cuts_fired"], 1)
+            self.assertTrue(any("written ahead of a hole" in x for x in sn.log), t)
+            self.assertTrue(max(r["refetch"]) <= bound, r["refetch"])
+            self.assertEqual(r["full_restarts"], 0)
+
     def test_two_lost_records_in_one_attempt(self):
         # One hole at a time: the second loss drops the rest of the attempt, as before.
         r, sn = self.scenario(12, ["drop"], {"drop_body_at": [30000, 90000]}, size=120000)

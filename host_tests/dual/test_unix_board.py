@@ -767,6 +767,26 @@ class TestCRCLog(unittest.TestCase):
         self.assertEqual(again.crcs(), [0, 0xFFFF5678])
         again.bdev.nor.close()
 
+    def test_entries_ahead_of_a_hole(self):
+        log = self.log
+        log.reset()
+        for v in (10, 11):
+            log.append(v)
+        self.assertEqual(log.ahead(), (0, []))
+        self.assertTrue(log.put(5, 55))
+        self.assertTrue(log.put(6, 66))
+        self.assertTrue(log.put(6, 66))  # the same value again: nothing to do
+        self.assertFalse(log.put(6, 67))  # another value cannot be programmed over it
+        self.assertFalse(log.put(5000, 1))
+        self.assertEqual(log.crcs(), [10, 11])  # the prefix stops at the hole
+        self.assertEqual(log.ahead(), (5, [55, 66]))
+        for v in (12, 13, 14, 55):  # the hole filled in order, then block 5 again
+            log.append(v)
+        self.assertEqual(log.crcs(), [10, 11, 12, 13, 14, 55, 66])
+        self.assertEqual(log.ahead(), (0, []))
+        log.truncate(3)
+        self.assertEqual((log.crcs(), log.ahead()), ([10, 11, 12], (0, [])))
+
     def test_capacity_drops_the_rest(self):
         log = CRCLog(Partition(self.nor, 3, 1))
         log.reset()

@@ -296,6 +296,50 @@ class TestHole(unittest.TestCase):
         self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
         self.assertEqual(dev.erase_counts[3:12], [2] * 9)  # ahead once, in order again
 
+    def test_blocks_ahead_are_journalled_and_kept_by_a_resume(self):
+        from binascii import crc32
+
+        dev = UnitNOR(24)
+        img = _image(4096 * 12 + 300)
+        log = {}
+        w, blocks = self._gapped(dev, img, 4096 * 2 + 100, 4096 * 2 + 3000)
+        self.assertEqual(w.hole_end, 4096 * 3)
+        # what on_ahead would have journalled (the helper does not set it): rebuild
+        for k in range(3, 13):
+            log[k] = crc32(img[k * 4096 : (k + 1) * 4096])
+        dev.mem[7 * 4096 + 5] ^= 0xFF  # block 7 damaged after the fact
+        # power cut: a new writer resumes the prefix, then the run ahead up to block 7
+        w2 = SlotWriter(dev, buffer_blocks=3)
+        drops = []
+        w2.on_erase = drops.append
+        w2.begin(len(img))
+        self.assertEqual(w2.resume([crc32(img[k * 4096 : (k + 1) * 4096]) for k in (0, 1)]), 8192)
+        kept = w2.resume_ahead(3, [log[k] for k in range(3, 13)])
+        self.assertEqual(kept, 4 * 4096)  # blocks 3..6
+        self.assertEqual(drops, [7])  # the entries from block 7 on go
+        self.assertEqual((w2.hole_end, w2.offset), (3 * 4096, 8192))
+        self.assertEqual(w2.write(img[8192 : 5 * 4096]), 4096)  # the hole, then a jump
+        self.assertEqual(w2.offset, 7 * 4096)
+        _write_all(w2, img[7 * 4096 :], 1000)
+        self.assertEqual(w2.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w2.readback_digest(), hashlib.sha256(img).digest())
+
+    def test_on_ahead_reports_each_block_written_ahead(self):
+        dev = UnitNOR(8)
+        img = _image(4096 * 5 + 10)
+        w = SlotWriter(dev, buffer_blocks=2)
+        got = []
+        w.on_ahead = lambda i, c: got.append(i) or True
+        w.begin(len(img))
+        w.write(img[:1000])
+        self.assertTrue(w.gap(2000))
+        self.assertTrue(w.write_ahead(img[2000:], 2000))
+        self.assertEqual(got, [1, 2, 3, 4, 5])
+        drops = []
+        w.on_erase = drops.append
+        w.drop_ahead()
+        self.assertEqual(drops, [1])  # the journal drops the entries ahead
+
     def test_what_gap_and_write_ahead_refuse(self):
         dev = UnitNOR(8)
         img = _image(4096 * 6)

@@ -687,6 +687,7 @@ class HostOTA:
         self.writer = self._new_writer(slot.bdev)
         self.writer.on_block = self._on_block
         self.writer.on_erase = self._on_erase
+        self.writer.on_ahead = self._on_ahead
         self._slot = slot
         self.range_ok = True
         resumed = self._resume(saved, note, slot)
@@ -776,7 +777,13 @@ class HostOTA:
         # describes a block whose program finished, and a cut inside this erase or the
         # program after it leaves no entry that claims the torn block.
         self.board.journal.crc_truncate(index)
-        self.writer.journaled = index
+        if self.writer.journaled > index:
+            self.writer.journaled = index
+
+    def _on_ahead(self, index, crc):
+        # A block written ahead of a hole: journalled out of order where the journal
+        # can (a raw CRC log), so a power cut before the hole is filled keeps it.
+        return self.board.journal.crc_put(index, crc)
 
     def _on_block(self, index, crc):
         # The writer programmed block ``index``: journal its CRC so that a resume after a
@@ -825,9 +832,15 @@ class HostOTA:
         except (ImageError, ValueError, KeyError, TypeError):
             return False
         self.writer.begin(h.image_len)
-        crcs = self.board.journal.crcs()
-        self.writer.journaled = len(crcs)
-        kept = self.writer.resume(crcs)
+        j = self.board.journal
+        crcs = j.crcs()
+        w = self.writer
+        w.journaled = len(crcs)
+        kept = w.resume(crcs)
+        if kept == w.block_size * len(crcs):
+            first, run = j.crc_ahead()  # blocks written ahead of a hole, if any
+            if run and w.resume_ahead(first, run):
+                self.log.info("kept %d B written ahead of a hole" % w.ahead)
         self.header = h
         self._hdr_raw[:] = raw
         self.resumes += 1

@@ -126,6 +126,21 @@ class Journal:
         self.fs.rename(_TMP, _CRC)
         self.writes += 1
 
+    def crc_put(self, index, crc):
+        """Record the CRC-32 of block ``index`` out of order (a block written ahead of a
+        hole). Only a ``CRCLog`` can: returns True when it took the entry, False
+        otherwise (the list in littlefs describes a prefix only)."""
+        if self.crclog is not None:
+            return self.crclog.put(index, crc)
+        return False
+
+    def crc_ahead(self):
+        """The entries recorded out of order: ``(first, [crc, ...])``, the run of
+        entries after the first absent ones, or ``(0, [])``."""
+        if self.crclog is not None:
+            return self.crclog.ahead()
+        return 0, []
+
     def crcs(self):
         """The recorded block CRCs, a list of ints (a torn last entry is dropped)."""
         if self.crclog is not None:
@@ -186,6 +201,47 @@ class CRCLog:
             out.append(v)
         self._n = len(out)
         return out
+
+    def put(self, index, crc):
+        """Program entry ``index`` out of order when it is absent (or holds ``crc``
+        already). Returns True when the entry holds ``crc`` now."""
+        if not 0 <= index < self.capacity:
+            return False
+        a = 4 * index
+        b = self.bs
+        e = self._e
+        self.bdev.readblocks(a // b, e, a % b)
+        v = struct.unpack_from("<I", e, 0)[0]
+        crc &= 0xFFFFFFFF
+        if v == crc:
+            return True
+        if v != 0xFFFFFFFF:
+            return False
+        struct.pack_into("<I", e, 0, crc)
+        self.bdev.writeblocks(a // b, e, a % b)
+        self.programs += 1
+        self._n = None  # append() finds its place again
+        return True
+
+    def ahead(self):
+        """``(first, [crc, ...])``: the run of entries after the first absent ones
+        (blocks written ahead of a hole), or ``(0, [])``."""
+        raw = self._raw(self.capacity)
+        k = 0
+        cap = self.capacity
+        while k < cap and struct.unpack_from("<I", raw, 4 * k)[0] != 0xFFFFFFFF:
+            k += 1
+        while k < cap and struct.unpack_from("<I", raw, 4 * k)[0] == 0xFFFFFFFF:
+            k += 1
+        first = k
+        run = []
+        while k < cap:
+            v = struct.unpack_from("<I", raw, 4 * k)[0]
+            if v == 0xFFFFFFFF:
+                break
+            run.append(v)
+            k += 1
+        return (first, run) if run else (0, [])
 
     def reset(self):
         """Erase the region's blocks that are not blank already."""

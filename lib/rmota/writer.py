@@ -68,6 +68,10 @@ class SlotWriter:
     entry always describes a block whose program finished, and a power cut inside an
     erase or program leaves none for it.
 
+    ``on_ahead`` (attribute, default None): called as ``on_ahead(index, crc)`` after a
+    block ahead of a hole was programmed (``gap()``); True when the journal took the
+    entry (it is then dropped through ``on_erase`` if the blocks ahead are dropped).
+
     ``crc_span`` (bytes, None: the whole block): the CRC covers only the first and the
     last ``crc_span`` bytes of a full block. A torn program leaves the block's end
     unprogrammed and a torn erase its start erased (programs and erases run in address
@@ -124,6 +128,7 @@ class SlotWriter:
         self.defer = False
         self.on_block = None
         self.on_erase = None
+        self.on_ahead = None
         self.journaled = 0
         self.erases = 0
         self.programs = 0
@@ -138,6 +143,7 @@ class SlotWriter:
         # A hole (gap()): bytes [offset, _hole) are missing; bytes from _hole on are
         # written ahead into blocks [_hole, _ahead_end), assembled in ring block _ablk.
         self._hole = 0  # 0: no hole
+        self._ahead_logged = False  # on_ahead took entries for blocks ahead
         self._apos = 0  # payload offset write_ahead() expects next
         self._ahead_end = 0
         self._afill = 0
@@ -173,10 +179,10 @@ class SlotWriter:
         if self._done:
             self._erased_to = 0
         self.image_len = image_len
+        self._forget_hole()
         self._fill = 0
         self._head = 0
         self._done = 0
-        self._hole = 0
         self._sha = hashlib.sha256()
 
     def erase_ahead(self, upto, max_blocks=1):
@@ -441,14 +447,66 @@ class SlotWriter:
         if self._ahead_end >= self._aerased:
             u = self._erase(blk, (self.image_len + bs - 1) // bs)
             self._aerased = (blk + u) * bs
-        self._program_raw(blk, self._ablk, self._afill)
-        self._ahead_end += self._afill
+        n = self._afill
+        self._program_raw(blk, self._ablk, n)
+        self._ahead_end += n
         self._afill = 0
+        cb = self.on_ahead
+        if cb is not None:
+            base = self._ablk * bs
+            data = self._blk[self._ablk] if n == bs else self._mv[base : base + n]
+            if cb(blk, self._block_crc(self._ablk, data, n)):
+                self._ahead_logged = True
 
     def drop_ahead(self):
         """Forget the hole and the blocks written ahead (their positions could not be
         confirmed): they are erased again when the image reaches them."""
+        self._forget_hole()
+
+    def _forget_hole(self):
+        # Drop the hole; a journal that holds entries for the blocks ahead drops them
+        # first (on_erase of the hole's end: entries from there on go).
+        if self._hole and self._ahead_logged and self.on_erase is not None:
+            self.on_erase(self._hole // self.block_size)
         self._hole = 0
+        self._ahead_logged = False
+
+    def resume_ahead(self, first, crcs):
+        """After ``resume()``: blocks ``first``, ``first + 1``, ... were written ahead of
+        a hole and journalled (``crcs``, as ``on_ahead`` reported them). Keep the run
+        whose CRCs match the slot (stopping at the first that differs) as the blocks
+        ahead of a hole from ``offset`` to block ``first``. Returns the bytes kept
+        ahead (0: no hole). Entries past the kept run are dropped (``on_erase``)."""
+        bs = self.block_size
+        b1 = first * bs
+        if self._fill or not self._done < b1 < self.image_len:
+            if crcs and self.on_erase is not None:
+                self.on_erase(first)  # entries that describe nothing usable go
+            return 0
+        view = self._blk[0]
+        end = b1
+        for c in crcs:
+            if end >= self.image_len:
+                break
+            n = self.image_len - end
+            if n > bs:
+                n = bs
+            self.bdev.readblocks(end // bs, view, 0)
+            if self._block_crc(0, view if n == bs else self._mv[:n], n) != c:
+                break
+            end += n
+        kept = end - b1
+        if kept < len(crcs) * bs and self.on_erase is not None:
+            self.on_erase((end + bs - 1) // bs)  # the rest of the entries go
+        if not kept:
+            return 0
+        self._hole = b1
+        self._ahead_end = end
+        self._apos = end
+        self._afill = 0
+        self._aerased = (end + bs - 1) // bs * bs
+        self._ahead_logged = True
+        return kept
 
     def _absorb(self, k):
         # The hole is filled: hash the blocks written ahead from flash (ring block k, just
@@ -470,6 +528,7 @@ class SlotWriter:
             if self.on_block is not None:
                 self.on_block(blk, self._block_crc(k, data, n))
         self._hole = 0
+        self._ahead_logged = False
         if self._aerased > self._done:
             self._erased_to = self._aerased
 
@@ -488,7 +547,7 @@ class SlotWriter:
         keep = offset // bs * bs
         if keep > self._done:
             keep = self._done
-        self._hole = 0
+        self._forget_hole()
         self._fill = 0
         self._head = 0
         if keep < self._done:
@@ -509,7 +568,7 @@ class SlotWriter:
         bs = self.block_size
         view = self._blk[0]
         kept = 0
-        self._hole = 0
+        self._forget_hole()
         self._fill = 0
         self._head = 0
         self._erased_to = 0
