@@ -932,6 +932,9 @@ def main(argv):
         elif a == "--settings":
             i += 1
             settings = json.loads(argv[i])
+        elif a in ("-h", "--help"):
+            print(__doc__)
+            return 0
         elif a == "--range":
             lo, hi = int(argv[i + 1]), int(argv[i + 2])
             seeds.extend(range(lo, hi))

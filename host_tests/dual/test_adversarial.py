@@ -184,3 +184,15 @@ class TestConfirmBeforeTwo(unittest.TestCase):
         r = run(img, setup=setup, max_ms=120000)
         self.assertEqual(_statuses(r), [1, 2])
         self.assertEqual(seen, [(1, 1)])  # slot 1, state 1 = confirmed
+
+
+class TestSettingsCheckedAtConstruction(unittest.TestCase):
+    def test_bad_erase_unit_or_prog_chunk_is_refused_before_any_job(self):
+        for st in ({"erase_unit": 5000}, {"erase_unit": -4096}, {"prog_chunk": 100}):
+            fresh_flash(FLASH)
+            b = unix_board.Board(FLASH, clock=VirtualClock(), settings=st)
+            try:
+                with self.assertRaises(ValueError):
+                    for_board(b, uart=FakeUART(), clock=b.clock)
+            finally:
+                b.close()

@@ -23,8 +23,10 @@ class FaultKinds(unittest.TestCase):
     def tearDown(self):
         self.flash.remove()
 
-    def scenario(self, seed, kinds, faults, cuts=(), size=SIZE, expect=None):
+    def scenario(self, seed, kinds, faults, cuts=(), size=SIZE, expect=None, settings=None):
         sc = faultrun.make_scenario(seed, size=size, kinds=kinds, cuts=list(cuts), faults=faults)
+        if settings:
+            sc["settings"] = settings
         if expect is not None:
             self.assertEqual(sc["expect"], expect)
         sn = faultrun.Scenario(sc, self.flash)
@@ -73,9 +75,55 @@ class FaultKinds(unittest.TestCase):
             self.assertEqual(r["full_restarts"], 0)
 
     def test_two_lost_records_in_one_attempt(self):
-        # One hole at a time: the second loss drops the rest of the attempt, as before.
+        # Two holes, each fetched alone, each within the bound.
         r, sn = self.scenario(12, ["drop"], {"drop_body_at": [30000, 90000]}, size=120000)
         self.assertEqual(len(self.fired(sn, "drop")), 2)
+        self.assertEqual(len(sn.sim.server.requests), 3)
+        self.assertTrue(max(r["refetch"]) <= 4096 + 10240 + 64, r["refetch"])
+        self.assertEqual(r["full_restarts"], 0)
+
+    def test_a_hole_with_pre_erase(self):
+        # pre_erase must not erase the blocks written ahead before the hole is fetched
+        for st in ({"flash_mode": "pre_erase"}, {"flash_mode": "pre_erase", "erase_unit": 32768}):
+            r, sn = self.scenario(
+                14, ["drop"], {"drop_body_at": [50000]}, size=120000, settings=st
+            )
+            self.assertEqual(len(sn.sim.server.requests), 3, st)  # header, image, hole
+            self.assertEqual(r["full_restarts"], 0, st)
+
+    def test_an_http_error_instead_of_the_hole_keeps_the_blocks_ahead(self):
+        # The hole's first request gets an error page (HTTP 500): the blocks written
+        # ahead stay, the hole alone is asked for again.
+        f = {"drop_body_at": [50000], "fail_next": [None, 500]}
+        r, sn = self.scenario(15, ["drop", "http_error"], f, size=120000)
+        q = sn.sim.server.requests
+        self.assertEqual([x["status"] for x in q], [200, 500, 206], q)
+        self.assertTrue(max(r["refetch"]) <= 4096 + 10240 + 64, r["refetch"])
+        self.assertEqual(r["full_restarts"], 0)
+
+    def test_a_host_power_cut_right_after_a_prompt(self):
+        # The ESP waits for a whole URL after ">" when the host comes back: the NULs that
+        # end it must be as long as a URL can be (found by an adversarial run).
+        sc = {
+            "seed": 930812,
+            "size": 120000,
+            "kinds": ["flip"],
+            "faults": {"flip_body_at": [51351, 60715, 93837]},
+            "cuts": [["t", 11302, 819]],
+            "expect": 2,
+            "sim_seed": 535321716,
+            "settings": {"erase_unit": 32768},
+        }
+        r = faultrun.Scenario(sc, self.flash).run()
+        self.assertEqual((r["violations"], r["unhandled"], r["final"]), ([], 0, 2))
+
+    def test_a_slow_line_is_not_a_stalled_download(self):
+        # 9600 baud: a 10240-byte record takes 10.7 s, longer than the network timeout
+        sc = faultrun.make_scenario(1, size=40000, kinds=[], cuts=[], faults={})
+        sc["settings"] = {"baud": 9600, "faithful": True}
+        sn = faultrun.Scenario(sc, self.flash)
+        r = sn.run()
+        self.assertEqual((r["violations"], r["statuses"], r["requests"]), ([], [1, 2], 1))
 
     def test_dropped_byte_anywhere_on_the_wire(self):
         for off in (3, 40, 700, 1500):

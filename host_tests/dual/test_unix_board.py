@@ -786,6 +786,15 @@ class TestCRCLog(unittest.TestCase):
         self.assertEqual(log.ahead(), (0, []))
         log.truncate(3)
         self.assertEqual((log.crcs(), log.ahead()), ([10, 11, 12], (0, [])))
+        log.put(8, 88)
+        log.truncate(8)  # drops entries past a hole too, keeps the prefix
+        self.assertEqual((log.crcs(), log.ahead()), ([10, 11, 12], (0, [])))
+        log.put(9, 99)
+        log.truncate(5)
+        self.assertEqual((log.crcs(), log.ahead()), ([10, 11, 12], (0, [])))
+        log.put(6, 66)
+        log.truncate(9)  # the entry ahead is below 9: kept
+        self.assertEqual(log.ahead(), (6, [66]))
 
     def test_capacity_drops_the_rest(self):
         log = CRCLog(Partition(self.nor, 3, 1))

@@ -340,6 +340,38 @@ class TestHole(unittest.TestCase):
         w.drop_ahead()
         self.assertEqual(drops, [1])  # the journal drops the entries ahead
 
+    def test_several_holes_each_costs_its_own_bytes(self):
+        dev = UnitNOR(40)
+        img = _image(4096 * 30 + 123)
+        w = SlotWriter(dev, buffer_blocks=3, erase_unit=32768)
+        w.begin(len(img))
+        _write_all(w, img[:10000], 1000)
+        self.assertTrue(w.gap(12000))  # hole 1: 10000..12288
+        _write_all_ahead = (
+            lambda a, b: [  # noqa: E731
+                self.assertTrue(w.write_ahead(img[i : min(i + 700, b)], i))
+                for i in range(a, b, 700)
+            ]
+        )
+        _write_all_ahead(12000, 50000)
+        self.assertTrue(w.gap(53000))  # hole 2: 50000..53248, 50000 mid-block: parked
+        _write_all_ahead(53000, 70001)
+        self.assertTrue(w.gap(70100))  # hole 3: 70001..73728
+        _write_all_ahead(70100, len(img))
+        self.assertEqual(w.hole_end, 12288)
+        self.assertEqual(w.write(img[10000:20000]), 2288)  # hole 1, then region 1 joins
+        self.assertEqual((w.offset, w.hole_end), (50000, 53248))  # the parked bytes back
+        self.assertEqual(w.write(img[50000:60000]), 3248)
+        self.assertEqual((w.offset, w.hole_end), (70001, 73728))
+        self.assertEqual(w.write(img[70001:80000]), 73728 - 70001)
+        self.assertEqual((w.offset, w.hole_end), (len(img), 0))
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        for b in range(31):  # never programmed twice without an erase between
+            self.assertIn(dev.erase_counts[b], (1, 2), b)
+        with self.assertRaises(ValueError):
+            SlotWriter(dev, erase_unit=3)
+
     def test_what_gap_and_write_ahead_refuse(self):
         dev = UnitNOR(8)
         img = _image(4096 * 6)
@@ -350,7 +382,8 @@ class TestHole(unittest.TestCase):
         self.assertFalse(w.gap(len(img) + 1))
         self.assertFalse(w.write_ahead(img[:10], 9000))  # no hole
         self.assertTrue(w.gap(9000))
-        self.assertFalse(w.gap(10000))  # one hole at a time
+        self.assertEqual(w.ahead_at, 9000)
+        self.assertFalse(w.gap(8000))  # a later hole starts where the bytes ahead got to
         self.assertFalse(w.write_ahead(img[9100:9200], 9100))  # not where it left off
         self.assertTrue(w.write_ahead(img[9000:9100], 9000))
         with self.assertRaises(ImageError):
@@ -364,3 +397,39 @@ class TestHole(unittest.TestCase):
         wd.begin(len(img))
         wd.write(img[:100])
         self.assertFalse(wd.gap(200))  # window mode: the window is dropped instead
+
+
+class TestEraseAheadRegressions(unittest.TestCase):
+    """Found by an adversarial run: erase_ahead() must not erase what is already kept."""
+
+    def test_not_the_blocks_written_ahead_of_a_hole(self):
+        dev = UnitNOR(16)
+        img = _image(4096 * 10)
+        w = SlotWriter(dev, buffer_blocks=3)
+        w.begin(len(img))
+        w.write(img[:5000])
+        self.assertTrue(w.gap(9000))
+        for i in range(9000, len(img), 1000):
+            w.write_ahead(img[i : i + 1000], i)
+        while w.erase_ahead(len(img)):  # pre_erase mode before the hole's request
+            pass
+        w.write(img[5000:12288])
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+
+    def test_not_the_tail_block_of_an_image_kept_whole(self):
+        from binascii import crc32
+
+        dev = UnitNOR(8)
+        img = _image(4096 * 2 + 100)
+        w = SlotWriter(dev)
+        w.begin(len(img))
+        w.write(img)
+        w.finish()
+        w = SlotWriter(dev)
+        w.begin(len(img))
+        crcs = [crc32(img[k : k + 4096]) for k in range(0, len(img), 4096)]
+        self.assertEqual(w.resume(crcs), len(img))
+        self.assertFalse(w.erase_ahead(len(img)))
+        self.assertEqual(w.erases, 0)
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())

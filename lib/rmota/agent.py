@@ -171,6 +171,15 @@ class HostOTA:
         # journal's record of the download is written while the ESP is idle.
         self.erase_unit = s.get("erase_unit") or 0
         self.header_first = bool(s.get("header_first"))
+        self._max_data = s.get("line_max", 2048)
+        # Checked here, not at the first job: a bad value must not fail every job.
+        slot = getattr(board, "inactive_slot", None)
+        bs = slot().bdev.ioctl(5, 0) if slot is not None else 4096
+        if self.erase_unit < 0 or self.erase_unit % bs:
+            raise ValueError("erase_unit must be a multiple of the block size (%d)" % bs)
+        pc = self.prog_chunk
+        if pc is not None and (pc < 256 or pc % 256 or bs % pc):
+            raise ValueError("prog_chunk must be a multiple of 256 dividing %d" % bs)
         self.flow_control = s.get("flow_control", False)
         self.baud = s.get("baud", 115200)
         self.windows = 0
@@ -478,9 +487,11 @@ class HostOTA:
             if c.ok:
                 break
             if c.final is None and not c.busy and i >= 1:
-                # Nothing at all: the ESP may be waiting for data after a prompt.
-                # NUL bytes end that (ESP-AT refuses a NUL in a URL with ERROR).
-                self.link.write(bytes(64))
+                # Nothing at all: the ESP may be waiting for data after a prompt - up to
+                # a whole URL (line_max bytes) when the host lost power right after the
+                # ">" of AT+HTTPURLCFG. NUL bytes end that (ESP-AT refuses a NUL in a URL
+                # with ERROR): enough for the longest data once, a few more later.
+                self.link.write(bytes(self._max_data if i == 1 else 64))
             yield from self._sleep(self._backoff(i))
         else:
             raise LinkError("ESP does not answer AT")
@@ -1045,7 +1056,9 @@ class HostOTA:
         att.cmd = c = self.link.send(cmd, 1 << 29)
         clk = self.clock
         att.last_ms = clk.ticks_ms()
-        stall_ms = self.http_timeout_ms + 2000
+        # ... and att.last_ms moves only with whole records: a record of rx_size bytes
+        # takes rx_size * 10 / baud seconds on the wire (10.7 s at 9600 baud).
+        stall_ms = self.http_timeout_ms + 2000 + self.rx_size * 10000 // self.baud
         quiet_ms = self.quiet_ms
         while not c.done:
             yield
@@ -1122,7 +1135,10 @@ class HostOTA:
             if st:
                 # An HTTP error status: the body was an error page. The probe kept it
                 # out of the slot; never keep anything of this attempt.
-                self.writer.rewind(att.acc0 - HEADER_SIZE if att.acc0 > HEADER_SIZE else 0)
+                # (Blocks written ahead of a hole stay: they came from the file.)
+                self.writer.rewind(
+                    att.acc0 - HEADER_SIZE if att.acc0 > HEADER_SIZE else 0, keep_hole=True
+                )
                 return st
             return 0 if st == 0 else "download ERROR"
         if att.new_header:
@@ -1251,7 +1267,7 @@ class HostOTA:
         self.log.warn("framing:", reason)
         if att.mode == _M_PROBE:
             self._decide(att)
-        elif lost >= 0 and not att.gapped and self._gap(att, att.pos + lost):
+        elif lost >= 0 and self._gap(att, att.pos + lost):
             return
         att.mode = _M_DISCARD
 
@@ -1262,7 +1278,10 @@ class HostOTA:
         if resume <= acc:  # it held only bytes we have already
             att.pos = resume
             return True
-        if att.pos > acc or not w.gap(resume - HEADER_SIZE):
+        if w.hole_end:  # among the bytes written ahead of a hole: another hole
+            if att.pos - HEADER_SIZE != w.ahead_at or not w.gap(resume - HEADER_SIZE):
+                return False  # (a loss while a hole is being filled: retry that)
+        elif att.pos > acc or not w.gap(resume - HEADER_SIZE):
             return False
         att.gapped = True
         att.pos = resume

@@ -69,8 +69,10 @@ class ATParser:
       header was well formed and claimed ``L`` payload bytes was dropped (its bytes
       came altered; the records delivered next start ``L`` bytes further on); ``None``
       for a line too long while replaying (bytes already counted in a dropped record);
-      ``-1`` when the position is unknown (a header itself came altered, or a record
-      stopped arriving).
+      ``-1`` when the position is unknown (a header that does not parse, a length over
+      ``record_max``, or a record that stopped arriving). A header whose length digits
+      came altered but still parse claims a wrong ``L``, which nothing here can tell:
+      the caller must check positions against where the response should end.
 
     Resynchronisation: when a record turns out wrong (it does not end in ``\\r\\n``, or
     ``abort_record()`` ends it after an inactivity timeout), the bytes taken as its

@@ -267,16 +267,18 @@ class CRCLog:
         self._n = n + 1
 
     def truncate(self, n):
-        """Keep only the first ``n`` entries."""
-        have = self.crcs()
-        if n >= len(have):
-            return
-        keep = self._raw(n)
+        """Drop every entry from index ``n`` on (entries ahead of a hole too); the
+        first ``n`` positions are programmed back as they were, absent ones absent."""
+        if n < 0:
+            n = 0
+        raw = self._raw(self.capacity)
+        if n >= self.capacity or raw.count(b"\xff", 4 * n) == len(raw) - 4 * n:
+            return  # nothing from n on
         self.reset()
         if n:
-            self.bdev.writeblocks(0, keep, 0)
+            self.bdev.writeblocks(0, memoryview(raw)[: 4 * n], 0)
             self.programs += 1
-        self._n = n
+        self._n = None
 
 
 def _check(x):

@@ -39,6 +39,7 @@ from .errors import ImageError
 _IOCTL_BLOCK_COUNT = 4
 _IOCTL_BLOCK_SIZE = 5
 _IOCTL_BLOCK_ERASE = 6
+MAX_HOLES = 8  # holes open at once (SlotWriter.gap)
 
 
 class SlotWriter:
@@ -143,8 +144,11 @@ class SlotWriter:
         # A hole (gap()): bytes [offset, _hole) are missing; bytes from _hole on are
         # written ahead into blocks [_hole, _ahead_end), assembled in ring block _ablk.
         self._hole = 0  # 0: no hole
+        self._holes = []  # the holes after it: (start, end) payload offsets
+        self._reload = 0  # a parked partial block to read back (offset of its end)
         self._ahead_logged = False  # on_ahead took entries for blocks ahead
         self._apos = 0  # payload offset write_ahead() expects next
+        self._astart = 0  # write_ahead() skips bytes before it (their block is in a hole)
         self._ahead_end = 0
         self._afill = 0
         self._ablk = 0
@@ -195,8 +199,11 @@ class SlotWriter:
         if upto > self.capacity:
             upto = self.capacity
         end = (upto + bs - 1) // bs * bs
-        if self._erased_to < self._done:
-            self._erased_to = self._done  # the next block to be programmed
+        if self._hole and end > self._hole // bs * bs:
+            end = self._hole // bs * bs  # blocks from the hole's end on: written ahead
+        nxt = (self._done + bs - 1) // bs * bs  # the next block to be programmed
+        if self._erased_to < nxt:
+            self._erased_to = nxt
         k = 0
         while self._erased_to < end and k < max_blocks:
             n = self._erase_at(self._erased_to // bs, end // bs)
@@ -307,6 +314,8 @@ class SlotWriter:
             max_blocks -= 1
         if not self._fill:
             self._head = 0
+            if self._reload:
+                self._reload_parked()
 
     def _program_block(self, k, n):
         # Erase (unless erased ahead), program and hash ring block k holding n bytes.
@@ -376,8 +385,15 @@ class SlotWriter:
         return self._hole
 
     @property
+    def ahead_at(self):
+        """Payload offset where the bytes written ahead have got to (where
+        ``write_ahead()`` expects the next ones); 0 without a hole."""
+        return self._apos if self._hole else 0
+
+    @property
     def ahead(self):
-        """Bytes programmed ahead of the hole (0 without a hole)."""
+        """Bytes from the current hole's end to where the bytes written ahead end (later
+        holes included; 0 without a hole)."""
         return self._ahead_end - self._hole if self._hole else 0
 
     def gap(self, resume):
@@ -385,19 +401,32 @@ class SlotWriter:
         that came altered), the ones after it are good: from the first block boundary at
         or after ``resume`` on, ``write_ahead()`` programs them now, and the hole
         (``offset`` .. ``hole_end``) is filled later with ``write()``, after which the
-        blocks written ahead are hashed from flash and join the image. Returns False
-        (nothing changed) when a hole cannot be kept: one is open already, ``defer``,
-        a buffer of one block, or ``resume`` not in (offset, image_len]."""
+        blocks written ahead are hashed from flash and join the image.
+
+        With a hole open already, a later loss among the bytes written ahead opens
+        another (at most ``MAX_HOLES``): the partial block before it is parked in flash
+        (programmed as far as it goes; read back, erased and programmed whole when its
+        turn comes), so that hole too costs at most the lost bytes plus the rest of one
+        block. Holes are filled in order: ``hole_end`` is always the current one.
+
+        Returns False (nothing changed) when a hole cannot be kept: ``defer``, a buffer
+        of one block, too many holes, or ``resume`` not past the write position
+        (``offset``, or with a hole open where the bytes ahead had got to) or beyond
+        ``image_len``."""
         bs = self.block_size
-        at = self._done + self._fill
-        if self._hole or self.defer or self.nblocks < 2 or self._fill >= bs:
+        if self.defer or self.nblocks < 2 or self._fill >= bs:
             return False
+        if self._hole:
+            return self._next_gap(resume)
+        at = self._done + self._fill
         if not at < resume <= self.image_len:
             return False
         b1 = (resume + bs - 1) // bs * bs
         if b1 > self.image_len:
             b1 = self.image_len
         self._hole = b1
+        self._holes = []
+        self._astart = b1
         self._apos = resume
         self._ahead_end = b1
         self._afill = 0
@@ -406,6 +435,40 @@ class SlotWriter:
         self._aerased = self._erased_to if self._erased_to > b1 else b1
         if self._erased_to > b1:
             self._erased_to = b1
+        return True
+
+    def _next_gap(self, resume):
+        # Another loss, at _apos (where the bytes ahead had got to), up to resume.
+        bs = self.block_size
+        p = self._apos
+        if not p < resume <= self.image_len or len(self._holes) >= MAX_HOLES:
+            return False
+        b2 = (resume + bs - 1) // bs * bs
+        if b2 > self.image_len:
+            b2 = self.image_len
+        if p <= self._hole:
+            # Still inside the bytes skipped before the first block ahead: the current
+            # hole just grows.
+            if b2 > self._hole:
+                self._hole = b2
+                self._ahead_end = b2
+                self._astart = b2
+                if self._aerased < b2:
+                    self._aerased = b2
+        else:
+            if self._afill:  # park the partial block before the loss in flash
+                blk = self._ahead_end // bs
+                if self._ahead_end >= self._aerased:
+                    u = self._erase(blk, (self.image_len + bs - 1) // bs)
+                    self._aerased = (blk + u) * bs
+                self._program_raw(blk, self._ablk, self._afill)
+                self._afill = 0
+            self._holes.append((p, b2))
+            self._ahead_end = b2
+            self._astart = b2
+            if self._aerased < b2:
+                self._aerased = b2
+        self._apos = resume
         return True
 
     def write_ahead(self, data, off):
@@ -422,8 +485,8 @@ class SlotWriter:
             raise ImageError("more bytes than the image length", 3)
         self._apos = off + n
         i = 0
-        if off < self._hole:
-            i = self._hole - off
+        if off < self._astart:  # the head of a block that starts in the hole: skipped
+            i = self._astart - off
             if i >= n:
                 return True
         bs = self.block_size
@@ -469,6 +532,8 @@ class SlotWriter:
         if self._hole and self._ahead_logged and self.on_erase is not None:
             self.on_erase(self._hole // self.block_size)
         self._hole = 0
+        self._holes = []
+        self._reload = 0
         self._ahead_logged = False
 
     def resume_ahead(self, first, crcs):
@@ -496,8 +561,8 @@ class SlotWriter:
                 break
             end += n
         kept = end - b1
-        if kept < len(crcs) * bs and self.on_erase is not None:
-            self.on_erase((end + bs - 1) // bs)  # the rest of the entries go
+        if self.on_erase is not None:
+            self.on_erase((end + bs - 1) // bs)  # entries past the run (or later runs) go
         if not kept:
             return 0
         self._hole = b1
@@ -509,12 +574,15 @@ class SlotWriter:
         return kept
 
     def _absorb(self, k):
-        # The hole is filled: hash the blocks written ahead from flash (ring block k, just
-        # programmed, is the scratch buffer), report them to on_block, move past them.
+        # The current hole is filled: hash the blocks written ahead from flash (ring
+        # block k, just programmed, is the scratch buffer), report them to on_block, move
+        # past them - up to the next hole, whose parked partial block is read back into
+        # the ring after _flush_full's loop (_reload).
         bs = self.block_size
         view = self._blk[k]
         base = k * bs
-        end = self._ahead_end
+        nxt = self._holes.pop(0) if self._holes else None
+        end = nxt[0] // bs * bs if nxt else self._ahead_end
         while self._done < end:
             n = end - self._done
             if n > bs:
@@ -527,10 +595,27 @@ class SlotWriter:
             self._done += n
             if self.on_block is not None:
                 self.on_block(blk, self._block_crc(k, data, n))
+        if nxt:
+            self._hole = nxt[1]
+            self._reload = nxt[0]
+            self._erased_to = self._done  # the parked block is programmed: erase it again
+            return
         self._hole = 0
         self._ahead_logged = False
         if self._aerased > self._done:
             self._erased_to = self._aerased
+
+    def _reload_parked(self):
+        # The write position reached a hole whose block starts with bytes parked in
+        # flash: take them back into the ring (the block is erased before it is
+        # programmed whole). Allocates one memoryview slice (once per hole).
+        p = self._reload
+        self._reload = 0
+        n = p - self._done
+        if n:
+            self.bdev.readblocks(self._done // self.block_size, self._mv[0:n], 0)
+        self._head = 0
+        self._fill = n
 
     def _block_crc(self, k, data, n):
         # The journal's CRC-32 of ring block k holding n image bytes (``data``).
@@ -538,16 +623,22 @@ class SlotWriter:
             return crc32(self._tails[k], crc32(self._heads[k]))
         return crc32(data)
 
-    def rewind(self, offset):
+    def rewind(self, offset, keep_hole=False):
         """Drop everything after ``offset`` bytes, rounded down to a block boundary
-        (bytes of a torn or untrusted attempt). Returns the new offset. When the new
-        offset is below what was programmed, the SHA-256 is rebuilt by hashing the
-        kept prefix again from flash (MicroPython's hash objects cannot be copied)."""
+        (bytes of a torn or untrusted attempt); at or past ``offset`` already: nothing
+        changes. Returns the new offset. When the new offset is below what was
+        programmed, the SHA-256 is rebuilt by hashing the kept prefix again from flash
+        (MicroPython's hash objects cannot be copied). A hole and the blocks written
+        ahead of it are dropped too, unless ``keep_hole`` (the bytes ahead are still the
+        file's, e.g. an HTTP error page came instead of the hole)."""
+        if offset >= self._done + self._fill:
+            return self._done + self._fill
         bs = self.block_size
         keep = offset // bs * bs
         if keep > self._done:
             keep = self._done
-        self._forget_hole()
+        if not keep_hole:
+            self._forget_hole()
         self._fill = 0
         self._head = 0
         if keep < self._done:
