@@ -18,6 +18,8 @@ import sys
 import board as board_profile
 from rmota.agent import for_board
 
+MAX_ERRORS = 20  # agent errors in one run before giving up (about 10 s of retries)
+
 
 class _Progress:
     """Prints the download progress every 10 %."""
@@ -40,7 +42,9 @@ def main():
         % (bs["slot"], b.running_version(), " (trial)" if bs["trial"] else "")
     )
     agent = for_board(b, progress=_Progress())
-    state = agent.run(until_idle=True)
+    # An error that comes back every time (too little heap, a broken board) ends the
+    # run with exit code 1 instead of retrying forever; a real device would reset.
+    state = agent.run(until_idle=True, max_errors=MAX_ERRORS)
     if agent.result:
         print("[main] result status %d: %s" % agent.result)
     print("[main] agent %s; errors %d" % (state, agent.errors))

@@ -79,7 +79,9 @@ def machine():
     except OSError:
         pass
     mp = subprocess.run(
-        [MICROPYTHON, "-c", "import sys; print(sys.version)"], capture_output=True, text=True
+        [MICROPYTHON, "-c", "import sys; print(sys.version.split('; ', 1)[-1])"],
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     cross = subprocess.run([MPY_CROSS, "--version"], capture_output=True, text=True).stdout
     return {

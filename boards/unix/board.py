@@ -67,8 +67,8 @@ REBOOT_EXIT_CODE = const(75)
 DEFAULT_SETTINGS = {
     "baud": 115200,
     # AT+HTTPCGET rx size, bytes (ESP-AT default 2048, max 10240). make bench: with
-    # 10240 the download loop costs 1.7x SHA-256 alone (2048: 3.1x) and framing 0.2 %
-    # of the wire (2048: 0.8 %), for 8 KB more parser buffer and 8 KB more writer ring.
+    # 10240 the download loop costs 1.7-1.9x SHA-256 alone (2048: 2.4-2.5x) and framing
+    # 0.2 % of the wire (2048: 0.8 %), for 8 KB more parser buffer and writer ring.
     "rx_size": 10240,
     "tx_size": 2048,
     "http_timeout_ms": 5000,  # AT+HTTPCGET network-idle timeout (ESP-AT default)
@@ -86,7 +86,7 @@ DEFAULT_SETTINGS = {
     "allow_raw": False,  # never accept a raw (headerless) image on this board
     # The journal's CRC-32 per block covers the block's first and last crc_span bytes
     # (rmota.writer). make bench: over the whole block MicroPython's crc32 (a 16-entry
-    # table) costs 0.75-1.05 x SHA-256 and the loop 2.5-2.75 x; with 256, 1.75 x. A
+    # table) costs 0.75-1.05 x SHA-256 and the loop 2.7-2.9 x; with 256, 1.7-1.9 x. A
     # journal entry only ever names a block whose program finished (entries are dropped
     # before their block is erased), so the CRC is a second line; the image's SHA-256
     # and the read-back stand before any commit. None: the whole block.

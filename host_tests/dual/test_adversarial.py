@@ -186,6 +186,27 @@ class TestConfirmBeforeTwo(unittest.TestCase):
         self.assertEqual(seen, [(1, 1)])  # slot 1, state 1 = confirmed
 
 
+class TestRunGivesUp(unittest.TestCase):
+    def test_run_returns_after_max_errors(self):
+        # An error that comes back every cycle (too little heap): run() must not loop
+        # forever when the caller bounded it (firmware/main.py exits 1 then).
+        fresh_flash(FLASH)
+        b = unix_board.Board(FLASH, clock=VirtualClock(), settings={"backoff_ms": 100})
+        try:
+            a = for_board(b, uart=FakeUART(), clock=b.clock)
+
+            def broken():
+                raise MemoryError("memory allocation failed")
+                yield
+
+            a._main = broken
+            a.run(until_idle=True, max_errors=3)
+            self.assertEqual(a.errors, 3)
+            self.assertIn("MemoryError", a.last_error)
+        finally:
+            b.close()
+
+
 class TestSettingsCheckedAtConstruction(unittest.TestCase):
     def test_bad_erase_unit_or_prog_chunk_is_refused_before_any_job(self):
         for st in ({"erase_unit": 5000}, {"erase_unit": -4096}, {"prog_chunk": 100}):

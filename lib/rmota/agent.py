@@ -374,19 +374,24 @@ class HostOTA:
         c = self.link.cmd
         return c is not None and not c.done
 
-    def run(self, until_idle=False, timeout_ms=None):
+    def run(self, until_idle=False, timeout_ms=None, max_errors=None):
         """Blocking loop over ``poll()``. With ``until_idle`` it returns once the agent
         has nothing left to do (no job pending, results delivered); ``timeout_ms``
-        bounds the whole run (then returns). Returns the agent's ``state``. A board
-        reboot (after a commit) does not return."""
+        bounds the whole run (then returns); ``max_errors``: returns once that many
+        agent errors (exceptions ``poll()`` caught, e.g. ``MemoryError``) happened in
+        this run. Returns the agent's ``state``. A board reboot (after a commit) does
+        not return."""
         clk = self.clock
         t0 = clk.ticks_ms()
+        e0 = self.errors
         while True:
             if not self.poll():
                 clk.sleep_ms(1)
             if until_idle and self._idle:
                 return self.state
             if timeout_ms is not None and clk.ticks_diff(clk.ticks_ms(), t0) > timeout_ms:
+                return self.state
+            if max_errors is not None and self.errors - e0 >= max_errors:
                 return self.state
 
     def _main(self):
