@@ -372,6 +372,31 @@ class TestHole(unittest.TestCase):
         with self.assertRaises(ValueError):
             SlotWriter(dev, erase_unit=3)
 
+    def test_a_loss_before_a_hole_s_first_block_ahead_grows_that_hole(self):
+        # Found by a sweep: the third loss came before any byte of the second hole's
+        # first block ahead; it must grow that hole, not open one inside it.
+        dev = UnitNOR(16)
+        img = _image(4096 * 9 + 77)
+        w = SlotWriter(dev, buffer_blocks=3)
+        w.begin(len(img))
+        w.write(img[:1000])
+        self.assertTrue(w.gap(3000))  # hole 1 to 4096
+        for i in range(3000, 17000, 500):
+            self.assertTrue(w.write_ahead(img[i : i + 500], i))
+        self.assertTrue(w.gap(17500))  # hole 2: 17000 .. 20480
+        self.assertTrue(w.write_ahead(img[17500:17800], 17500))  # skipped: in hole 2
+        self.assertTrue(w.gap(19000))  # 17800 < 20480: hole 2 grows (to 20480 still)
+        self.assertTrue(w.write_ahead(img[19000:21000], 19000))
+        self.assertTrue(w.gap(22000))  # 21000: 512 bytes of block 5 assembled: hole 3
+        for i in range(22000, len(img), 700):
+            self.assertTrue(w.write_ahead(img[i : i + 700], i))
+        for a, b in ((1000, 4096), (17000, 20480), (21000, 24576)):
+            self.assertEqual((w.offset, w.hole_end), (a, b))
+            self.assertEqual(w.write(img[a : b + 100]), b - a)
+        self.assertEqual(w.offset, len(img))
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+
     def test_what_gap_and_write_ahead_refuse(self):
         dev = UnitNOR(8)
         img = _image(4096 * 6)

@@ -446,11 +446,16 @@ class SlotWriter:
         b2 = (resume + bs - 1) // bs * bs
         if b2 > self.image_len:
             b2 = self.image_len
-        if p <= self._hole:
-            # Still inside the bytes skipped before the first block ahead: the current
-            # hole just grows.
-            if b2 > self._hole:
+        if p <= self._astart:
+            # Still inside the bytes skipped before the latest hole's first block ahead
+            # (nothing of that block assembled yet): that hole just grows.
+            if self._holes:
+                s0, e0 = self._holes[-1]
+                if b2 > e0:
+                    self._holes[-1] = (s0, b2)
+            elif b2 > self._hole:
                 self._hole = b2
+            if b2 > self._astart:
                 self._ahead_end = b2
                 self._astart = b2
                 if self._aerased < b2:
