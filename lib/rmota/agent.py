@@ -84,6 +84,7 @@ class Attempt:
         self.frame_errors = 0
         self.stalled = False  # a record stopped arriving (the link's inactivity timeout)
         self.gapped = False  # a record was lost and the bytes after it written ahead
+        self.overlap_bad = False  # a Range response whose overlap differs from ours
         self.new_header = False  # a full response whose header is not the one we hold
         self.want = None  # bytes a whole response holds (None: the announced size)
         self.cmd = None
@@ -854,7 +855,11 @@ class HostOTA:
         w.journaled = len(crcs)
         kept = w.resume(crcs)
         if kept == w.block_size * len(crcs):
-            first, run = j.crc_ahead()  # blocks written ahead of a hole, if any
+            # Blocks written ahead of a hole, if any. They may not have had their
+            # position confirmed (a power cut before the end of their response): if it
+            # was wrong, the overlap check after the hole is filled tells, and they are
+            # dropped then (_attempt, overlap_bad).
+            first, run = j.crc_ahead()
             if run and w.resume_ahead(first, run):
                 self.log.info("kept %d B written ahead of a hole" % w.ahead)
         self.header = h
@@ -1096,6 +1101,14 @@ class HostOTA:
             if not (att.mode == _M_WRITE and att.pos == want_end):
                 self.log.warn("bytes after the hole not confirmed: dropped")
                 w.drop_ahead()
+        if att.overlap_bad and c.final == b"OK" and w.absorbed_at:
+            # The bytes we hold just before the Range do not match the file's, right
+            # after blocks written ahead of a hole joined the image: their position was
+            # wrong (a lost record's header claimed a wrong length and a power cut came
+            # before the check above). Drop them; the next attempt fetches them again.
+            self.log.warn("overlap differs after a hole: dropping what came from ahead")
+            w.rewind(w.absorbed_at)
+            w.absorbed_at = 0
         self.att = None
         if end is not None and use_range and att.received > end - start + 1:
             self.log.warn("server ignored Range: full downloads from now on")
@@ -1353,6 +1366,7 @@ class HostOTA:
                 self.range_ok = False
                 att.pos = 0
             else:
+                att.overlap_bad = m >= k
                 return
         elif m < HEADER_SIZE:
             return  # shorter than a header: not our image

@@ -131,6 +131,9 @@ class SlotWriter:
         self.on_erase = None
         self.on_ahead = None
         self.journaled = 0
+        # Offset where the latest blocks written ahead joined the image (0: none): what
+        # an overlap check that fails right after can drop (their position was trusted).
+        self.absorbed_at = 0
         self.erases = 0
         self.programs = 0
         self.rehashed = 0
@@ -184,6 +187,7 @@ class SlotWriter:
             self._erased_to = 0
         self.image_len = image_len
         self._forget_hole()
+        self.absorbed_at = 0
         self._fill = 0
         self._head = 0
         self._done = 0
@@ -588,6 +592,8 @@ class SlotWriter:
         base = k * bs
         nxt = self._holes.pop(0) if self._holes else None
         end = nxt[0] // bs * bs if nxt else self._ahead_end
+        if end > self._done:
+            self.absorbed_at = self._done  # from here on the image came from ahead
         while self._done < end:
             n = end - self._done
             if n > bs:
@@ -644,6 +650,8 @@ class SlotWriter:
             keep = self._done
         if not keep_hole:
             self._forget_hole()
+        if keep <= self.absorbed_at:
+            self.absorbed_at = 0
         self._fill = 0
         self._head = 0
         if keep < self._done:
@@ -665,6 +673,7 @@ class SlotWriter:
         view = self._blk[0]
         kept = 0
         self._forget_hole()
+        self.absorbed_at = 0
         self._fill = 0
         self._head = 0
         self._erased_to = 0
