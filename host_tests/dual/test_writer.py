@@ -458,3 +458,18 @@ class TestEraseAheadRegressions(unittest.TestCase):
         self.assertFalse(w.erase_ahead(len(img)))
         self.assertEqual(w.erases, 0)
         self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+
+
+class TestRewindDropsTheHole(unittest.TestCase):
+    def test_rewind_to_where_it_stands_still_drops_a_hole(self):
+        # rewind(x) with x at or past the write position changes no byte, but a hole
+        # (and its blocks ahead) goes unless keep_hole: the caller no longer trusts them
+        dev = UnitNOR(8)
+        img = _image(4096 * 6)
+        for keep in (False, True):
+            w = SlotWriter(dev, buffer_blocks=2)
+            w.begin(len(img))
+            w.write(img[:5000])
+            self.assertTrue(w.gap(6000))
+            self.assertEqual(w.rewind(5000, keep_hole=keep), 5000)
+            self.assertEqual(w.hole_end, 8192 if keep else 0)

@@ -804,11 +804,9 @@ class HostOTA:
 
     def _on_block(self, index, crc):
         # The writer programmed block ``index``: journal its CRC so that a resume after a
-        # power cut can tell it intact. Entry k must describe block k.
+        # power cut can tell it intact. Entry k must describe block k (entries from a
+        # block on were dropped before it was erased again: _on_erase).
         w = self.writer
-        if index < w.journaled:  # not after an erase (on_erase dropped them): defensive
-            self.board.journal.crc_truncate(index)
-            w.journaled = index
         if index != w.journaled:
             return  # a gap the list cannot describe: a resume stops before it
         self.board.journal.crc_append(crc)

@@ -642,14 +642,14 @@ class SlotWriter:
         (MicroPython's hash objects cannot be copied). A hole and the blocks written
         ahead of it are dropped too, unless ``keep_hole`` (the bytes ahead are still the
         file's, e.g. an HTTP error page came instead of the hole)."""
+        if not keep_hole:
+            self._forget_hole()
         if offset >= self._done + self._fill:
             return self._done + self._fill
         bs = self.block_size
         keep = offset // bs * bs
         if keep > self._done:
             keep = self._done
-        if not keep_hole:
-            self._forget_hole()
         if keep <= self.absorbed_at:
             self.absorbed_at = 0
         self._fill = 0
