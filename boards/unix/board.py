@@ -135,7 +135,8 @@ def plan_flash(s, block=SECTOR_SIZE, margin=1.25):
     "pre_erase" or "window"), ``erase_unit`` (bytes), ``header_first`` (bool) and
     ``uart_rxbuf`` (bytes): the values to use where ``s`` has "auto" or None.
 
-    - Flow control: "stream" (the ESP waits while the host is busy).
+    - Flow control: "stream" with 64 KB block erases (the ESP waits while the host is
+      busy, so the fewest erase stalls waste the least wire time).
     - Otherwise, while the host is in a flash operation the UART must keep the bytes
       that arrive. With the receive interrupt running during flash operations
       (``uart_irq_off_fifo`` None) the ring of ``uart_rxbuf`` bytes holds them.
@@ -160,8 +161,12 @@ def plan_flash(s, block=SECTOR_SIZE, margin=1.25):
     per_read = (s.get("read_size") or 4096) // block + 1
     plan = {"flash_mode": "stream", "erase_unit": block, "header_first": False}
     plan["uart_rxbuf"] = ring
-    if s.get("flow_control") or not s.get("faithful"):
-        return plan  # the ESP waits, or the desktop board without stalls
+    if not s.get("faithful"):
+        return plan  # the desktop board without stalls: nothing to protect
+    if s.get("flow_control"):
+        # The ESP waits while the host is busy: the fewest erase stalls win.
+        plan["erase_unit"] = _UNITS[0][0]
+        return plan
     erase = s["flash_erase_ms"]
     page = s["flash_page_ms"]
     prog = page * block / 256  # one block programmed, page by page
