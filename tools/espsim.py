@@ -126,6 +126,7 @@ class Server:
             "t": t_ms,
             "path": path,
             "range": None,
+            "end": None,
             "status": 200,
             "start": 0,
             "length": 0,
@@ -148,7 +149,7 @@ class Server:
         if status is None and rng is not None:
             p = parse_range(rng, len(blob))
             if p is not None and p != "unsatisfiable":
-                req["range"] = p[0]
+                req["range"], req["end"] = p
             elif p == "unsatisfiable":
                 req["range"] = -1
             if self.ignore_range:

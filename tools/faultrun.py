@@ -776,28 +776,53 @@ class Scenario:
     def refetch_stats(self):
         """Image bytes fetched again per interruption, from the server's log: for each
         GET after the first, the bytes of its body below the furthest stream offset
-        that earlier GETs had delivered to the host (``reached``). A GET from 0 after the
-        host had the whole image (a digest failure) counts as a full restart, a GET
+        that earlier GETs had delivered to the host (``reached``). A GET of the whole
+        file, of the 64-byte header alone, or of all after the header, made after the
+        host had the whole image (a digest failure, a refused header checked again),
+        counts as a full restart (not a bounded one: a hole at the start), a GET
         whose Range the server ignored in its own column; after a full restart only what
-        later GETs delivered counts as reached. Returns (list of bytes per
-        interruption, full restarts, bytes re-sent because a Range was ignored)."""
+        later GETs delivered counts as reached. A GET that goes on right where a bounded
+        one ended whole (the image after the header fetched alone, the next window),
+        asking again only for the 16-byte overlap, follows no interruption and is not
+        counted; nor is one without a Range after the server ignored one (the agent
+        then downloads whole files: those bytes go with the ignored ones). Returns
+        (list of bytes per interruption, full restarts, bytes re-sent because a Range
+        was ignored)."""
         total = len(self.image)
         per = []
         restarts = 0
         ignored = 0
         reached = -1
+        prev = None
+        ignoring = False  # the server ignored a Range: full downloads from then on
         for q in self.sim.server.requests:
             if q["start"] is None or q["path"] != IMAGE_PATH:
                 continue
             a = q["start"]
             b = a + q["sent"]
+            planned = (
+                prev is not None
+                and prev["end"] is not None
+                and not prev["ignored"]
+                and prev["start"] + prev["sent"] == prev["end"] + 1
+                and prev["end"] + 1 - 16 <= a <= prev["end"] + 1
+                and reached <= prev["end"] + 1
+            )
+            prev = q
+            ignoring = ignoring or q["ignored"]
             if reached >= 0:
                 dup = (reached if reached < b else b) - a
                 if dup < 0:
                     dup = 0
-                if q["ignored"]:
+                if planned:
+                    pass  # the next window, or the image after its header: no interruption
+                elif q["ignored"] or (ignoring and q["range"] is None):
                     ignored += dup
-                elif a == 0 and q["range"] is None and reached >= total:
+                elif (
+                    a <= 64
+                    and reached >= total
+                    and (q["end"] is None or q["end"] < 64 or q["end"] >= total - 1)
+                ):
                     restarts += 1
                     reached = -1  # the agent dropped everything: count from this GET on
                 else:
