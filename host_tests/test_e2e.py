@@ -125,8 +125,9 @@ def test_power_cut_mid_download_resumes_with_range(runtime, tmp_path):
     kept = int(line.split(" at ")[1].split(" of ")[0])
     assert 64 + 4096 <= kept < 64 + len(p)
     gets = [q for q in r.requests if q["method"] == "GET"]
-    assert len(gets) == 2
-    assert gets[1]["headers"].get("Range") == "bytes=%d-" % (kept - 16)  # 16-byte overlap
+    assert len(gets) == 3  # the header alone, the image, the resume
+    assert gets[0]["headers"].get("Range") == "bytes=0-63"
+    assert gets[2]["headers"].get("Range") == "bytes=%d-" % (kept - 16)  # 16-byte overlap
     assert [s for _, s, i in r.results] == [1, 1, 2] and r.results[1][2] == "resuming"
 
 

@@ -45,6 +45,9 @@ FAST = {
     "settle_ms": 200,
     "record_idle_ms": 250,
     "http_timeout_ms": 2000,
+    # The traces download the whole file in one response, and the faults' body offsets
+    # count from its first byte: no separate request for the header (the default).
+    "header_first": False,
 }
 
 HELLO = b"hello rmota!"  # the 12-byte payload of the traces' 76-byte image
@@ -110,6 +113,17 @@ def test_01_short_record(runtime, tmp_path):
         faults=Faults(short_record={1: 2}),
     )
     assert fired(r, "short_record") == [1]
+    # The response ended 2 bytes past the image: 16 of the file's bytes, fetched alone,
+    # were found 2 bytes further on in the slot, so the records after the hole were
+    # moved 2 bytes back. Then only the hole came again (a bounded request), then the
+    # image's last 2 bytes (which had run past its end) with the 16-byte overlap.
+    assert any("moved by -2 B" in x for x in r.output), r.output
+    ranges = [q["headers"].get("Range") for q in r.http_log]
+    assert len(ranges) == 4 and ranges[0] is None, ranges
+    spans = [[int(x) for x in v.split("=")[1].split("-")] for v in ranges[1:3]]
+    assert spans[0][1] - spans[0][0] == 15, ranges
+    assert 0 < spans[1][1] - spans[1][0] < 4096 + 2048, ranges
+    assert ranges[3] == "bytes=%d-" % (64 + 5000 - 2 - 16), ranges
 
 
 @pytest.mark.parametrize(
@@ -184,6 +198,7 @@ def test_03_stall_mid_record(runtime, tmp_path):
         faults=Faults(silence_at_body=5, silence_s=0.3),
     )
     assert fired(r, "silence_at_body") == [5]
+    assert any("failed: record stalled" in x for x in r.output), r.output
 
 
 @pytest.mark.parametrize("at, silence_s, size", [(3000, 0.0, 5000), (7999, 0.6, 8000)])
@@ -199,12 +214,32 @@ def test_03_cousins(at, silence_s, size, tmp_path):
 
 
 def test_03_cousin_pause_then_the_rest(tmp_path):
-    # The record stops for longer than the inactivity timeout, then the rest arrives:
-    # the record is already a frame error; its tail is garbage, never image bytes.
+    # The record stops for longer than the inactivity timeout (250 ms here), then the
+    # rest arrives: during a download the record is held up to the stall bound (the
+    # ESP's network timeout plus a margin), so it completes and nothing is fetched twice.
     p = _payload(6000)
     r = run_case(tmp_path, "cpython", p, faults=Faults(stall_at_body=3000, stall_s=0.6))
     assert fired(r, "stall_at_body") == [3000]
-    assert any("failed: record stalled" in x for x in r.output), r.output
+    assert not any("failed:" in x for x in r.output), r.output
+    assert len(r.http_log) == 1, r.http_log
+    assert r.agents[0].link.record_stalls == 0
+    assert r.final_status == 2 and r.slot_sha256 == hashlib.sha256(p).digest()
+
+
+def test_03_cousin_pause_past_the_stall_bound(tmp_path):
+    # A pause longer than the stall bound (2 s + 2 s + one record's wire time here):
+    # the record is a frame error and a hole; its tail, when it comes, is dropped as
+    # lines, never image bytes; the records after it are written ahead, and only the
+    # hole is fetched again (a bounded Range).
+    p = _payload(6000)
+    r = run_case(tmp_path, "cpython", p, faults=Faults(stall_at_body=3000, stall_s=5.0))
+    assert fired(r, "stall_at_body") == [3000]
+    assert r.agents[0].link.record_stalls == 1
+    assert any("framing: record stalled" in x for x in r.output), r.output
+    ranges = [q["headers"].get("Range") for q in r.http_log]
+    assert len(ranges) == 2 and ranges[0] is None, ranges
+    lo, hi = ranges[1].split("=")[1].split("-")
+    assert int(lo) < 3064 < int(hi) < 3064 + 4096 + 2048, ranges
     assert r.final_status == 2 and r.slot_sha256 == hashlib.sha256(p).digest()
 
 

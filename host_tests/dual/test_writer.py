@@ -473,3 +473,122 @@ class TestRewindDropsTheHole(unittest.TestCase):
             self.assertTrue(w.gap(6000))
             self.assertEqual(w.rewind(5000, keep_hole=keep), 5000)
             self.assertEqual(w.hole_end, 8192 if keep else 0)
+
+
+class TestMisplacedAhead(unittest.TestCase):
+    """shift_ahead(), park_tail(), find_ahead(), truncate_ahead(): bytes written ahead of a
+    hole at the wrong place (a lost record's header claimed a wrong length, issue 4 case
+    1) are found and moved, not fetched again."""
+
+    def _misplaced(self, img, at, lost, delta, upto=None, **kw):
+        # The record at `at` was lost; its header claimed `lost` bytes but it held
+        # `lost - delta`: everything after it is written `delta` bytes too far on.
+        dev = UnitNOR(24)
+        w = SlotWriter(dev, buffer_blocks=2, **kw)
+        w.begin(len(img))
+        _write_all(w, img[:at], 700)
+        self.assertTrue(w.gap(at + lost))
+        true = at + lost - delta  # where the next record really starts
+        end = len(img) if upto is None else upto
+        for i in range(true, end, 900):
+            chunk = img[i : min(i + 900, end)]
+            pos = i + delta
+            if pos + len(chunk) > len(img):
+                chunk = chunk[: len(img) - pos]  # what ran past the image: dropped
+            if chunk:
+                self.assertTrue(w.write_ahead(chunk, pos))
+        return dev, w
+
+    def _finish(self, dev, w, img, at):
+        w.park_tail()
+        while w.offset < len(img):  # the hole, then what is missing at the end
+            w.write(img[w.offset : w.offset + 500])
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+
+    def test_moved_back_after_a_header_that_claimed_more(self):
+        img = _image(4096 * 12 + 300)
+        at = 4096 * 2 + 1000
+        dev, w = self._misplaced(img, at, 2048, 9)
+        m = w.hole_end + 2000
+        want = img[m : m + 16]
+        self.assertNotEqual(bytes(dev.mem[m : m + 16]), want)
+        self.assertEqual(w.find_ahead(want, w.hole_end, m + 2000), m + 9)
+        self.assertTrue(w.shift_ahead(9))
+        self.assertEqual(bytes(dev.mem[m : m + 16]), want)
+        # the bytes that had run past the image (the last 9) are fetched after the
+        # hole: everything else written ahead is kept
+        self.assertEqual(w.ahead_at, len(img) - 9)
+        self._finish(dev, w, img, at)
+
+    def test_moved_on_after_a_header_that_claimed_fewer(self):
+        img = _image(4096 * 12 + 300)
+        at = 4096 * 2 + 1000
+        dev, w = self._misplaced(img, at, 2048, -7)
+        h = w.hole_end
+        self.assertTrue(w.shift_ahead(-7))
+        self.assertEqual(w.hole_end, h + 4096)  # the first block ahead lacked 7 bytes
+        self.assertEqual(bytes(dev.mem[h + 4096 : h + 8192]), img[h + 4096 : h + 8192])
+        self._finish(dev, w, img, at)
+
+    def test_a_parked_tail_moves_with_the_rest(self):
+        img = _image(4096 * 12)
+        at = 4096 * 2 + 100
+        dev, w = self._misplaced(img, at, 2048, 5, upto=4096 * 8 + 1234)
+        self.assertGreater(w.park_tail(), 0)  # the response broke off mid-block
+        self.assertFalse(w.write_ahead(b"x", w.ahead_at))  # nothing more ahead now
+        self.assertTrue(w.shift_ahead(5))
+        self._finish(dev, w, img, at)
+
+    def test_journal_entries_are_dropped_then_written_again(self):
+        img = _image(4096 * 10)
+        calls = []
+        dev = UnitNOR(24)
+        w = SlotWriter(dev, buffer_blocks=2)
+        w.on_erase = lambda i: calls.append(("erase", i))
+        w.on_ahead = lambda i, c: calls.append(("ahead", i)) or True
+        w.begin(len(img))
+        _write_all(w, img[:5000], 700)
+        self.assertTrue(w.gap(5000 + 1024))
+        for i in range(5000 + 1024 - 3, len(img), 1000):
+            w.write_ahead(img[i : i + 1000][: len(img) - i - 3], i + 3)
+        before = [c for c in calls if c[0] == "ahead"]
+        del calls[:]
+        self.assertTrue(w.shift_ahead(3))
+        self.assertEqual(calls[0], ("erase", 2))  # the entries go first
+        # every whole block again; the last, now 3 bytes short, stays in the ring
+        self.assertEqual([c[1] for c in calls[1:]], [b[1] for b in before][:-1])
+
+    def test_found_twice_says_nothing(self):
+        img = bytearray(_image(4096 * 8))
+        img[4096 * 4 : 4096 * 6] = b"\xff" * 8192  # a run of equal bytes
+        img = bytes(img)
+        dev, w = self._misplaced(img, 4096 + 10, 1000, 4)
+        self.assertIsNone(w.find_ahead(b"\xff" * 16, w.hole_end, len(img)))
+        self.assertIsNone(w.find_ahead(b"not in the slot!", w.hole_end, len(img)))
+
+    def test_what_shift_refuses(self):
+        img = _image(4096 * 8)
+        dev, w = self._misplaced(img, 4096 + 10, 1000, 4)
+        self.assertFalse(w.shift_ahead(0))
+        self.assertFalse(w.shift_ahead(4096 * 3))  # onto the bytes held before the hole
+        w.drop_ahead()
+        self.assertFalse(w.shift_ahead(4))  # no hole
+
+    def test_truncate_keeps_the_first_run(self):
+        img = _image(4096 * 12)
+        dev = UnitNOR(24)
+        w = SlotWriter(dev, buffer_blocks=2)
+        w.begin(len(img))
+        _write_all(w, img[:3000], 700)
+        self.assertTrue(w.gap(5000))
+        self.assertTrue(w.write_ahead(img[5000 : 4096 * 5 + 100], 5000))
+        self.assertTrue(w.gap(4096 * 5 + 2000))  # a second loss: its own hole
+        w.write_ahead(img[4096 * 5 + 2000 : 4096 * 9], 4096 * 5 + 2000)
+        self.assertTrue(w.truncate_ahead())
+        self.assertEqual(w.ahead_run_end(), 4096 * 5 + 100)
+        self.assertFalse(w.truncate_ahead())
+        while w.offset < len(img):
+            w.write(img[w.offset : w.offset + 800])
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())

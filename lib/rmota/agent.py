@@ -82,13 +82,45 @@ class Attempt:
         self.too_long = False
         self.last_ms = 0
         self.frame_errors = 0
-        self.stalled = False  # a record stopped arriving (the link's inactivity timeout)
+        self.stalled = False  # a record stopped arriving, and could not be a hole
+        self.stall_seen = False  # a record stopped arriving (the link's inactivity timeout)
         self.gapped = False  # a record was lost and the bytes after it written ahead
+        self.confirmed = False  # ... and the response ended exactly where it should
+        self.unverified = False  # ... before the Range's overlap was checked
+        self.gaps = 0  # holes this response opened
+        self.junk_ok = False  # a stalled record became a hole: its tail may still come
+        self.hole0 = 0  # the writer's hole when it began
+        self.past_end = False  # bytes after a hole ran past the image's end
         self.overlap_bad = False  # a Range response whose overlap differs from ours
         self.new_header = False  # a full response whose header is not the one we hold
         self.want = None  # bytes a whole response holds (None: the announced size)
+        self.limit = 0  # stream offset where the response asked for ends
+        self.over_limit = False  # a response from 0 went on past it
+        self.overflow = False  # a record ran past the end (its tail dropped)
         self.cmd = None
         self.reject = None
+
+
+class _Grab:
+    """A link sink that keeps the first bytes of a response's records in ``buf``:
+    ``n`` (bytes received), ``bad`` (a frame error), ``last_ms`` (the latest record)."""
+
+    def __init__(self, buf, clock):
+        self.buf = buf
+        self.n = 0
+        self.bad = False
+        self.clock = clock
+        self.last_ms = clock.ticks_ms()
+
+    def record(self, mv):
+        k = len(self.buf) - self.n
+        if k > 0:
+            self.buf[self.n : self.n + min(k, len(mv))] = mv[:k]
+        self.n += len(mv)
+        self.last_ms = self.clock.ticks_ms()
+
+    def frame_error(self, reason):
+        self.bad = True
 
 
 class HostOTA:
@@ -119,13 +151,17 @@ class HostOTA:
     - ``pad_ms`` (200): the wait after each batch of NUL padding;
     - ``quiet_ms`` (1500): every byte of the image is in but no final result came (a
       mangled ``OK``): after this much silence the image is judged by its digest;
-    - ``settle_ms`` (1000): after a record stalled, how much longer to wait for the
-      ESP's final result or ``ready`` before resynchronising with ``AT``;
+    - ``settle_ms`` (1000): after a record stalled and could not become a hole, how
+      much longer to wait for the ESP's final result or ``ready`` before
+      resynchronising with ``AT``;
     - ``record_idle_ms``: sets ``link.record_idle_ms`` (the payload-mode inactivity
-      timeout, ``rmota.at.ATLink``) when given.
+      timeout, ``rmota.at.ATLink``) when given. During a download a record that
+      pauses is held up to the stall bound (``http_timeout_ms`` + 2 s + one record's
+      wire time) unless its bytes so far show the ESP rebooted or finished.
     Counters for post-mortems: ``attempts``, ``resumes``, ``refetches``,
-    ``bytes_received``, ``bytes_refetched``, ``errors``; ``last_error`` (str);
-    ``result`` ((status, info) of the last job reported, or None).
+    ``bytes_received``, ``bytes_refetched``, ``relocations`` (bytes written ahead of a
+    hole moved to their place), ``errors``; ``last_error`` (str); ``result`` ((status,
+    info) of the last job reported, or None).
     """
 
     def __init__(
@@ -168,10 +204,15 @@ class HostOTA:
         self.window_size = s.get("window_size", 12288)
         self.prog_chunk = s.get("prog_chunk")
         # Bytes erased at once (one block-erase command where the slot's bdev has
-        # ``erase_blocks``); "header_first": the 64-byte header is fetched alone, so the
+        # ``erase_blocks``); "header_first" (default True): a new download fetches the
+        # 64-byte header alone first. Nothing may be written before the header is
+        # checked, so a record lost before it would cost the rest of the response
+        # (issue 3: at most one erase block plus one record fetched twice); a refused
+        # header is confirmed with another 64 bytes, not a second whole file; and the
         # journal's record of the download is written while the ESP is idle.
         self.erase_unit = s.get("erase_unit") or 0
-        self.header_first = bool(s.get("header_first"))
+        hf = s.get("header_first")
+        self.header_first = True if hf is None else bool(hf)
         self._max_data = s.get("line_max", 2048)
         # Checked here, not at the first job: a bad value must not fail every job.
         slot = getattr(board, "inactive_slot", None)
@@ -228,6 +269,10 @@ class HostOTA:
         self.attempts = 0
         self.resumes = 0
         self.refetches = 0
+        self.relocations = 0  # bytes ahead of a hole moved to their place (shift_ahead)
+        # Bytes ahead of a hole kept without their place confirmed: before the hole is
+        # fetched, 16 of them are fetched and looked for (_check_ahead).
+        self._ahead_check = None
         self.bytes_received = 0
         self.bytes_refetched = 0
         self.errors = 0
@@ -341,6 +386,7 @@ class HostOTA:
     def _fault(self, e):
         self.errors += 1
         self.link.sink = None
+        self.link.record_hold_ms = 0
         self._retry_at = self.clock.ticks_ms() + self.backoff_ms
         self.state = "error"
         try:  # reporting must not raise out of poll() either (a full disk, no memory)
@@ -606,17 +652,29 @@ class HostOTA:
         self._notified = None
         return note
 
-    def _finish_job(self, job_id, status, info):
+    def _finish_job(self, job_id, status, info, download=None):
         """Record a final result in the journal, deliver it, clear the journal when the
-        ESP accepted it (else it is retried on the next cycle)."""
+        ESP accepted it (else it is retried on the next cycle). ``download``: the
+        journal's record of the job's download (a dict), put back instead of clearing
+        once the result is delivered (a failure to retry when notified again; the CRC
+        log is left as it is)."""
         self.result = (status, info)
         j = self.board.journal
-        j.save({"stage": "report", "job": job_id, "status": status, "info": info})
+        rec = {"stage": "report", "job": job_id, "status": status, "info": info}
+        if download:
+            rec["download"] = download
+        j.save(rec)
         ok = yield from self._report(job_id, status, info)
         if ok:
-            j.clear()
+            self._after_report(j, download)
         else:
             self.log.warn("result kept in the journal for a later delivery")
+
+    def _after_report(self, j, download):
+        if download:
+            j.save(download)
+        else:
+            j.clear()
 
     def _deliver_saved_result(self):
         j = self.board.journal.load()
@@ -625,7 +683,7 @@ class HostOTA:
             self.result = (j["status"], j["info"])
             ok = yield from self._report(j["job"], j["status"], j["info"])
             if ok:
-                self.board.journal.clear()
+                self._after_report(self.board.journal, j.get("download"))
 
     def _finish_committed(self):
         """After the reboot that follows a commit: the board booted the new image on
@@ -700,6 +758,7 @@ class HostOTA:
             yield from self._finish_job(note.job_id, OTA_REJECTED, "size %d < header" % note.size)
             return
         self.header = None
+        self._ahead_check = None
         slot = self.board.inactive_slot()
         self.writer = self._new_writer(slot.bdev)
         self.writer.on_block = self._on_block
@@ -747,7 +806,14 @@ class HostOTA:
             yield from self._finish_job(note.job_id, verdict.status, verdict.reason)
             return
         if verdict != "done":
-            yield from self._finish_job(note.job_id, OTA_FAILED, self._why(verdict))
+            # Out of attempts for now (the link, the server): report 3, but keep the
+            # download's record and CRCs, so that when the cloud notifies this job
+            # again the blocks already in the slot are not fetched twice (issue 3).
+            saved = self.board.journal.load()
+            keep = saved if saved and saved.get("stage") == "download" else None
+            if keep and (keep.get("job") != note.job_id or self.header is None):
+                keep = None  # (no header: a digest failure, the image is taken afresh)
+            yield from self._finish_job(note.job_id, OTA_FAILED, self._why(verdict), keep)
             return
         # Verified: commit, then reboot into the new image on trial.
         h = self.header
@@ -860,6 +926,7 @@ class HostOTA:
             first, run = j.crc_ahead()
             if run and w.resume_ahead(first, run):
                 self.log.info("kept %d B written ahead of a hole" % w.ahead)
+                self._ahead_check = True
         self.header = h
         self._hdr_raw[:] = raw
         self.resumes += 1
@@ -1015,6 +1082,12 @@ class HostOTA:
         acc = self._accepted()
         w = self.writer
         mode = self.flash_mode
+        if self._ahead_check and w.hole_end:
+            if self.range_ok:
+                v = yield from self._check_ahead(note)
+                return v
+            w.drop_ahead()  # unchecked, and full downloads bring them again anyway
+            self._ahead_check = None
         end = None  # last stream offset asked for (inclusive), None: to the end
         if self.range_ok:
             if mode == "window":
@@ -1041,11 +1114,16 @@ class HostOTA:
         if acc > HEADER_SIZE and self.range_ok:
             overlap = min(_OVERLAP, w.offset)
             start = acc - overlap
+        elif acc == HEADER_SIZE and self.range_ok and end is None:
+            # Only the header is in (header_first, or a resume before any payload):
+            # the overlap is the header's last 16 bytes (half its SHA-256).
+            overlap = _OVERLAP
+            start = acc - overlap
         if (start or end is not None) and self.range_ok:
             use_range = yield from self._set_range(start, end)
             if use_range:
                 self._read_tail(overlap)
-                if end is None:
+                if end is None and acc > HEADER_SIZE:
                     self.resumes += 1
             else:
                 # False: no AT+HTTPCHEAD on this ESP. None: not now (busy, reset, lost
@@ -1054,8 +1132,10 @@ class HostOTA:
                 overlap = start = 0
                 end = None
         att = Attempt(start, overlap, acc)
+        att.hole0 = w.hole_end
         # bytes a whole response to this request holds
         att.want = (end - start + 1) if end is not None and use_range else note.size - start
+        att.limit = start + att.want
         self.att = att
         self.link.sink = self
         cmd = b'AT+HTTPCGET="",%d,%d,%d' % (self.tx_size, self.rx_size, self.http_timeout_ms)
@@ -1067,6 +1147,9 @@ class HostOTA:
         # ... and att.last_ms moves only with whole records: a record of rx_size bytes
         # takes rx_size * 10 / baud seconds on the wire (10.7 s at 9600 baud).
         stall_ms = self.http_timeout_ms + 2000 + self.rx_size * 10000 // self.baud
+        # A record that pauses is held as long (unless the ESP rebooted or finished in
+        # it): its end may still come, and then nothing of the response is lost.
+        self.link.record_hold_ms = stall_ms
         quiet_ms = self.quiet_ms
         while not c.done:
             yield
@@ -1083,22 +1166,63 @@ class HostOTA:
                 # not wait out its network timeout: resynchronise below.
                 break
             if idle > stall_ms:
+                if self.link.parser.in_record() and self.link.idle_ms() <= stall_ms:
+                    continue  # inside a record every byte is this download's
                 self.log.warn("download stalled")
                 break
         self.link.sink = None
+        self.link.record_hold_ms = 0
         if self.link.parser.in_record():
             self.link.parser.abort_record()
         if att.mode == _M_PROBE:
             self._decide(att)
+        if att.overflow and c.final is not None:
+            # A final result came after the record that ran past the end: it did not
+            # swallow it, so the response was longer than asked (not the file).
+            att.too_long = True
+        if att.over_limit and not (c.final == b"OK" and att.received == note.size):
+            self.log.warn("response longer than asked, not the whole file: dropped")
+            w.rewind(0)
         if att.gapped and w.hole_end:
-            # Keep what was written after the hole only when the response ran exactly to
-            # where it should end: a record lost without a trace (its header altered)
-            # would have shifted everything after it. (The final result adds nothing: a
-            # mangled OK after the last byte, issue 4 case 5, still counts.)
+            # Keep what was written after the hole as it is only when the response ran
+            # exactly to where it should end: a record header that claimed a wrong
+            # length (issue 4 case 1) shifted everything after it. (The final result
+            # adds nothing: a mangled OK after the last byte, issue 4 case 5, counts.)
             want_end = end + 1 if end is not None and use_range else note.size
-            if not (att.mode == _M_WRITE and att.pos == want_end):
+            ended = c.final == b"OK" and att.mode == _M_WRITE
+            if (
+                att.mode == _M_WRITE
+                and att.pos == want_end
+                and (c.final == b"OK" or not att.unverified)
+            ):
+                att.confirmed = True
+                self._ahead_check = None
+            elif att.unverified and (c.final == b"OK" or http_status_of(c.err_code)):
+                # The response was never checked, and it ended elsewhere (the file from
+                # 0: the server ignored the Range) or was an error page.
+                self.log.warn("bytes after the hole unverified: dropped")
+                w.drop_ahead()
+            elif not self.range_ok:
+                # Full downloads from now on bring them again: nothing to save.
                 self.log.warn("bytes after the hole not confirmed: dropped")
                 w.drop_ahead()
+            elif (att.pos > want_end or ended) and att.hole0:
+                self.log.warn("bytes after the hole misplaced: dropped")
+                w.drop_ahead()
+            else:
+                if (att.pos > want_end or ended) and att.gaps > 1:
+                    # Misplaced, with several holes among them: no single shift fixes
+                    # all. Keep the first run, which the check below places or drops.
+                    w.truncate_ahead()
+                # Misplaced by one lost record's lying header (the response ended that
+                # many bytes off), or the response broke off (stall, silence, reboot,
+                # link drop) or lost its place later: nothing confirms the bytes ahead.
+                # Keep them; before the hole is fetched, _check_ahead finds where 16 of
+                # them really belong and keeps, moves or drops them.
+                self.log.warn("bytes after the hole kept unconfirmed")
+                self._ahead_check = True
+        if w.hole_end:
+            w.park_tail()  # the hole's bytes will pass through the ring
         if att.overlap_bad and c.final == b"OK" and w.absorbed_at:
             # The bytes we hold just before the Range do not match the file's, right
             # after blocks written ahead of a hole joined the image: their position was
@@ -1107,8 +1231,18 @@ class HostOTA:
             self.log.warn("overlap differs after a hole: dropping what came from ahead")
             w.rewind(w.absorbed_at)
             w.absorbed_at = 0
+        elif att.overlap_bad and c.final == b"OK":
+            # The file's bytes before the Range are not the ones we hold there: ours are
+            # not to be trusted (they came in a record that ended right by chance).
+            # Drop the block they are in; the next attempt fetches it again.
+            self.log.warn("overlap differs: dropping the last block held")
+            w.rewind(max(0, w.offset - att.overlap - 1))
         self.att = None
-        if end is not None and use_range and att.received > end - start + 1:
+        if end is not None and use_range and att.received == note.size > end - start + 1:
+            # The whole file came (not just more bytes: an HTTP error page, 416
+            # included, is longer than a 64-byte Range, and a record header that
+            # claimed more than it held swallows what follows; neither says anything
+            # about Range).
             self.log.warn("server ignored Range: full downloads from now on")
             self.range_ok = False
         if w.defer and w.buffered:
@@ -1171,10 +1305,10 @@ class HostOTA:
             # fell: nothing of this attempt is kept, complete image or not.
             self.writer.rewind(att.acc0 - HEADER_SIZE if att.acc0 > HEADER_SIZE else 0)
             return "response longer than announced"
-        if att.gapped and w.hole_end and self.header is not None:
+        if att.confirmed and w.hole_end and self.header is not None:
             return "more"  # the bytes after the hole are in: fetch the hole alone next
         if self.header is None or self.writer.offset < self.header.image_len:
-            if att.stalled:
+            if att.stall_seen:
                 return "record stalled"
             if att.frame_errors:
                 return "framing error"
@@ -1198,6 +1332,75 @@ class HostOTA:
             return get() == h.sha256
         except Exception:
             return False
+
+    def _check_ahead(self, note):
+        """Bytes written ahead of a hole were kept although their response did not say
+        they sit where they should: it broke off, a power cut came first, or it ended
+        off by the amount a lost record's header lied about its length (issue 4 case
+        1). Before the hole is fetched, fetch the file's 16 bytes at a point inside
+        them (``rx_size`` bytes in, the most one lying header can move them, or the
+        middle) with a bounded ``Range``, and look for them within that distance in
+        the slot: found in place, the bytes ahead stay; found once elsewhere, they are
+        moved there (``SlotWriter.shift_ahead``); not found, or found more than once
+        (a run of equal bytes), they are dropped. Returns ``"more"`` when decided, else
+        the attempt's failure (an int HTTP status, or a reason string)."""
+        w = self.writer
+        h = w.hole_end
+        run = w.ahead_run_end() - h
+        if run < 2 * _OVERLAP:
+            self.log.warn("bytes ahead of the hole too few to check: dropped")
+            w.drop_ahead()
+            self._ahead_check = None
+            return "more"
+        reach = min(self.rx_size, (run - _OVERLAP) // 2)
+        m = h + reach  # the file's bytes [m, m + 16) are ahead whatever the shift
+        start = HEADER_SIZE + m
+        ok = yield from self._set_range(start, start + _OVERLAP - 1)
+        if not ok:
+            if ok is False:
+                self.range_ok = False
+            return "Range not set"
+        grab = _Grab(self._probe, self.clock)
+        self.link.sink = grab
+        cmd = b'AT+HTTPCGET="",%d,%d,%d' % (self.tx_size, self.rx_size, self.http_timeout_ms)
+        c = self.link.send(cmd, 1 << 29)
+        clk = self.clock
+        stall_ms = self.http_timeout_ms + 2000
+        while not c.done and clk.ticks_diff(clk.ticks_ms(), grab.last_ms) <= stall_ms:
+            yield
+        self.link.sink = None
+        if self.link.parser.in_record():
+            self.link.parser.abort_record()
+        if not c.done:
+            yield from self._init_esp()
+        if not self.esp_reset:
+            yield from self._clear_range()
+        if c.reset:
+            return "ESP reset"
+        if c.final == b"ERROR":
+            return http_status_of(c.err_code) or "download ERROR"
+        if c.final != b"OK" or grab.bad or grab.n < _OVERLAP:
+            return "check of the bytes ahead failed"
+        self._ahead_check = None
+        if grab.n > _OVERLAP:
+            self.log.warn("server ignored Range: full downloads from now on")
+            self.range_ok = False
+            w.drop_ahead()
+            return "more"
+        want = self._probe[:_OVERLAP]
+        w.read_at(m, self._ovl)
+        if self._ovl == want:  # in place (first: in a run of equal bytes too)
+            self.log.info("bytes ahead of the hole checked")
+            return "more"
+        at = w.find_ahead(want, m - reach, m + reach + _OVERLAP)
+        if at is not None and at != m and w.shift_ahead(at - m):
+            self.log.warn("bytes after the hole moved by %d B" % (m - at))
+            self.relocations += 1
+            w.park_tail()
+        else:
+            self.log.warn("bytes ahead of the hole not found in place: dropped")
+            w.drop_ahead()
+        return "more"
 
     def _judge_reject(self, att, note):
         """The header of a whole response failed its check (``att.reject``, an
@@ -1228,9 +1431,11 @@ class HostOTA:
             return e
         if rolling != h.sha256:
             # The payload or the header's own digest field came altered (issue 4 case
-            # 2): start over, and take the header afresh from the next download.
+            # 2): start over, and take the header afresh from the next download (the
+            # journal forgets it too, so a power cut now does not bring it back).
             w.rewind(0)
             self.header = None
+            self.board.journal.clear()
             return ImageError("SHA-256 mismatch", OTA_FAILED)
         self.state = "verify"
         if w.readback_digest() != h.sha256:
@@ -1239,8 +1444,12 @@ class HostOTA:
         return "done"
 
     def _read_tail(self, k):
-        """Copy the last ``k`` accepted payload bytes into the overlap buffer."""
-        self.writer.copy_tail(self._ovl, k)
+        """Copy the last ``k`` accepted bytes into the overlap buffer: payload, or the
+        header's tail when no payload byte is in yet."""
+        if self.writer.offset:
+            self.writer.copy_tail(self._ovl, k)
+        else:
+            self._ovl[:k] = self._hdr_raw[HEADER_SIZE - k :]
 
     # --- the sink the link feeds records to -------------------------------------------
     def record(self, mv):
@@ -1249,6 +1458,10 @@ class HostOTA:
         n = len(mv)
         att.received += n
         att.last_ms = self.clock.ticks_ms()
+        att.junk_ok = False
+        if att.overflow:
+            att.too_long = True  # a record after one that ran past the end
+            att.mode = _M_DISCARD
         i = 0
         if att.mode == _M_PROBE:
             k = _PROBE - att.probed
@@ -1276,15 +1489,31 @@ class HostOTA:
         if lost is None:
             return  # a line too long inside a dropped record's bytes: already counted
         att.frame_errors += 1
-        if reason == "record stalled":
-            att.stalled = True
+        if lost < 0 and att.junk_ok and reason == "line too long":
+            return  # the rest of a record that paused past the stall bound, as lines
+        stall = reason == "record stalled"
+        att.stall_seen = att.stall_seen or stall
         if att.mode == _M_DISCARD:
+            att.stalled = att.stalled or stall
             return
         self.log.warn("framing:", reason)
         if att.mode == _M_PROBE:
-            self._decide(att)
-        elif lost >= 0 and self._gap(att, att.pos + lost):
+            if lost >= 0 and att.req and self.header is not None and att.probed < att.overlap:
+                # A Range response lost a record before its overlap could be checked.
+                # Keep a hole anyway, its bytes ahead unverified: they stay only if the
+                # response ends OK exactly where it should (an error page ends in
+                # ERROR, a server that ignored the Range runs past the end).
+                att.unverified = True
+                att.mode = _M_WRITE
+                att.pos = att.req + att.probed
+            else:
+                self._decide(att)
+        if att.mode == _M_WRITE and lost >= 0 and self._gap(att, att.pos + lost):
+            # A record that stopped arriving is a hole too: an ESP that paused past the
+            # stall bound sends the rest later (lines to drop), then the next records.
+            att.junk_ok = stall
             return
+        att.stalled = att.stalled or stall
         att.mode = _M_DISCARD
 
     def _gap(self, att, resume):
@@ -1300,6 +1529,7 @@ class HostOTA:
         elif att.pos > acc or not w.gap(resume - HEADER_SIZE):
             return False
         att.gapped = True
+        att.gaps += 1
         att.pos = resume
         self.log.warn("keeping the bytes after a hole at %d..%d" % (acc, resume))
         return True
@@ -1322,25 +1552,48 @@ class HostOTA:
             elif p > acc:
                 # After a hole: write ahead. Otherwise a gap cannot happen with a correct
                 # base: never write past it.
-                try:
-                    ok = w.hole_end and w.write_ahead(mv[i:n], p - HEADER_SIZE)
-                except ImageError:
-                    # Past the image's end: the lost record's header claimed a wrong
-                    # length (issue 4 case 1), so the positions after it are wrong.
-                    self.log.warn("bytes after the hole run past the image")
-                    ok = False
+                q = p - HEADER_SIZE
+                fit = w.image_len - q
+                if fit < n - i:
+                    # Past the image's end: the lost record's header claimed more than
+                    # it held (issue 4 case 1). Keep what fits and count the rest: the
+                    # response's end says by how much the bytes ahead must move.
+                    if not att.past_end:
+                        self.log.warn("bytes after the hole run past the image")
+                    att.past_end = True
+                    if fit <= 0:
+                        return
+                    n = i + fit
+                ok = w.hole_end and w.write_ahead(mv[i:n], q)
                 if not ok:
                     att.mode = _M_DISCARD
                     w.drop_ahead()
                 return
-            if n - i > w.image_len - have:
-                # More bytes than the image holds: not the response we asked for, whether
-                # the extra bytes share a record with the image's tail or come after it.
-                att.mode = _M_DISCARD
-                att.too_long = True
-                self.log.warn("response longer than the image")
-                return
-            k = w.write(mv[i:n] if i else mv)
+            if p + n - i > att.limit and not att.req and att.limit < self.note.size:
+                # From 0 and longer than asked (the header alone): the whole file, from a
+                # server that ignores Range, or bytes that are not the file's in the
+                # record. Go on; the attempt is kept only if the whole file came.
+                att.limit = self.note.size
+                att.over_limit = True
+            room = w.image_len - have
+            if room > att.limit - p:
+                room = att.limit - p
+            if n - i > room:
+                if att.overflow or room <= 0:
+                    # More bytes than the image holds, or than we asked for: not the
+                    # response we asked for.
+                    att.mode = _M_DISCARD
+                    att.too_long = True
+                    self.log.warn("response longer than the image")
+                    return
+                # A record that runs past the end: its header claimed more than it held
+                # and swallowed what followed (the final result; issue 4 case 1). Keep
+                # what fits, judged by the image's digest; a record after it means the
+                # response is not the one asked for (record()).
+                self.log.warn("a record ran past the end: the rest of it dropped")
+                att.overflow = True
+                n = i + room
+            k = w.write(mv[i:n] if i or n < len(mv) else mv)
             i += k
             p += k
         if self.progress:
@@ -1363,6 +1616,7 @@ class HostOTA:
                 self.log.warn("server ignored Range: skipping what we hold")
                 self.range_ok = False
                 att.pos = 0
+                att.limit = self.note.size
             else:
                 att.overlap_bad = m >= k
                 return

@@ -70,7 +70,9 @@ class ATParser:
       came altered; the records delivered next start ``L`` bytes further on); ``None``
       for a line too long while replaying (bytes already counted in a dropped record);
       ``-1`` when the position is unknown (a header that does not parse, a length over
-      ``record_max``, or a record that stopped arriving). A header whose length digits
+      ``record_max``). A record that stopped arriving (``abort_record()``) reports its
+      claimed length too: the ESP paused (the rest comes later, as lines to drop) or
+      bytes were lost. A header whose length digits
       came altered but still parse claims a wrong ``L``, which nothing here can tell:
       the caller must check positions against where the response should end.
 
@@ -96,7 +98,9 @@ class ATParser:
         self.handler = handler
         self._line = bytearray(line_max)
         self._lmv = memoryview(self._line)
-        self._rec = bytearray(record_max)
+        # (one byte more: a CR taken as a lost record's trailer is replayed with it)
+        self._rec = bytearray(record_max + 1)
+        self._rmax = record_max
         self._rmv = memoryview(self._rec)
         self._cap = line_max
         self._n = 0  # bytes in the line buffer
@@ -115,6 +119,16 @@ class ATParser:
     def in_record(self):
         """True while inside a ``+HTTPCGET`` record (payload or its ``\\r\\n``)."""
         return self._state in (_PAYLOAD, _TRAIL_CR, _TRAIL_LF)
+
+    def payload_has(self, needles):
+        """True when the payload of the record in progress (the bytes so far) holds one
+        of ``needles`` (a tuple of bytes). No allocation."""
+        n = self._have
+        rec = self._rec
+        for x in needles:
+            if rec.find(x, 0, n) >= 0:
+                return True
+        return False
 
     def reset(self):
         """Forget any partial line or record (after an ESP reset or a resync)."""
@@ -143,9 +157,16 @@ class ATParser:
         # (not when already replaying: a record found in a replay is dropped, not replayed).
         have = self._have
         replay = have and not self._replaying
-        # A record that ran its claimed length but did not end in CRLF: the response goes
-        # on after those bytes. One that stopped arriving: nobody knows.
-        lost = have if self._state in (_TRAIL_CR, _TRAIL_LF) else -1
+        # A record that ran its claimed length but did not end in CRLF, or that stopped
+        # arriving: the response goes on after the bytes it claimed (an ESP that paused
+        # sends the rest, then the next record; one that rebooted prints ready, which
+        # the replay finds).
+        lost = have + self._need if self._state in (_PAYLOAD, _TRAIL_CR, _TRAIL_LF) else -1
+        if replay and self._state == _TRAIL_LF:
+            # The CR after the claimed payload was taken as its trailer's: it belongs to
+            # what follows (a record found in the replay would miss it), so replay it.
+            self._rec[have] = _CR
+            have += 1
         self.reset()
         self._frame_error(reason, lost)
         if replay:
@@ -246,7 +267,7 @@ class ATParser:
                 if r >= 0:  # r = bytes of this segment used up to the comma
                     i += r
                     self._n = 0
-                    if self._need > len(self._rec):
+                    if self._need > self._rmax:
                         self._need = 0
                         self._frame_error("record length over rx size")
                         self._state = _LINE
@@ -305,6 +326,9 @@ class ATParser:
 
 # Final result lines (ESP-AT "AT Messages").
 _FINALS = (b"OK", b"ERROR", b"SET OK", b"SEND OK", b"SEND FAIL")
+# In a stalled record's payload: the ESP rebooted (it prints ready when it boots), or
+# bytes were lost and the command had ended; either way the record will not go on.
+_ENDINGS = (b"ready\r\n", b"\r\nOK\r\n", b"\r\nERROR\r\n")
 
 # URC kinds, by line prefix (DESIGN.md section 1). Matched in order; a prefix that is a
 # whole line is compared exactly.
@@ -408,6 +432,12 @@ class ATLink:
     again, so a ``ready`` among them is seen. Counted in ``record_stalls``. It must
     exceed the time one record takes on the wire (rx size x 10 bits / baud: 180 ms for
     2,048 bytes at 115,200 baud) plus any pause hardware flow control may impose.
+    ``record_hold_ms`` (attribute, default 0): while larger, a stalled record is held
+    that long instead (the agent sets it during a download to its stall bound, the
+    ESP's network timeout plus a margin), so an ESP whose output pauses mid-record and
+    then goes on costs nothing; it is still ended at ``record_idle_ms`` when its
+    payload so far holds ``\r\nready\r\n`` (the ESP rebooted) or a final result (bytes
+    were lost and the download had ended). Searched once per pause.
 
     Records of ``AT+HTTPCGET`` go to ``link.sink`` (an object with ``record(mv)`` and
     ``frame_error(reason)``) while it is set; without a sink they are counted in
@@ -447,6 +477,8 @@ class ATLink:
         self.dropped_lines = 0
         self.subscriber_errors = 0
         self.record_idle_ms = record_idle_ms
+        self.record_hold_ms = 0
+        self._searched = None  # last_rx_ms when a held record's payload was searched
         self.record_stalls = 0
         self.closed = False
         self._data_len = 0  # bytes the ESP would want after a prompt we gave up on
@@ -613,9 +645,13 @@ class ATLink:
             self.parser.feed(self._rx, n)
         elif n == 0:
             self.closed = True
-        if self.parser.in_record() and clk.ticks_diff(now, self.last_rx_ms) > self.record_idle_ms:
-            self.record_stalls += 1
-            self.parser.abort_record()
+        if self.parser.in_record():
+            idle = clk.ticks_diff(now, self.last_rx_ms)
+            if idle > self.record_idle_ms and (
+                idle > self.record_hold_ms or self._ended_in_record()
+            ):
+                self.record_stalls += 1
+                self.parser.abort_record()
         c = self.cmd
         if c and not c.done and clk.ticks_diff(now, c.t0_ms) > c.timeout_ms:
             # A prompt wait after busy, or any command: give up.
@@ -631,6 +667,15 @@ class ATLink:
                     except Exception:  # one subscriber's bug must not stop the link
                         self.subscriber_errors += 1
         return n or 0
+
+    def _ended_in_record(self):
+        # A held record: did the ESP reboot or finish inside its payload so far? Searched
+        # once per pause (again only after more bytes came).
+        t = self.last_rx_ms
+        if self._searched == t:
+            return False
+        self._searched = t
+        return self.parser.payload_has(_ENDINGS)
 
     def idle_ms(self):
         """Milliseconds since the last byte arrived."""

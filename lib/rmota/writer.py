@@ -487,7 +487,7 @@ class SlotWriter:
         when it ends. Returns False, writing nothing, when there is no hole or ``off``
         is not where the previous bytes ended. Raises ``ImageError`` (status 3) for
         bytes beyond ``image_len``."""
-        if not self._hole or off != self._apos:
+        if not self._hole or off != self._apos or off < 0:
             return False
         n = len(data)
         if off + n > self.image_len:
@@ -529,6 +529,188 @@ class SlotWriter:
             data = self._blk[self._ablk] if n == bs else self._mv[base : base + n]
             if cb(blk, self._block_crc(self._ablk, data, n)):
                 self._ahead_logged = True
+
+    def shift_ahead(self, delta):
+        """The bytes written ahead of the hole sit ``delta`` bytes too far on (negative:
+        too early): the lost record's header claimed ``delta`` bytes more than it held
+        (issue 4 case 1), which only showed when the response ended ``delta`` bytes
+        past (before) where it should. Move them to their place inside the slot, block
+        by block with single-block erases (upwards when moving down, downwards when
+        moving up; the ring's ahead block is the scratch buffer), and re-journal them
+        (``on_erase`` first drops their entries, so a power cut mid-move loses them
+        rather than trusting a torn block). The hole then ends at the first block
+        boundary at or after its new start, the last partial block stays in the ring.
+        Returns True when moved; False, nothing changed, when it cannot be done (no
+        hole, several, a block parked, or the new place reaches the bytes held before
+        the hole or past the image)."""
+        bs = self.block_size
+        h = self._hole
+        if not h or self._reload or not delta or self.nblocks < 2:
+            return False
+        end = self._ahead_end + self._afill  # the bytes ahead: [h, end)
+        parked = self._holes == [(end, end)]  # park_tail()'s tail, already in flash
+        if self._holes and not parked:
+            return False
+        new_h = (h - delta + bs - 1) // bs * bs  # the first whole block at its new place
+        new_end = end - delta
+        if new_end > self.image_len:
+            new_end = self.image_len
+        if new_h <= self._done + self._fill or new_h >= new_end:
+            return False
+        last = new_end // bs * bs  # whole blocks [new_h, last), the tail [last, new_end)
+        self._holes = []
+        if self._ahead_logged and self.on_erase is not None:
+            self.on_erase((h if h < new_h else new_h) // bs)
+        self._ahead_logged = False
+        k = self._ablk
+        if self._afill:  # the ring's ahead block becomes the scratch: park its bytes
+            blk = self._ahead_end // bs
+            if self._ahead_end >= self._aerased:
+                self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
+                self.erases += 1
+            self._program_raw(blk, k, self._afill)
+            self._afill = 0
+        tail = new_end - last
+        if delta > 0:
+            d = new_h
+            while d < last:
+                self._move_block(d, d + delta, bs, k)
+                d += bs
+            if tail:
+                self._read_span(last + delta, tail, k)
+        else:
+            if tail:  # read before the blocks below are moved over its bytes; kept in
+                # flash meanwhile (its block is above every block moved)
+                self._read_span(last + delta, tail, k)
+                self.bdev.ioctl(_IOCTL_BLOCK_ERASE, last // bs)
+                self.erases += 1
+                self._program_raw(last // bs, k, tail)
+            d = last - bs
+            while d >= new_h:
+                self._move_block(d, d + delta, bs, k)
+                d -= bs
+            if tail:
+                self.bdev.readblocks(last // bs, self._mv[k * bs : k * bs + tail], 0)
+        self._hole = new_h
+        self._astart = new_h
+        self._ahead_end = last if last > new_h else new_h
+        self._afill = tail if last >= new_h else 0
+        self._apos = new_end
+        self._aerased = self._ahead_end  # the block after the whole ones: erase it first
+        return True
+
+    def park_tail(self):
+        """The response ended with a hole open and the last bytes ahead (less than a
+        block) in the ring, which the hole's bytes will overwrite: program them into
+        their block as far as they go (read back and programmed whole once the image
+        reaches them, like a block parked before a later hole). They are not
+        journalled: a power cut loses them. Nothing more can be written ahead of this
+        hole afterwards. Returns the bytes parked."""
+        n = self._afill
+        if not self._hole or not n or len(self._holes) >= MAX_HOLES:
+            return 0
+        bs = self.block_size
+        blk = self._ahead_end // bs
+        if self._ahead_end >= self._aerased:
+            u = self._erase(blk, (self.image_len + bs - 1) // bs)
+            self._aerased = (blk + u) * bs
+        self._program_raw(blk, self._ablk, n)
+        self._afill = 0
+        t = self._ahead_end + n
+        self._holes.append((t, t))  # an empty hole: only the parked block to reload
+        self._ahead_end = t
+        self._apos = -1  # write_ahead() refuses from now on
+        return n
+
+    def truncate_ahead(self):
+        """Keep only the first run of bytes written ahead of the hole (up to the next
+        hole, its partial last block parked in flash) and forget the later holes and
+        the runs after them, with their journal entries. Returns True when something
+        was cut."""
+        if not self._holes or self._holes[0][0] == self._holes[0][1]:
+            return False
+        bs = self.block_size
+        s = self._holes[0][0]
+        if self._ahead_logged and self.on_erase is not None:
+            self.on_erase(s // bs)
+        self._holes = [(s, s)] if s % bs else []
+        self._ahead_end = s
+        self._afill = 0
+        self._apos = -1
+        c = (s + bs - 1) // bs * bs  # blocks from here on hold the dropped runs
+        if self._aerased > c:
+            self._aerased = c
+        return True
+
+    def ahead_run_end(self):
+        """Payload offset where the first run of bytes written ahead of the hole ends in
+        flash (before a later hole, or all of them; 0 without a hole)."""
+        if not self._hole:
+            return 0
+        return self._holes[0][0] if self._holes else self._ahead_end
+
+    def find_ahead(self, want, lo, hi):
+        """Where ``want`` (bytes, at most half a block) lies in the slot between payload
+        offsets ``lo`` and ``hi`` (clipped to the first run of bytes written ahead of
+        the hole): the offset when it is found exactly once, else None (not there, or
+        there twice: a run of equal bytes says nothing). Reads through the ring's ahead
+        block, which must be empty (``park_tail()``)."""
+        if not self._hole or self._afill:
+            return None
+        if lo < self._hole:
+            lo = self._hole
+        end = self.ahead_run_end()
+        if hi > end:
+            hi = end
+        bs = self.block_size
+        wl = len(want)
+        base = self._ablk * bs
+        buf = self._buf
+        found = None
+        pos = lo
+        while pos + wl <= hi:
+            n = hi - pos
+            if n > bs:
+                n = bs
+            self.read_at(pos, self._mv[base : base + n])
+            j = buf.find(want, base, base + n)
+            while j >= 0:
+                if found is not None:
+                    return None
+                found = pos + j - base
+                j = buf.find(want, j + 1, base + n)
+            pos += n - wl + 1
+        return found
+
+    def read_at(self, off, buf):
+        """Read ``len(buf)`` bytes (at most one block) of the slot at payload offset
+        ``off`` into ``buf`` (a bytearray or a memoryview of one)."""
+        bs = self.block_size
+        n = len(buf)
+        a = bs - off % bs
+        if a > n:
+            a = n
+        mv = memoryview(buf)
+        self.bdev.readblocks(off // bs, mv[:a], off % bs)
+        if a < n:
+            self.bdev.readblocks(off // bs + 1, mv[a:], 0)
+
+    def _read_span(self, src, n, k):
+        # Read n bytes at payload offset src into ring block k.
+        base = k * self.block_size
+        self.read_at(src, self._mv[base : base + n])
+
+    def _move_block(self, dst, src, n, k):
+        # Block at payload offset dst gets the n bytes at src (ring block k carries
+        # them), erased and programmed alone, and journalled as a block ahead.
+        self._read_span(src, n, k)
+        blk = dst // self.block_size
+        self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
+        self.erases += 1
+        self._program_raw(blk, k, n)
+        cb = self.on_ahead
+        if cb is not None and cb(blk, self._block_crc(k, self._blk[k], n)):
+            self._ahead_logged = True
 
     def drop_ahead(self):
         """Forget the hole and the blocks written ahead (their positions could not be
@@ -607,9 +789,14 @@ class SlotWriter:
             if self.on_block is not None:
                 self.on_block(blk, self._block_crc(k, data, n))
         if nxt:
-            self._hole = nxt[1]
             self._reload = nxt[0]
             self._erased_to = self._done  # the parked block is programmed: erase it again
+            if nxt[1] > nxt[0]:
+                self._hole = nxt[1]
+                return
+            # park_tail()'s empty hole: the image goes on from the parked bytes
+            self._hole = 0
+            self._ahead_logged = False
             return
         self._hole = 0
         self._ahead_logged = False
@@ -652,6 +839,8 @@ class SlotWriter:
             keep = self._done
         if keep <= self.absorbed_at:
             self.absorbed_at = 0
+        if self.on_erase is not None and keep // bs < self.journaled:
+            self.on_erase(keep // bs)  # the journal forgets the blocks dropped, now
         self._fill = 0
         self._head = 0
         if keep < self._done:

@@ -230,6 +230,7 @@ class Pipeline:
         a.writer.on_erase = a._on_erase
         a.header = None
         a.att = Attempt(0, 0, 0)
+        a.att.limit = a.att.want = len(image)  # a whole download, as _attempt sets it
         self.link.sink = a
 
     def step(self):
