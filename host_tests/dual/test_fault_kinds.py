@@ -229,6 +229,26 @@ class FaultKinds(unittest.TestCase):
         self.assertTrue(self.fired(sn, "server_stall"))
         self.assertEqual(r["requests"], 2)  # the header, then the image
 
+    def test_a_power_cut_at_every_flash_operation_around_a_move(self):
+        # The exhaustive idea applied to the recovery of a lying record header: cut the
+        # power at every flash operation of an update whose bytes ahead of a hole are
+        # found misplaced and moved (erases and programs of the move included); every
+        # cut point ends with the new image committed and reported 2.
+        for extra in (7, -7):
+            f = {"short_record": [2, extra]}
+            ops = []
+            sc = faultrun.make_scenario(6, size=24000, kinds=["short_record"], cuts=[], faults=f)
+            sn = faultrun.Scenario(sc, self.flash, op_log=ops)
+            sn.run()
+            self.assertTrue(any("bytes after the hole moved by" in x for x in sn.log), extra)
+            for g in range(len(ops)):
+                cuts = [["op", g, None]]
+                sc = faultrun.make_scenario(
+                    6, size=24000, kinds=["short_record"], cuts=cuts, faults=f
+                )
+                r = faultrun.Scenario(sc, self.flash).run()
+                self.assertEqual((r["violations"], r["final"]), ([], 2), (extra, g))
+
     def test_a_job_notified_again_after_a_3_resumes(self):
         # Wi-Fi stays down past every attempt: the job is reported 3, but the download's
         # record and CRCs stay in the journal, so when the cloud notifies the job again
