@@ -249,6 +249,43 @@ class FaultKinds(unittest.TestCase):
                 r = faultrun.Scenario(sc, self.flash).run()
                 self.assertEqual((r["violations"], r["final"]), ([], 2), (extra, g))
 
+    def test_a_run_of_equal_bytes_does_not_pass_for_in_place(self):
+        # Bytes ahead misplaced by 5 where the image holds 40 KB of 0xFF: 16 bytes
+        # inside the run would match in place as well as anywhere; the check takes a
+        # place whose bytes occur once, finds the shift, and no full restart follows
+        # (found by an adversarial run: it used to be "checked", then a digest failure).
+        orig = faultrun.payload_bytes
+
+        def padded(n, seed):
+            b = bytearray(orig(n, seed))
+            b[20000:60000] = b"\xff" * 40000
+            return bytes(b)
+
+        faultrun.payload_bytes = padded
+        try:
+            r, sn = self.scenario(5, ["short_record"], {"short_record": [1, 5]}, size=80000)
+        finally:
+            faultrun.payload_bytes = orig
+        self.assertTrue(any("bytes after the hole moved by -5 B" in x for x in sn.log))
+        self.assertEqual(r["full_restarts"], 0)
+        self.assertTrue(max(r["refetch"]) <= 4096 + 10240 + 64, r["refetch"])
+
+    def test_a_last_record_that_claims_its_own_crlf(self):
+        # The last record's header claims 2 bytes more: its CRLF, taken as payload, runs
+        # past the image's end and the final OK still comes. Only framing ran past: the
+        # image is kept and judged by its digest (no full restart; adversarial run).
+        r, sn = self.scenario(7, ["short_record"], {"short_record": [3, 2]}, size=12224)
+        self.assertTrue(any("a record ran past the end" in x for x in sn.log))
+        self.assertEqual((r["full_restarts"], r["requests"]), (0, 2))
+
+    def test_a_refused_header_from_a_server_that_ignores_range(self):
+        # The header request gets the whole file (Range ignored) of an image already
+        # running, and the URL expires fast: the whole file of the announced size counts
+        # as the file, so the job still ends 5, not 3 for ever (adversarial run).
+        f = {"version": 1, "ignore_range": -1, "expire_ms": 800}
+        r, sn = self.scenario(3, ["same_version", "ignore_range"], f, size=3821, expect=5)
+        self.assertEqual(r["statuses"][-1], 5)
+
     def test_a_job_notified_again_after_a_3_resumes(self):
         # Wi-Fi stays down past every attempt: the job is reported 3, but the download's
         # record and CRCs stay in the journal, so when the cloud notifies the job again

@@ -56,6 +56,8 @@ def _pick(arg, settings, name, default):
 
 _PROBE = 64  # bytes of each attempt checked before anything is written
 _OVERLAP = 16  # bytes already written that a resumed attempt asks for again
+# What follows a download's last record on the wire: its CRLF, then the final result.
+_FRAMING = b"\r\n\r\nOK\r\n"
 _INFO_MAX = 80  # AT+RMOTARESULT builds JSON in a 256-byte buffer: keep <info> short
 
 # Modes of one download attempt.
@@ -97,6 +99,7 @@ class Attempt:
         self.limit = 0  # stream offset where the response asked for ends
         self.over_limit = False  # a response from 0 went on past it
         self.overflow = False  # a record ran past the end (its tail dropped)
+        self.overflow_framing = False  # ... and its tail was only CRLF / final result
         self.cmd = None
         self.reject = None
 
@@ -1176,9 +1179,9 @@ class HostOTA:
             self.link.parser.abort_record()
         if att.mode == _M_PROBE:
             self._decide(att)
-        if att.overflow and c.final is not None:
-            # A final result came after the record that ran past the end: it did not
-            # swallow it, so the response was longer than asked (not the file).
+        if att.overflow and c.final is not None and not att.overflow_framing:
+            # A final result came after the record that ran past the end, and what ran
+            # past was not framing: the response was longer than asked (not the file).
             att.too_long = True
         if att.over_limit and not (c.final == b"OK" and att.received == note.size):
             self.log.warn("response longer than asked, not the whole file: dropped")
@@ -1353,7 +1356,24 @@ class HostOTA:
             self._ahead_check = None
             return "more"
         reach = min(self.rx_size, (run - _OVERLAP) // 2)
-        m = h + reach  # the file's bytes [m, m + 16) are ahead whatever the shift
+        # The file's bytes [m, m + 16) are ahead whatever the shift. Take m where the
+        # slot's 16 bytes occur once within reach (not in a run of equal bytes, which
+        # would match in place and elsewhere alike): up to 8 places spread over them.
+        m = None
+        span = run - 2 * reach - _OVERLAP  # where m may go, after h + reach
+        for i in range(8):
+            k = h + reach + span * i // 7
+            w.read_at(k, self._ovl)
+            if w.find_ahead(self._ovl, k - reach, k + reach + _OVERLAP) == k:
+                m = k
+                break
+            if not span:
+                break
+        if m is None:
+            self.log.warn("bytes ahead of the hole too uniform to check: dropped")
+            w.drop_ahead()
+            self._ahead_check = None
+            return "more"
         start = HEADER_SIZE + m
         ok = yield from self._set_range(start, start + _OVERLAP - 1)
         if not ok:
@@ -1389,7 +1409,7 @@ class HostOTA:
             return "more"
         want = self._probe[:_OVERLAP]
         w.read_at(m, self._ovl)
-        if self._ovl == want:  # in place (first: in a run of equal bytes too)
+        if self._ovl == want:  # in place: those bytes occur nowhere else within reach
             self.log.info("bytes ahead of the hole checked")
             return "more"
         at = w.find_ahead(want, m - reach, m + reach + _OVERLAP)
@@ -1411,9 +1431,12 @@ class HostOTA:
         as rejected). Otherwise the attempt failed: returns a reason string."""
         e = att.reject
         want = note.size if att.want is None else att.want
-        if e.status == OTA_SUCCEEDED and att.received == want:
+        # The size asked for (the header alone), or the whole file (a server that
+        # ignores Range answers a header request with it): either way, not a page.
+        whole = att.received == want or att.received == note.size
+        if e.status == OTA_SUCCEEDED and whole:
             return e  # the running image itself: version and digest match, no doubt
-        if att.received != want:
+        if not whole:
             why = (att.received, want, e.reason)
             return "not the announced file (%d B, %d expected: %s)" % why
         raw = bytes(self._probe[:HEADER_SIZE])
@@ -1592,6 +1615,11 @@ class HostOTA:
                 # response is not the one asked for (record()).
                 self.log.warn("a record ran past the end: the rest of it dropped")
                 att.overflow = True
+                # Only framing past the end (its own CRLF, maybe the final result's
+                # start): the final result may still come after it.
+                att.overflow_framing = n - i - room <= 8 and _FRAMING.startswith(
+                    bytes(mv[i + room : n])
+                )
                 n = i + room
             k = w.write(mv[i:n] if i or n < len(mv) else mv)
             i += k

@@ -120,13 +120,15 @@ class ATParser:
         """True while inside a ``+HTTPCGET`` record (payload or its ``\\r\\n``)."""
         return self._state in (_PAYLOAD, _TRAIL_CR, _TRAIL_LF)
 
-    def payload_has(self, needles):
-        """True when the payload of the record in progress (the bytes so far) holds one
-        of ``needles`` (a tuple of bytes). No allocation."""
+    def payload_has(self, needles, tail=64):
+        """True when the last ``tail`` bytes of the record in progress hold one of
+        ``needles`` (a tuple of bytes): what came after the ESP stopped sending it ends
+        there (image bytes hold such strings too, anywhere). No allocation."""
         n = self._have
         rec = self._rec
+        a = n - tail if n > tail else 0
         for x in needles:
-            if rec.find(x, 0, n) >= 0:
+            if rec.find(x, a, n) >= 0:
                 return True
         return False
 
@@ -435,9 +437,9 @@ class ATLink:
     ``record_hold_ms`` (attribute, default 0): while larger, a stalled record is held
     that long instead (the agent sets it during a download to its stall bound, the
     ESP's network timeout plus a margin), so an ESP whose output pauses mid-record and
-    then goes on costs nothing; it is still ended at ``record_idle_ms`` when its
-    payload so far holds ``\r\nready\r\n`` (the ESP rebooted) or a final result (bytes
-    were lost and the download had ended). Searched once per pause.
+    then goes on costs nothing; it is still ended at ``record_idle_ms`` when the last
+    64 bytes of its payload so far hold ``ready`` (the ESP rebooted) or a final result
+    (bytes were lost and the download had ended). Searched once per pause.
 
     Records of ``AT+HTTPCGET`` go to ``link.sink`` (an object with ``record(mv)`` and
     ``frame_error(reason)``) while it is set; without a sink they are counted in
