@@ -111,6 +111,10 @@ class ATParser:
         self._fmv = None
         self._replaying = False
         self.lost = -1
+        # During a replay: the replayed bytes after the line being delivered (0 outside
+        # a replay). A final result or ready far from the end of a lost record's bytes
+        # is image data, not the ESP's line (ATLink.on_line).
+        self.replay_left = 0
         self.lines = 0
         self.records = 0
         self.frame_errors = 0
@@ -293,7 +297,12 @@ class ATParser:
             self._n = 0
             if ln:
                 self.lines += 1
-                h.on_line(self._lmv[:ln])
+                if self._replaying:
+                    self.replay_left = n - i
+                    h.on_line(self._lmv[:ln])
+                    self.replay_left = 0
+                else:
+                    h.on_line(self._lmv[:ln])
 
     def _record_header(self, start_n):
         """Check whether the line buffer holds a ``+HTTPCGET:<digits>,`` record header.
@@ -328,6 +337,10 @@ class ATParser:
 
 # Final result lines (ESP-AT "AT Messages").
 _FINALS = (b"OK", b"ERROR", b"SET OK", b"SEND OK", b"SEND FAIL")
+# A final result or ready replayed from a lost record's bytes is the ESP's own line only
+# within this many bytes of their end (what came after the record stopped, or what its
+# header's wrong length swallowed); further in, it is image data (bytes).
+_REPLAY_TAIL = 256
 # In a stalled record's payload: the ESP rebooted (it prints ready when it boots), or
 # bytes were lost and the command had ended; either way the record will not go on.
 _ENDINGS = (b"ready\r\n", b"\r\nOK\r\n", b"\r\nERROR\r\n")
@@ -501,6 +514,8 @@ class ATLink:
                 if kind == URC_READY:
                     if len(mv) != 5:
                         break
+                    if self.parser.replay_left > _REPLAY_TAIL:
+                        return  # inside the image bytes of a lost record
                     self.resets += 1
                     self.parser.reset()
                     if c and not c.done:
@@ -517,6 +532,8 @@ class ATLink:
                 if mv == f:
                     if c.prompt and f == b"OK":
                         return  # the OK before a '>' prompt
+                    if self.parser.replay_left > _REPLAY_TAIL:
+                        return  # inside the image bytes of a lost record
                     self._finish(c, f)
                     return
         elif mv == b"OK" or mv == b"ERROR" or mv == b"SET OK":
