@@ -732,12 +732,14 @@ class TestCRCLog(unittest.TestCase):
         log = self.log
         log.reset()
         erases = self.nor.erase_ops
-        vals = [0x11223344, 0, 0xDEADBEEF] + list(range(1030))
-        for v in vals:
+        # two sectors: two areas of one sector, each 1023 entries and a marker
+        self.assertEqual(log.capacity, 1023)
+        vals = [0x11223344, 0, 0xDEADBEEF] + list(range(1020))
+        for v in vals + [1, 2]:  # the last two: past the capacity, dropped
             log.append(v)
         self.assertEqual(self.nor.erase_ops, erases)
         self.assertEqual(log.programs, len(vals))
-        self.assertEqual(log.crcs(), vals)  # across the sector boundary too
+        self.assertEqual(log.crcs(), vals)
         self.assertEqual(CRCLog(Partition(self.nor, 2, 2)).crcs(), vals)  # from flash
 
     def test_reset_erases_only_what_is_dirty_and_truncate_keeps_a_prefix(self):
@@ -755,6 +757,34 @@ class TestCRCLog(unittest.TestCase):
         log.reset()
         self.assertEqual(log.crcs(), [])
         self.assertEqual(log.erases, 2)  # truncate's erase and this one; sector 1 blank
+
+    def test_a_cut_anywhere_in_a_truncate_leaves_the_old_list_or_the_new(self):
+        # The kept entries go to the other area, then its marker: every flash operation
+        # of truncate (and of a second one, back to the first area) cut in turn, each
+        # at a byte inside it; the list read after is the old one or the new one.
+        old = [100 + k for k in range(10)]
+        for second in (False, True):
+            for k in range(8):
+                for byte in (0, 1, 3):
+                    self.nor.close()
+                    self.nor = CuttableNOR(self.path, 4 * 4096, create=True)
+                    log = CRCLog(Partition(self.nor, 2, 2))
+                    log.reset()
+                    for v in old:
+                        log.append(v)
+                    before = old
+                    if second:
+                        log.truncate(8)
+                        before = old[:8]
+                    self.nor.cut_at(self.nor.op_count + k, byte)
+                    try:
+                        log.truncate(4)
+                    except _Cut:
+                        pass
+                    again = CRCLog(Partition(NORFlash(self.path, 4 * 4096), 2, 2))
+                    got = again.crcs()
+                    again.bdev.nor.close()
+                    self.assertIn(got, (before, old[:4]), (second, k, byte))
 
     def test_a_torn_append_reads_as_a_value_that_matches_no_block(self):
         log = self.log

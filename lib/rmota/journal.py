@@ -160,17 +160,24 @@ class Journal:
 class CRCLog:
     """The journal's block CRCs in raw flash: ``bdev`` (an extended block device over
     a few sectors kept for it, outside any filesystem) holds entry ``k`` (the CRC-32 of
-    slot block ``k``, 4 bytes little-endian) at byte ``4 * k``. The region is erased
-    when a download starts, so an append is one 4-byte program into erased flash (NOR
-    clears bits without an erase): no erase, no filesystem commit while the ESP sends.
+    slot block ``k``, 4 bytes little-endian) at byte ``4 * k`` of its live area. The
+    region is erased when a download starts, so an append is one 4-byte program into
+    erased flash (NOR clears bits without an erase): no erase, no filesystem commit
+    while the ESP sends.
+
+    With two blocks or more the region is two areas, each ending in a generation
+    marker (stored inverted, so a torn program or a torn erase only lowers it); the
+    area with the higher generation is live. ``truncate(n)`` programs the first ``n``
+    entries into the other area (erased first), then its marker: a power cut anywhere
+    leaves the old list or the new one whole, never a mix, never none. With one block
+    it erases and programs the kept entries back in place (a cut in between leaves
+    fewer entries).
 
     Power cuts: an entry is 0xFFFFFFFF (absent) or what was programmed; a torn program
     leaves a value that matches no block, so the resume's check stops there and the block
     is fetched again. ``crcs()`` ends at the first absent entry (a block whose CRC happens
-    to be 0xFFFFFFFF is one more block fetched again, no more). ``truncate(n)`` erases
-    and programs the first ``n`` entries back; a cut in between leaves fewer entries
-    (blocks fetched again), never wrong ones. Appends beyond the region's capacity
-    (``capacity`` entries) are dropped: the list stops there.
+    to be 0xFFFFFFFF is one more block fetched again, no more). Appends beyond the
+    area's capacity (``capacity`` entries) are dropped: the list stops there.
 
     Counters: ``programs``, ``erases``."""
 
@@ -178,16 +185,45 @@ class CRCLog:
         self.bdev = bdev
         self.bs = bdev.ioctl(5, 0)
         self.nblocks = bdev.ioctl(4, 0)
-        self.capacity = self.nblocks * self.bs // 4
+        self._half = self.nblocks // 2  # blocks per area; 0: one area, no marker
+        if self._half:
+            self.capacity = self._half * self.bs // 4 - 1
+        else:
+            self.capacity = self.nblocks * self.bs // 4
+        self._area = None  # the live area (0 or 1), None: markers not read yet
+        self._gen = 0
         self._n = None  # entries present; None: not scanned yet
         self._e = bytearray(4)
         self.programs = 0
         self.erases = 0
 
+    def _base(self):
+        # Byte offset of the live area (reads the markers once).
+        if not self._half:
+            return 0
+        if self._area is None:
+            g0 = self._marker(0)
+            g1 = self._marker(1)
+            self._area = 1 if g1 > g0 else 0
+            self._gen = g1 if g1 > g0 else g0
+        return self._area * self._half * self.bs
+
+    def _marker(self, area):
+        a = (area + 1) * self._half * self.bs - 4
+        self.bdev.readblocks(a // self.bs, self._e, a % self.bs)
+        return ~struct.unpack_from("<I", self._e, 0)[0] & 0xFFFFFFFF
+
+    def _read(self, off, buf):
+        self.bdev.readblocks(off // self.bs, buf, off % self.bs)
+
+    def _write(self, off, buf):
+        self.bdev.writeblocks(off // self.bs, buf, off % self.bs)
+        self.programs += 1
+
     def _raw(self, n):
         buf = bytearray(4 * n)
         if n:
-            self.bdev.readblocks(0, buf, 0)
+            self._read(self._base(), buf)
         return buf
 
     def crcs(self):
@@ -207,10 +243,9 @@ class CRCLog:
         already). Returns True when the entry holds ``crc`` now."""
         if not 0 <= index < self.capacity:
             return False
-        a = 4 * index
-        b = self.bs
+        a = self._base() + 4 * index
         e = self._e
-        self.bdev.readblocks(a // b, e, a % b)
+        self._read(a, e)
         v = struct.unpack_from("<I", e, 0)[0]
         crc &= 0xFFFFFFFF
         if v == crc:
@@ -218,8 +253,7 @@ class CRCLog:
         if v != 0xFFFFFFFF:
             return False
         struct.pack_into("<I", e, 0, crc)
-        self.bdev.writeblocks(a // b, e, a % b)
-        self.programs += 1
+        self._write(a, e)
         self._n = None  # append() finds its place again
         return True
 
@@ -243,14 +277,29 @@ class CRCLog:
             k += 1
         return (first, run) if run else (0, [])
 
-    def reset(self):
-        """Erase the region's blocks that are not blank already."""
+    def _erase(self, first, count):
+        # Erase the blocks [first, first + count) that are not blank already.
         buf = bytearray(self.bs)
-        for b in range(self.nblocks):
+        for b in range(first, first + count):
             self.bdev.readblocks(b, buf, 0)
             if buf.count(b"\xff") != len(buf):
                 self.bdev.ioctl(6, b)
                 self.erases += 1
+
+    def reset(self):
+        """Erase the region's blocks that are not blank already (the area not live
+        first: a cut in between leaves the live list, or nothing)."""
+        h = self._half
+        if h:
+            live = self._area if self._area is not None else (1 if self._base() else 0)
+            self._erase((1 - live) * h, h)
+            self._erase(live * h, h)
+            if self.nblocks > 2 * h:
+                self._erase(2 * h, self.nblocks - 2 * h)
+        else:
+            self._erase(0, self.nblocks)
+        self._area = 0
+        self._gen = 0
         self._n = 0
 
     def append(self, crc):
@@ -261,24 +310,34 @@ class CRCLog:
         if n >= self.capacity:
             return
         struct.pack_into("<I", self._e, 0, crc & 0xFFFFFFFF)
-        a = 4 * n
-        self.bdev.writeblocks(a // self.bs, self._e, a % self.bs)
-        self.programs += 1
+        self._write(self._base() + 4 * n, self._e)
         self._n = n + 1
 
     def truncate(self, n):
         """Drop every entry from index ``n`` on (entries ahead of a hole too); the
-        first ``n`` positions are programmed back as they were, absent ones absent."""
+        first ``n`` positions are kept as they were, absent ones absent."""
         if n < 0:
             n = 0
         raw = self._raw(self.capacity)
         if n >= self.capacity or raw.count(b"\xff", 4 * n) == len(raw) - 4 * n:
             return  # nothing from n on
-        self.reset()
-        if n:
-            self.bdev.writeblocks(0, memoryview(raw)[: 4 * n], 0)
-            self.programs += 1
         self._n = None
+        h = self._half
+        if not h:
+            self._erase(0, self.nblocks)
+            if n:
+                self._write(0, memoryview(raw)[: 4 * n])
+            return
+        other = 1 - self._area
+        self._erase(other * h, h)
+        base = other * h * self.bs
+        if n:
+            self._write(base, memoryview(raw)[: 4 * n])
+        gen = self._gen + 1
+        struct.pack_into("<I", self._e, 0, ~gen & 0xFFFFFFFF)
+        self._write(base + h * self.bs - 4, self._e)  # the new list is live from here
+        self._area = other
+        self._gen = gen
 
 
 def _check(x):
