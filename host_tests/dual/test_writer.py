@@ -528,6 +528,7 @@ class TestMisplacedAhead(unittest.TestCase):
         h = w.hole_end
         self.assertTrue(w.shift_ahead(-7))
         self.assertEqual(w.hole_end, h + 4096)  # the first block ahead lacked 7 bytes
+        self.assertEqual(w.fill_end, h + 7)  # but its other 4089 are kept, in flash
         self.assertEqual(bytes(dev.mem[h + 4096 : h + 8192]), img[h + 4096 : h + 8192])
         self._finish(dev, w, img, at)
 

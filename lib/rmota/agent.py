@@ -1097,7 +1097,7 @@ class HostOTA:
                 # One writer buffer of payload; the first window also brings the header.
                 end = (acc if acc else HEADER_SIZE) + w.room - 1
             elif w.hole_end:
-                end = HEADER_SIZE + w.hole_end - 1  # a hole: fetch just that
+                end = HEADER_SIZE + w.fill_end - 1  # a hole: fetch just that
             elif self.header is None and (mode == "pre_erase" or self.header_first):
                 # The header first: it says how much to erase, and the journal's record
                 # of the download is written before the payload streams.

@@ -156,6 +156,10 @@ class SlotWriter:
         self._afill = 0
         self._ablk = 0
         self._aerased = 0  # blocks [_ahead_end, _aerased) erased for the ahead path
+        # After shift_ahead() moved the bytes ahead up: the hole ends at _joint (inside
+        # a block) and that block's bytes from _joint on wait at the start of it in
+        # flash; write() takes them into the ring when it gets there.
+        self._joint = 0
 
     @property
     def offset(self):
@@ -203,8 +207,9 @@ class SlotWriter:
         if upto > self.capacity:
             upto = self.capacity
         end = (upto + bs - 1) // bs * bs
-        if self._hole and end > self._hole // bs * bs:
-            end = self._hole // bs * bs  # blocks from the hole's end on: written ahead
+        stop = self._joint or self._hole
+        if stop and end > stop // bs * bs:
+            end = stop // bs * bs  # blocks from the hole's end on: written ahead
         nxt = (self._done + bs - 1) // bs * bs  # the next block to be programmed
         if self._erased_to < nxt:
             self._erased_to = nxt
@@ -246,6 +251,15 @@ class SlotWriter:
         call while ``data`` fits the free buffer (see the class docstring)."""
         n = len(data)
         fill = self._fill
+        j = self._joint
+        if j and self._done + fill + n >= j:
+            k = j - self._done - fill
+            if k:
+                self._joint = 0  # (a plain write up to it)
+                self.write(data[:k])
+                self._joint = j
+            self._take_joint()
+            return k
         if self._hole and self._done + fill + n > self._hole:
             k = self._hole - self._done - fill
             if k <= 0:  # the hole ends the image: nothing may follow
@@ -387,6 +401,12 @@ class SlotWriter:
         """Payload offset where the hole ends and the blocks written ahead begin (a
         block boundary, or ``image_len``); 0 when there is no hole."""
         return self._hole
+
+    @property
+    def fill_end(self):
+        """Payload offset up to which the hole's bytes are needed (``hole_end``, or
+        less where shift_ahead() kept the start of its last block); 0 without a hole."""
+        return self._joint or self._hole
 
     @property
     def ahead_at(self):
@@ -591,6 +611,10 @@ class SlotWriter:
                 d -= bs
             if tail:
                 self.bdev.readblocks(last // bs, self._mv[k * bs : k * bs + tail], 0)
+        if delta < 0 and -delta < bs and (h - delta) % bs:
+            # The block the hole now ends in: its bytes from there on are still at the
+            # start of it in flash (no block below new_h was moved): keep them.
+            self._joint = h - delta
         self._hole = new_h
         self._astart = new_h
         self._ahead_end = last if last > new_h else new_h
@@ -725,6 +749,7 @@ class SlotWriter:
         self._hole = 0
         self._holes = []
         self._reload = 0
+        self._joint = 0
         self._ahead_logged = False
 
     def resume_ahead(self, first, crcs):
@@ -802,6 +827,26 @@ class SlotWriter:
         self._ahead_logged = False
         if self._aerased > self._done:
             self._erased_to = self._aerased
+
+    def _take_joint(self):
+        # The write position reached the joint: the rest of its block is in flash at
+        # the block's start (shift_ahead); read it into the ring behind the bytes there
+        # and program the block whole (erased first: it holds those bytes).
+        j = self._joint
+        self._joint = 0
+        bs = self.block_size
+        n = bs - j % bs
+        if j + n > self.image_len:
+            n = self.image_len - j
+        w = self._head * bs + self._fill
+        if w >= self._cap:
+            w -= self._cap
+        self.bdev.readblocks(j // bs, self._mv[w : w + n], 0)
+        if self._erased_to > j // bs * bs:
+            self._erased_to = j // bs * bs
+        self._fill += n
+        if not self.defer:
+            self._flush_full(self.nblocks)
 
     def _reload_parked(self):
         # The write position reached a hole whose block starts with bytes parked in
