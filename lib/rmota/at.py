@@ -340,7 +340,7 @@ _FINALS = (b"OK", b"ERROR", b"SET OK", b"SEND OK", b"SEND FAIL")
 # A final result or ready replayed from a lost record's bytes is the ESP's own line only
 # within this many bytes of their end (what came after the record stopped, or what its
 # header's wrong length swallowed); further in, it is image data (bytes).
-_REPLAY_TAIL = 256
+_REPLAY_TAIL = const(256)
 # In a stalled record's payload: the ESP rebooted (it prints ready when it boots), or
 # bytes were lost and the command had ended; either way the record will not go on.
 _ENDINGS = (b"ready\r\n", b"\r\nOK\r\n", b"\r\nERROR\r\n")

@@ -559,7 +559,10 @@ class SlotWriter:
         moving up; the ring's ahead block is the scratch buffer), and re-journal them
         (``on_erase`` first drops their entries, so a power cut mid-move loses them
         rather than trusting a torn block). The hole then ends at the first block
-        boundary at or after its new start, the last partial block stays in the ring.
+        boundary at or after its new start (moving up, the bytes of the block it ends
+        in stay at that block's start in flash: ``fill_end``, taken by ``write()``), and
+        the last partial block stays in the ring. Each block moved costs one erase and
+        its programs (a recovery path: a few memoryview slices are allocated).
         Returns True when moved; False, nothing changed, when it cannot be done (no
         hole, several, a block parked, or the new place reaches the bytes held before
         the hole or past the image)."""
@@ -678,7 +681,8 @@ class SlotWriter:
         offsets ``lo`` and ``hi`` (clipped to the first run of bytes written ahead of
         the hole): the offset when it is found exactly once, else None (not there, or
         there twice: a run of equal bytes says nothing). Reads through the ring's ahead
-        block, which must be empty (``park_tail()``)."""
+        block, which must be empty (``park_tail()``). Allocates a memoryview slice per
+        block read (a recovery path, not the download loop)."""
         if not self._hole or self._afill:
             return None
         if lo < self._hole:
@@ -708,7 +712,8 @@ class SlotWriter:
 
     def read_at(self, off, buf):
         """Read ``len(buf)`` bytes (at most one block) of the slot at payload offset
-        ``off`` into ``buf`` (a bytearray or a memoryview of one)."""
+        ``off`` into ``buf`` (a bytearray or a memoryview of one). Allocates a memoryview
+        and up to two slices."""
         bs = self.block_size
         n = len(buf)
         a = bs - off % bs
