@@ -22,6 +22,12 @@ def _write_all(w, data, step):
         w.write(data[i : i + step])
 
 
+def _write_rest(w, img, step):
+    # From wherever the writer stands (holes filled, the bytes ahead jumped over).
+    while w.offset < len(img):
+        w.write(img[w.offset : w.offset + step])
+
+
 class TestWriter(unittest.TestCase):
     def test_stream_in_odd_chunks_over_a_dirty_slot(self):
         dev = RAMNOR(8, fill=0x00)  # the old image left zero bits everywhere
@@ -501,8 +507,7 @@ class TestMisplacedAhead(unittest.TestCase):
 
     def _finish(self, dev, w, img, at):
         w.park_tail()
-        while w.offset < len(img):  # the hole, then what is missing at the end
-            w.write(img[w.offset : w.offset + 500])
+        _write_rest(w, img, 500)  # the hole, then what is missing at the end
         self.assertEqual(w.finish(), hashlib.sha256(img).digest())
         self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
 
@@ -589,7 +594,6 @@ class TestMisplacedAhead(unittest.TestCase):
         self.assertTrue(w.truncate_ahead())
         self.assertEqual(w.ahead_run_end(), 4096 * 5 + 100)
         self.assertFalse(w.truncate_ahead())
-        while w.offset < len(img):
-            w.write(img[w.offset : w.offset + 800])
+        _write_rest(w, img, 800)
         self.assertEqual(w.finish(), hashlib.sha256(img).digest())
         self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())

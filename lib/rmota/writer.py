@@ -769,18 +769,7 @@ class SlotWriter:
             if crcs and self.on_erase is not None:
                 self.on_erase(first)  # entries that describe nothing usable go
             return 0
-        view = self._blk[0]
-        end = b1
-        for c in crcs:
-            if end >= self.image_len:
-                break
-            n = self.image_len - end
-            if n > bs:
-                n = bs
-            self.bdev.readblocks(end // bs, view, 0)
-            if self._block_crc(0, view if n == bs else self._mv[:n], n) != c:
-                break
-            end += n
+        end = self._crc_run(b1, crcs, None)
         kept = end - b1
         if self.on_erase is not None:
             self.on_erase((end + bs - 1) // bs)  # entries past the run (or later runs) go
@@ -908,29 +897,38 @@ class SlotWriter:
         rolling SHA-256 as it is checked. Stops at the first block that differs (a torn
         program or erase). Returns the bytes kept (a multiple of the block size, or the
         whole image)."""
-        bs = self.block_size
-        view = self._blk[0]
-        kept = 0
         self._forget_hole()
         self.absorbed_at = 0
         self._fill = 0
         self._head = 0
         self._erased_to = 0
-        for c in crcs:
-            if kept >= self.image_len:
-                break
-            n = self.image_len - kept
-            if n > bs:
-                n = bs
-            self.bdev.readblocks(kept // bs, view, 0)
-            data = view if n == bs else self._mv[:n]
-            if self._block_crc(0, data, n) != c:
-                break
-            self._sha.update(data)
-            kept += n
+        kept = self._crc_run(0, crcs, self._sha)
         self._done = kept
         self.rehashed += kept
         return kept
+
+    def _crc_run(self, start, crcs, sha):
+        # From payload offset ``start`` (a block boundary): the blocks in the slot whose
+        # journal CRCs match ``crcs`` in order, stopping at the first that differs (a
+        # torn program or erase), hashed into ``sha`` unless None. Returns the offset
+        # where the run ends.
+        bs = self.block_size
+        view = self._blk[0]
+        end = start
+        for c in crcs:
+            if end >= self.image_len:
+                break
+            n = self.image_len - end
+            if n > bs:
+                n = bs
+            self.bdev.readblocks(end // bs, view, 0)
+            data = view if n == bs else self._mv[:n]
+            if self._block_crc(0, data, n) != c:
+                break
+            if sha is not None:
+                sha.update(data)
+            end += n
+        return end
 
     def _hash_flash(self, n, sha):
         bs = self.block_size
