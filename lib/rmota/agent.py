@@ -162,8 +162,8 @@ class HostOTA:
       pauses is held up to the stall bound (``http_timeout_ms`` + 2 s + one record's
       wire time) unless its bytes so far show the ESP rebooted or finished.
     Counters for post-mortems: ``attempts``, ``resumes``, ``refetches``,
-    ``bytes_received``, ``bytes_refetched``, ``relocations`` (bytes written ahead of a
-    hole moved to their place), ``errors``; ``last_error`` (str); ``result`` ((status,
+    ``bytes_received``, ``bytes_refetched``, ``relocations`` (times the bytes written
+    ahead of a hole were moved to their place), ``errors``; ``last_error`` (str); ``result`` ((status,
     info) of the last job reported, or None).
     """
 
@@ -272,7 +272,7 @@ class HostOTA:
         self.attempts = 0
         self.resumes = 0
         self.refetches = 0
-        self.relocations = 0  # bytes ahead of a hole moved to their place (shift_ahead)
+        self.relocations = 0  # times bytes ahead of a hole were moved (shift_ahead)
         # Bytes ahead of a hole kept without their place confirmed: before the hole is
         # fetched, 16 of them are fetched and looked for (_check_ahead).
         self._ahead_check = None
