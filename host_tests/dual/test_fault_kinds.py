@@ -270,6 +270,30 @@ class FaultKinds(unittest.TestCase):
         self.assertEqual(r["full_restarts"], 0)
         self.assertTrue(max(r["refetch"]) <= 4096 + 10240 + 64, r["refetch"])
 
+    def test_image_bytes_that_spell_a_final_result_in_a_lost_record(self):
+        # The image holds "\r\nOK\r\n" every 97 bytes, so one sits within the last 256
+        # bytes of any record; a byte dropped in a record makes its bytes be replayed as
+        # lines. Image bytes follow each of them (never the ESP's own final result):
+        # the response goes on, the lost record is a hole (adversarial run: it used to
+        # end the attempt there and fetch the rest again, up to a full restart).
+        orig = faultrun.payload_bytes
+
+        def spelled(n, seed):
+            b = bytearray(orig(n, seed))
+            for a in range(0, n - 6, 97):
+                b[a : a + 6] = b"\r\nOK\r\n"
+            return bytes(b)
+
+        faultrun.payload_bytes = spelled
+        try:
+            for at in (5000, 15000):
+                r, sn = self.scenario(3, ["drop"], {"drop_body_at": [at]}, size=40000)
+                self.assertEqual(r["full_restarts"], 0)
+                self.assertEqual(len(r["refetch"]), 1)
+                self.assertTrue(r["refetch"][0] <= 4096 + 10240 + 64, r["refetch"])
+        finally:
+            faultrun.payload_bytes = orig
+
     def test_a_last_record_that_claims_its_own_crlf(self):
         # The last record's header claims 2 bytes more: its CRLF, taken as payload, runs
         # past the image's end and the final OK still comes. Only framing ran past: the

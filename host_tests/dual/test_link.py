@@ -77,6 +77,50 @@ class TestCommands(unittest.TestCase):
         _run(link, c)
         self.assertEqual(c.final, b"OK")
 
+    def test_a_final_result_near_the_end_of_a_lost_record_followed_by_image_bytes(self):
+        # The same, with the image text within the last 256 bytes of the lost record:
+        # binary image bytes follow it, which the ESP never prints after its own final
+        # result or ready. Found by an adversarial run.
+        tail = bytes(range(128, 228))  # 100 bytes, none of them printable
+        for word in (b"\r\nOK\r\n", b"\r\nERROR\r\n", b"\r\nready\r\n"):
+            u, link, urcs = _link(record_max=2048)
+            c = link.send(b'AT+HTTPCGET=""', 1 << 29)
+            body = b"x" * 900 + word + tail
+            lost = body[:500] + body[501:]
+            u.feed(b"+HTTPCGET:%d," % len(body) + lost + b"\r\n+HTTPCGET:2,ab\r\n")
+            for _ in range(50):
+                link.poll()
+            self.assertFalse(c.done, word)
+            self.assertEqual(link.resets, 0)
+            u.feed(b"\r\nOK\r\n")
+            _run(link, c)
+            self.assertEqual(c.final, b"OK")
+            self.assertEqual(c.reset, False)
+        # followed by text only (URC lines), it is the ESP's: a header that claimed
+        # more swallowed it, then the ESP printed a URC
+        u, link, urcs = _link(record_max=2048)
+        c = link.send(b'AT+HTTPCGET=""', 1 << 29)
+        u.feed(b"+HTTPCGET:400," + tail + b"\r\n\r\nERROR\r\nWIFI DISCONNECT\r\n")
+        for _ in range(50):
+            link.poll()
+        self.assertFalse(c.done)
+        link.clock.sleep_ms(5000)
+        _run(link, c)
+        self.assertEqual(c.final, b"ERROR")
+
+    def test_a_paused_record_ends_on_a_final_result_followed_by_text_only(self):
+        # A held record (record_hold_ms) is cut short when its last bytes hold the
+        # ESP's final result; image bytes that spell one, then go on, do not.
+        p = ATParser(_Count(), 64, 256)
+        p.feed(b"+HTTPCGET:200," + b"\x01" * 20 + b"\r\nOK\r\n" + b"\x02\x03")
+        self.assertFalse(p.payload_has((b"\r\nOK\r\n",)))
+        p = ATParser(_Count(), 64, 256)
+        p.feed(b"+HTTPCGET:200," + b"\x01" * 20 + b"\r\nOK\r\n")
+        self.assertTrue(p.payload_has((b"\r\nOK\r\n",)))
+        p = ATParser(_Count(), 64, 256)
+        p.feed(b"+HTTPCGET:200," + b"\x01" * 20 + b"\r\nOK\r\n+RMCONNECTED\r\n")
+        self.assertTrue(p.payload_has((b"\r\nOK\r\n",)))
+
     def test_timeout_on_virtual_clock(self):
         u, link, urcs = _link()
         c = link.send(b"AT", timeout_ms=500)

@@ -51,6 +51,15 @@ _MAX_LEN_DIGITS = const(8)
 _MAX_LINES = const(8)  # response lines kept per command
 
 
+def _is_text(buf, a, b):
+    # True when buf[a:b] holds only printable ASCII, CR and LF (what the ESP prints).
+    for i in range(a, b):
+        c = buf[i]
+        if (c < 32 or c > 126) and c != 13 and c != 10:
+            return False
+    return True
+
+
 class ATParser:
     """Incremental parser of the ESP-AT output stream.
 
@@ -115,6 +124,7 @@ class ATParser:
         # a replay). A final result or ready far from the end of a lost record's bytes
         # is image data, not the ESP's line (ATLink.on_line).
         self.replay_left = 0
+        self._rend = 0  # during a replay: where its bytes end in the record buffer
         self.lines = 0
         self.records = 0
         self.frame_errors = 0
@@ -126,15 +136,26 @@ class ATParser:
 
     def payload_has(self, needles, tail=64):
         """True when the last ``tail`` bytes of the record in progress hold one of
-        ``needles`` (a tuple of bytes): what came after the ESP stopped sending it ends
-        there (image bytes hold such strings too, anywhere). No allocation."""
+        ``needles`` (a tuple of bytes) followed by text only (``_is_text``): what came
+        after the ESP stopped sending it ends there. Image bytes spell such strings too,
+        anywhere; there, more image bytes follow. No allocation."""
         n = self._have
         rec = self._rec
         a = n - tail if n > tail else 0
         for x in needles:
-            if rec.find(x, a, n) >= 0:
+            p = rec.find(x, a, n)
+            if p >= 0 and _is_text(rec, p + len(x), n):
                 return True
         return False
+
+    def replay_rest_is_text(self):
+        """During a replay (``on_line``): True when every replayed byte after the line
+        being delivered is text the ESP prints (printable ASCII, CR, LF). After a final
+        result or ``ready`` of its own the ESP prints nothing but lines (URCs); image
+        bytes that spell one are followed by more image bytes, almost never all text.
+        Reads at most ``replay_left`` bytes; no allocation."""
+        n = self._rend
+        return _is_text(self._rec, n - self.replay_left, n)
 
     def reset(self):
         """Forget any partial line or record (after an ESP reset or a resync)."""
@@ -299,6 +320,7 @@ class ATParser:
                 self.lines += 1
                 if self._replaying:
                     self.replay_left = n - i
+                    self._rend = n
                     h.on_line(self._lmv[:ln])
                     self.replay_left = 0
                 else:
@@ -514,7 +536,7 @@ class ATLink:
                 if kind == URC_READY:
                     if len(mv) != 5:
                         break
-                    if self.parser.replay_left > _REPLAY_TAIL:
+                    if self._image_text():
                         return  # inside the image bytes of a lost record
                     self.resets += 1
                     self.parser.reset()
@@ -532,7 +554,7 @@ class ATLink:
                 if mv == f:
                     if c.prompt and f == b"OK":
                         return  # the OK before a '>' prompt
-                    if self.parser.replay_left > _REPLAY_TAIL:
+                    if self._image_text():
                         return  # inside the image bytes of a lost record
                     self._finish(c, f)
                     return
@@ -549,6 +571,15 @@ class ATLink:
                 c.echoed = True
             return
         self._queue(URC_UNKNOWN, mv)
+
+    def _image_text(self):
+        # A final result or ready replayed from a lost record's bytes: the ESP's own
+        # line only near their end (_REPLAY_TAIL) and followed by text alone; else image
+        # bytes that spell it.
+        p = self.parser
+        if not p.replay_left:
+            return False
+        return p.replay_left > _REPLAY_TAIL or not p.replay_rest_is_text()
 
     def on_prompt(self):
         c = self.cmd
