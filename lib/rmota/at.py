@@ -40,15 +40,42 @@ _PAYLOAD = const(1)
 _TRAIL_CR = const(2)
 _TRAIL_LF = const(3)
 _SKIP = const(4)
+_TRAIL_X = const(5)  # a record's CR came, then not its LF: is the next header after it?
 
 _CR = const(13)
 _LF = const(10)
 _GT = const(62)
+_PLUS = const(43)
 _COMMA = const(44)
 _REC_PREFIX = b"+HTTPCGET:"
 _REC_PREFIX_LEN = const(10)
 _MAX_LEN_DIGITS = const(8)
 _MAX_LINES = const(8)  # response lines kept per command
+
+
+def _near_prefix(b, n):
+    # True when b[:n] starts with "+HTTPCGET:" with one byte altered, lost or doubled
+    # (a record header damaged on the wire; its payload may be text).
+    m = _REC_PREFIX_LEN
+    if n <= m:
+        return False
+    p = _REC_PREFIX
+    k = 0
+    while k < m and b[k] == p[k]:
+        k += 1
+    if k == m:
+        return False  # the whole prefix: a header, judged by its digits
+    sub = dele = ins = True
+    for q in range(k + 1, m):
+        if b[q] != p[q]:
+            sub = False
+        if b[q - 1] != p[q]:
+            dele = False
+        if b[q + 1] != p[q]:
+            ins = False
+    if b[k + 1] != p[k]:
+        ins = False
+    return sub or dele or ins
 
 
 def _is_text(buf, a, b):
@@ -107,8 +134,9 @@ class ATParser:
         self.handler = handler
         self._line = bytearray(line_max)
         self._lmv = memoryview(self._line)
-        # (one byte more: a CR taken as a lost record's trailer is replayed with it)
-        self._rec = bytearray(record_max + 1)
+        # (two bytes more: a CR taken as a lost record's trailer, and the byte after it,
+        # are replayed with it)
+        self._rec = bytearray(record_max + 2)
         self._rmax = record_max
         self._rmv = memoryview(self._rec)
         self._cap = line_max
@@ -125,6 +153,12 @@ class ATParser:
         # is image data, not the ESP's line (ATLink.on_line).
         self.replay_left = 0
         self._rend = 0  # during a replay: where its bytes end in the record buffer
+        # Live stream offsets (bytes fed outside replays) for a damaged record header:
+        # _base before the current feed(), _mark where the last whole record ended (None:
+        # unknown), _damaged when the bytes after it were not ESP output.
+        self._base = 0
+        self._mark = None
+        self._damaged = False
         self.lines = 0
         self.records = 0
         self.frame_errors = 0
@@ -132,7 +166,7 @@ class ATParser:
 
     def in_record(self):
         """True while inside a ``+HTTPCGET`` record (payload or its ``\\r\\n``)."""
-        return self._state in (_PAYLOAD, _TRAIL_CR, _TRAIL_LF)
+        return self._state in (_PAYLOAD, _TRAIL_CR, _TRAIL_LF, _TRAIL_X)
 
     def payload_has(self, needles, tail=64):
         """True when the last ``tail`` bytes of the record in progress hold one of
@@ -163,6 +197,15 @@ class ATParser:
         self._need = 0
         self._have = 0
         self._state = _LINE
+        self._mark = None
+        self._damaged = False
+
+    def new_response(self):
+        """A command was sent: bytes from here on are its response. A record whose
+        header came damaged is told by where it began (here, or after the last whole
+        record or text line) and where the next header starts."""
+        self._mark = self._base
+        self._damaged = False
 
     def abort_record(self, reason="record stalled"):
         """End a record that stopped arriving (inactivity timeout): report a frame
@@ -188,8 +231,10 @@ class ATParser:
         # arriving: the response goes on after the bytes it claimed (an ESP that paused
         # sends the rest, then the next record; one that rebooted prints ready, which
         # the replay finds).
-        lost = have + self._need if self._state in (_PAYLOAD, _TRAIL_CR, _TRAIL_LF) else -1
-        if replay and self._state == _TRAIL_LF:
+        lost = have + self._need if self.in_record() else -1
+        if replay and self._state == _TRAIL_X:
+            have += 2  # the CR and the byte after it, stored behind the payload
+        elif replay and self._state == _TRAIL_LF:
             # The CR after the claimed payload was taken as its trailer's: it belongs to
             # what follows (a record found in the replay would miss it), so replay it.
             self._rec[have] = _CR
@@ -216,6 +261,15 @@ class ATParser:
         Returns nothing; results go to the handler."""
         if n is None:
             n = len(buf)
+        if self._replaying:
+            self._feed(buf, n)
+            return
+        try:
+            self._feed(buf, n)
+        finally:
+            self._base += n
+
+    def _feed(self, buf, n):
         if buf is not self._fbuf:  # the link feeds the same buffer every time
             self._fbuf = buf
             self._fmv = memoryview(buf)
@@ -252,10 +306,21 @@ class ATParser:
             if st == _TRAIL_LF:
                 if c == _LF:
                     i += 1
-                    self._state = _LINE
-                    self.records += 1
-                    h.on_record(self._rmv[: self._have])
-                    self._have = 0
+                elif self._replaying:
+                    self._resync("record not ended by CRLF")
+                    continue
+                elif c != _PLUS:  # the LF came altered, or the header lied: look on
+                    self._rec[self._have] = _CR
+                    self._rec[self._have + 1] = c
+                    self._state = _TRAIL_X
+                    i += 1
+                    continue
+                # (else the LF was lost: the next record header starts here)
+                self._record_done(i)
+                continue
+            if st == _TRAIL_X:
+                if c == _PLUS:  # the next record header: only the LF came altered
+                    self._record_done(i)
                 else:
                     self._resync("record not ended by CRLF")
                 continue
@@ -274,6 +339,8 @@ class ATParser:
                     continue
                 if c == _CR or c == _LF:
                     i += 1
+                    if self._mark is not None and not self._damaged and not self._replaying:
+                        self._mark = self._base + i
                     continue
             j = buf.find(b"\n", i, n)
             e = n if j < 0 else j
@@ -287,16 +354,20 @@ class ATParser:
                 r = self._record_header(start_n)
                 if r == -2:  # malformed record header
                     self._n = 0
-                    self._frame_error("bad record length")
+                    if not self._damage():
+                        self._frame_error("bad record length")
                     self._state = _LINE if j >= 0 and not over else _SKIP
                     i = j + 1 if j >= 0 and not over else e
                     continue
                 if r >= 0:  # r = bytes of this segment used up to the comma
+                    if self._damaged and not self._replaying:
+                        self._damaged_before(self._base + i - start_n)
                     i += r
                     self._n = 0
                     if self._need > self._rmax:
                         self._need = 0
-                        self._frame_error("record length over rx size")
+                        if not self._damage():
+                            self._frame_error("record length over rx size")
                         self._state = _LINE
                     else:
                         self._have = 0
@@ -305,7 +376,8 @@ class ATParser:
             if over:
                 self.overflows += 1
                 self._n = 0
-                self._frame_error("line too long", None if self._replaying else -1)
+                if not self._damage():
+                    self._frame_error("line too long", None if self._replaying else -1)
                 self._state = _SKIP
                 i = e
                 continue
@@ -316,6 +388,14 @@ class ATParser:
             if ln and self._line[ln - 1] == _CR:
                 ln -= 1
             self._n = 0
+            if self._mark is not None and not self._replaying:
+                # ESP output moves where a damaged record would start; other bytes are a
+                # record's whose header came damaged (not delivered)
+                if not _is_text(self._line, 0, ln) or _near_prefix(self._line, ln):
+                    self._damaged = True
+                    continue
+                if not self._damaged:
+                    self._mark = self._base + i
             if ln:
                 self.lines += 1
                 if self._replaying:
@@ -325,6 +405,45 @@ class ATParser:
                     self.replay_left = 0
                 else:
                     h.on_line(self._lmv[:ln])
+
+    def _record_done(self, i):
+        # A record's payload and trailer came whole: deliver it; live offset ``i`` in the
+        # buffer being fed is where the bytes after it begin.
+        self._state = _LINE
+        self.records += 1
+        if not self._replaying:
+            self._mark = self._base + i
+            self._damaged = False
+        self.handler.on_record(self._rmv[: self._have])
+        self._have = 0
+
+    def _damage(self):
+        # Bytes after a whole record that are not ESP output (a record header that does
+        # not parse, a line too long): a record whose header came damaged. When where
+        # that record began is known, its length is told from where the next header
+        # starts (_damaged_before); True then, and the frame error waits until then.
+        if self._replaying or self._mark is None:
+            return False
+        self._damaged = True
+        return True
+
+    def _damaged_before(self, at):
+        # A whole record header starts at live offset ``at``; the bytes since _mark were
+        # one record whose header came damaged: ``+HTTPCGET:`` and d digits and a comma,
+        # L payload bytes, CRLF. Report it lost with the one L that fits (-1: none).
+        span = at - self._mark
+        self._damaged = False
+        self._mark = None
+        lost = -1
+        d = 1
+        p = 10
+        while d <= 5:
+            k = span - _REC_PREFIX_LEN - d - 3
+            if k > 0 and k <= self._rmax and p // 10 <= k < p:
+                lost = k if lost < 0 else -1
+            d += 1
+            p *= 10
+        self._frame_error("record header damaged", lost)
 
     def _record_header(self, start_n):
         """Check whether the line buffer holds a ``+HTTPCGET:<digits>,`` record header.
@@ -669,6 +788,7 @@ class ATLink:
             prefix = b"+" + cmd[3:k] + b":"
         c = Command(cmd, prefix, self.clock.ticks_ms(), timeout_ms, prompt)
         self.cmd = c
+        self.parser.new_response()
         self.write(cmd)
         self.write(b"\r\n")
         return c
