@@ -141,6 +141,9 @@ class Faults:
       (the download goes on).
       ``short_record``: ``{record index: extra}``: that record's header (0-based, in the
       next download) claims ``extra`` more bytes than sent (negative: fewer). One-shot.
+      ``damage_record``: ``{record index: [k, b]}``: byte ``k`` of that record's header
+      (negative: of its CRLF trailer, -1 the LF) arrives as ``b`` (-1: is lost), as a
+      wire fault in the record's framing would leave it. One-shot.
       ``mangle_final``: bytes that replace the next ``\\r\\nOK\\r\\n`` ending a download.
       ``final_extra``: bytes written in the same write right after the next download's
       final result (issue 4 case 4). Both one-shot.
@@ -189,6 +192,7 @@ class Faults:
         "cloud_drop_at_body": None,
         "cloud_down_ms": None,
         "short_record": dict,
+        "damage_record": dict,
         "mangle_final": None,
         "final_extra": None,
         "busy_next": 0,
@@ -218,6 +222,9 @@ class Faults:
                 value = set(value)
             setattr(self, name, value)
         self.log = []
+        # Indices in ``log`` of wire faults that hit bytes outside any download (a
+        # command's echo or final result): they cost no image bytes.
+        self.outside = set()
 
     @staticmethod
     def _make_rng(seed):
@@ -540,6 +547,7 @@ class ESPCore:
             if quick:
                 return data
         keep = f.persist_body_faults
+        n_log = len(f.log)
         out = bytearray()
         for i in range(n):
             b = data[i]
@@ -575,6 +583,9 @@ class ESPCore:
             elif prob_ok and f._prob(f.dup_prob):
                 f.log.append(("dup", pos))
                 out.append(b)
+        if self._dl is None:
+            for k in range(n_log, len(f.log)):
+                f.outside.add(k)
         return bytes(out)
 
     def _final_ok(self):
@@ -1118,7 +1129,23 @@ class ESPCore:
         if extra:
             f.log.append(("short_record", idx))
         hdr = record_header(len(data) + extra)
-        rec = hdr + data + b"\r\n"
+        trailer = b"\r\n"
+        dmg = f.damage_record.pop(idx, None)
+        if dmg is not None:
+            # one byte of the record's framing altered (or lost, -1) on the wire
+            f.log.append(("damage_record", idx))
+            k, b = dmg
+            part = bytearray(trailer if k < 0 else hdr)
+            k = k % len(part)
+            if b < 0:
+                part = part[:k] + part[k + 1 :]
+            else:
+                part[k] = b
+            if dmg[0] < 0:
+                trailer = bytes(part)
+            else:
+                hdr = bytes(part)
+        rec = hdr + data + trailer
         span = (len(hdr), len(hdr) + len(data), base)
         end = base + len(data)
         cut = None

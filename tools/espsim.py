@@ -602,6 +602,7 @@ class ESPSim(ESPCore):
         srv = self.server
         req = srv.get(path, headers, self._t, age)
         req["epoch"] = self._epoch
+        req["faults_before"] = len(self.faults.log)  # for faultrun.refetch_stats
         r = _Response(req, self._t)
         if srv.stall_at is not None and srv.stall_at < len(r.body):
             r.stall_at = srv.stall_at

@@ -82,6 +82,7 @@ TRANSIENT = (
     "short_record",
     "mangle_final",
     "result_refused",
+    "damaged_header",
 )
 # Permanent ones: the job must end with the truthful status, never 2.
 PERMANENT = {
@@ -92,6 +93,24 @@ PERMANENT = {
     "same_version": 5,
 }
 CUT_KINDS = ("power_cut_op", "power_cut_time")
+# Fault log entries (tools/espcore.py Faults, and host power cuts) that can make the agent
+# fetch image bytes again: refetch_stats shares a request's bytes among them.
+INTERRUPTIONS = (
+    "drop",
+    "dup",
+    "flip",
+    "reboot_at_out",
+    "reboot_at_body",
+    "reboot",
+    "wifi_drop",
+    "truncate_body",
+    "short_record",
+    "damage_record",
+    "silence_at_body",
+    "stall_at_body",
+    "server_stall",
+    "power_cut",
+)
 
 
 class PowerCut(BaseException):
@@ -338,6 +357,9 @@ def _fault_params(r, k, total, dl_ms, f):
         f["lose_url_byte"] = r.randint(0, 1082)
     elif k == "short_record":
         f["short_record"] = [r.randint(0, 8), r.randint(1, 40)]
+    elif k == "damaged_header":
+        # a byte of a record's header or CRLF altered or lost (-1)
+        f["damage_record"] = [r.randint(0, 8), r.randint(-2, 14), r.randint(-1, 255)]
     elif k == "mangle_final":
         f["mangle_final"] = r.choice(("\r\nO\r\n", "\r\nOK", "\r\nERR\r\n"))
     elif k == "result_refused":
@@ -462,6 +484,8 @@ class Scenario:
             kw["mangle_final"] = f["mangle_final"].encode()
         if "short_record" in f:
             kw["short_record"] = {f["short_record"][0]: f["short_record"][1]}
+        if "damage_record" in f:
+            kw["damage_record"] = {f["damage_record"][0]: f["damage_record"][1:]}
         faults = Faults(sc["seed"], **kw)
         st = self.settings
         fifo = None
@@ -559,7 +583,7 @@ class Scenario:
                 self.flash.path, clock=self.clock, nor=nor, settings=self.settings
             )
         except PowerCut:
-            self.cuts_fired += 1
+            self._cut_fired()
             self._say(
                 "  %8d POWER CUT during boot, flash op %d" % (self.clock.now_ms, run.ops - 1)
             )
@@ -567,7 +591,7 @@ class Scenario:
         except Bricked as e:
             nor.close()
             if run.fired:
-                self.cuts_fired += 1
+                self._cut_fired()
                 return None
             self.bricked += 1
             self._violation("bricked: %s" % e.reason)
@@ -575,12 +599,12 @@ class Scenario:
         except Exception as e:
             nor.close()
             if run.fired:
-                self.cuts_fired += 1
+                self._cut_fired()
                 return None
             self._unhandled("power-on: %r" % (e,))
             return False
         if run.fired:
-            self.cuts_fired += 1
+            self._cut_fired()
             return None
         self._check_boot(b)
         self.board = b
@@ -711,7 +735,7 @@ class Scenario:
                 self._host_off(50)
                 continue
             if outcome == "cut":
-                self.cuts_fired += 1
+                self._cut_fired()
                 what = self._cut_what or "in flash op %d" % (self.run_.ops - 1)
                 self._cut_what = None
                 self._say("  %8d POWER CUT %s" % (self.clock.now_ms, what))
@@ -773,6 +797,26 @@ class Scenario:
                 )
             )
 
+    def _cut_fired(self):
+        # A host power cut fired: counted, and logged with the ESP's faults (an
+        # interruption for refetch_stats).
+        self.cuts_fired += 1
+        sim = getattr(self, "sim", None)
+        if sim is not None:
+            sim.faults.log.append(("power_cut", self.clock.now_ms))
+
+    def interruptions(self, a, b):
+        """How many events in the fault log's entries ``a`` to ``b`` (indices) could make
+        the agent fetch image bytes again (``INTERRUPTIONS``; a wire fault that hit no
+        download's bytes does not count)."""
+        log = self.sim.faults.log
+        outside = self.sim.faults.outside
+        n = 0
+        for i in range(a, b):
+            if log[i][0] in INTERRUPTIONS and i not in outside:
+                n += 1
+        return n
+
     def refetch_stats(self):
         """Image bytes fetched again per interruption, from the server's log: for each
         GET after the first, the bytes of its body below the furthest stream offset
@@ -787,7 +831,15 @@ class Scenario:
         counted; nor is one without a Range after the server ignored one (the agent
         then downloads whole files: those bytes go with the ignored ones). Returns
         (list of bytes per interruption, full restarts, bytes re-sent because a Range
-        was ignored)."""
+        was ignored, list of bytes per counted request).
+
+        One request may make up for several interruptions (two records lost in one
+        response leave one hole, fetched with one request), and one interruption may
+        take several (the hole, then a 16-byte check of the bytes ahead). So counted
+        requests are grouped: a group starts with a request after which the fault log
+        (``interruptions()``) shows new interruptions, and takes the counted requests
+        after it until the next such one; its bytes are shared out evenly among its
+        interruptions (at least one). The bytes of each request are returned as well."""
         total = len(self.image)
         per = []
         restarts = 0
@@ -795,6 +847,14 @@ class Scenario:
         reached = -1
         prev = None
         ignoring = False  # the server ignored a Range: full downloads from then on
+        per_request = []
+        since = 0  # fault log entries before this are accounted for
+        group = None  # [bytes, interruptions] of the requests since the last interruption
+
+        def close(g):
+            if g is not None:
+                per.extend([(g[0] + g[1] - 1) // g[1]] * g[1])
+
         for q in self.sim.server.requests:
             if q["start"] is None or q["path"] != IMAGE_PATH:
                 continue
@@ -825,14 +885,25 @@ class Scenario:
                 ):
                     restarts += 1
                     reached = -1  # the agent dropped everything: count from this GET on
+                    since = q["faults_before"]
+                    close(group)
+                    group = None
                 else:
-                    per.append(dup)
+                    k = self.interruptions(since, q["faults_before"])
+                    since = q["faults_before"]
+                    per_request.append(dup)
+                    if k or group is None:
+                        close(group)
+                        group = [dup, k or 1]
+                    else:
+                        group[0] += dup
             if q["reached"] > reached:
                 reached = q["reached"]
-        return per, restarts, ignored
+        close(group)
+        return per, restarts, ignored, per_request
 
     def result(self, dt):
-        per, restarts, ignored = self.refetch_stats()
+        per, restarts, ignored, per_request = self.refetch_stats()
         counters = {}
         for name in ("bytes_refetched", "resumes", "bytes_received", "attempts", "refetches"):
             counters[name] = sum(getattr(a, name, 0) or 0 for a in self.agents)
@@ -860,11 +931,14 @@ class Scenario:
             "ops": self.run_.ops,
             "virtual_ms": self.clock.now_ms,
             "refetch": per,
+            "refetch_requests": per_request,
             "full_restarts": restarts,
             "ignored_range_bytes": ignored,
             "requests": len(self.sim.server.requests),
             "counters": counters,
-            "fired": [str(x[0]) for x in self.sim.faults.log if x[0] != "ready"],
+            "fired": [
+                str(x[0]) for x in self.sim.faults.log if x[0] not in ("ready", "power_cut")
+            ],
             "log_tail": [] if not self.violations else self.log[-12:],
             "real_s": dt,
         }

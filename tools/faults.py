@@ -202,6 +202,19 @@ def extra_stats(records, runtimes):
             "%d B re-sent by servers that ignored Range; %.0f s virtual in %.1f s real"
             % (rt, cuts, sum(r.get("boots", 0) for r in rs), restarts, ign, vms / 1000, real)
         )
+        reqs = [x for r in rs for x in r.get("refetch_requests", [])]
+        if reqs:
+            out.append(
+                "  requests that fetched bytes again: %d (median %d B, max %d B; %d over %d B"
+                ", where one made up for several interruptions)"
+                % (
+                    len(reqs),
+                    _median(reqs),
+                    max(reqs),
+                    sum(1 for x in reqs if x > BOUND),
+                    BOUND,
+                )
+            )
         over = sum(r.get("uart_overflows", 0) for r in rs)
         if over:
             out.append("  bytes lost to UART receive overflow: %d" % over)

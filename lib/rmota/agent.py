@@ -1200,9 +1200,13 @@ class HostOTA:
             ):
                 att.confirmed = True
                 self._ahead_check = None
-            elif att.unverified and (c.final == b"OK" or http_status_of(c.err_code)):
-                # The response was never checked, and it ended elsewhere (the file from
-                # 0: the server ignored the Range) or was an error page.
+            elif att.unverified and (
+                http_status_of(c.err_code) or (c.final == b"OK" and att.received >= note.size)
+            ):
+                # The response was never checked, and it was an error page, or as long
+                # as the file (the file from 0: the server ignored the Range). One that
+                # ended short (a connection cut, which older ESP-AT ends with OK) is
+                # checked below like any other that broke off.
                 self.log.warn("bytes after the hole unverified: dropped")
                 w.drop_ahead()
             elif not self.range_ok:
