@@ -537,6 +537,24 @@ class TestMisplacedAhead(unittest.TestCase):
         self.assertEqual(bytes(dev.mem[h + 4096 : h + 8192]), img[h + 4096 : h + 8192])
         self._finish(dev, w, img, at)
 
+    def test_moved_on_by_more_than_a_block(self):
+        # The first block ahead's bytes go to the next block but one: the ones that now
+        # start the hole's last block are copied to the start of it, where write()
+        # takes them; the hole's bytes then pass through their old block first.
+        img = _image(4096 * 12 + 300)
+        at = 4096 * 2 + 1000
+        for delta in (-(4096 + 4), -(2 * 4096 - 1), -(2 * 4096 + 300)):
+            dev, w = self._misplaced(img, at, 5000, delta)
+            h = w.hole_end
+            j = h - delta
+            self.assertTrue(w.shift_ahead(delta))
+            self.assertEqual(w.fill_end, j, delta)
+            self.assertEqual(w.hole_end, (j + 4095) // 4096 * 4096)
+            n = w.hole_end - j
+            b = j // 4096 * 4096
+            self.assertEqual(bytes(dev.mem[b : b + n]), img[j : j + n], delta)
+            self._finish(dev, w, img, at)
+
     def test_a_parked_tail_moves_with_the_rest(self):
         img = _image(4096 * 12)
         at = 4096 * 2 + 100

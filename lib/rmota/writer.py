@@ -560,8 +560,9 @@ class SlotWriter:
         (``on_erase`` first drops their entries, so a power cut mid-move loses them
         rather than trusting a torn block). The hole then ends at the first block
         boundary at or after its new start (moving up, the bytes of the block it ends
-        in stay at that block's start in flash: ``fill_end``, taken by ``write()``), and
-        the last partial block stays in the ring. Each block moved costs one erase and
+        in wait at that block's start in flash, copied there when the move is a block or
+        more: ``fill_end``, taken by ``write()``), and the last partial block stays in
+        the ring. Each block moved costs one erase and
         its programs (a recovery path: a few memoryview slices are allocated).
         Returns True when moved; False, nothing changed, when it cannot be done (no
         hole, several, a block parked, or the new place reaches the bytes held before
@@ -612,11 +613,22 @@ class SlotWriter:
             while d >= new_h:
                 self._move_block(d, d + delta, bs, k)
                 d -= bs
+            j = h - delta
+            if j % bs and -delta > bs:
+                # The bytes that now go from j to new_h are at the start of block h,
+                # which the hole's bytes will pass through first: program them at the
+                # start of their own block (in the hole, below every block moved), where
+                # the joint is taken from. Not journalled: a power cut loses them.
+                n = new_h - j
+                self._read_span(h, n, k)
+                self.bdev.ioctl(_IOCTL_BLOCK_ERASE, j // bs)
+                self.erases += 1
+                self._program_raw(j // bs, k, n)
             if tail:
                 self.bdev.readblocks(last // bs, self._mv[k * bs : k * bs + tail], 0)
-        if delta < 0 and -delta < bs and (h - delta) % bs:
-            # The block the hole now ends in: its bytes from there on are still at the
-            # start of it in flash (no block below new_h was moved): keep them.
+        if delta < 0 and (h - delta) % bs:
+            # The block the hole now ends in: its bytes from there on are at the start
+            # of it in flash (no block below new_h was moved): keep them.
             self._joint = h - delta
         self._hole = new_h
         self._astart = new_h
