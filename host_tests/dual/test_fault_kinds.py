@@ -263,6 +263,33 @@ class FaultKinds(unittest.TestCase):
                 r = faultrun.Scenario(sc, self.flash).run()
                 self.assertEqual((r["violations"], r["final"]), ([], 2), (extra, g))
 
+    def test_a_header_that_claims_a_block_or_more_fewer_bytes(self):
+        # The bytes ahead sit 4100 B too early: more than half of them, so the check
+        # looks between in place and where the response ended off (it used to look
+        # within half the run each way and drop them: 19 KB fetched again). Moved up by
+        # more than a block, the start of the first block ahead is copied to the start
+        # of its own block (it used to be fetched again: 16 KB).
+        bound = 4096 + 10240 + 64
+        for seed, size, idx in ((6, 20000, 1), (5, 60000, 2)):
+            r, sn = self.scenario(
+                seed, ["short_record"], {"short_record": [idx, -4100]}, size=size
+            )
+            self.assertTrue(any("bytes after the hole moved by 4100 B" in x for x in sn.log))
+            self.assertEqual(len(r["refetch_requests"]), 2)  # the 16-byte check, the hole
+            self.assertTrue(max(r["refetch_requests"]) <= bound, r["refetch_requests"])
+        # a power cut at each flash operation of the first: every cut point holds
+        f = {"short_record": [1, -4100]}
+        ops = []
+        sc = faultrun.make_scenario(6, size=20000, kinds=["short_record"], cuts=[], faults=f)
+        faultrun.Scenario(sc, self.flash, op_log=ops).run()
+        self.assertGreater(len(ops), 40)  # (MicroPython's littlefs makes fewer)
+        for g in range(len(ops)):
+            sc = faultrun.make_scenario(
+                6, size=20000, kinds=["short_record"], cuts=[["op", g, None]], faults=f
+            )
+            r = faultrun.Scenario(sc, self.flash).run()
+            self.assertEqual((r["violations"], r["final"]), ([], 2), g)
+
     def test_a_run_of_equal_bytes_does_not_pass_for_in_place(self):
         # Bytes ahead misplaced by 5 where the image holds 40 KB of 0xFF: 16 bytes
         # inside the run would match in place as well as anywhere; the check takes a

@@ -274,8 +274,10 @@ class HostOTA:
         self.refetches = 0
         self.relocations = 0  # times bytes ahead of a hole were moved (shift_ahead)
         # Bytes ahead of a hole kept without their place confirmed: before the hole is
-        # fetched, 16 of them are fetched and looked for (_check_ahead).
+        # fetched, 16 of them are fetched and looked for (_check_ahead); _ahead_shift:
+        # how far off their response ended (one lying header moved them by that much).
         self._ahead_check = None
+        self._ahead_shift = None
         self.bytes_received = 0
         self.bytes_refetched = 0
         self.errors = 0
@@ -762,6 +764,7 @@ class HostOTA:
             return
         self.header = None
         self._ahead_check = None
+        self._ahead_shift = None
         slot = self.board.inactive_slot()
         self.writer = self._new_writer(slot.bdev)
         self.writer.on_block = self._on_block
@@ -1217,10 +1220,12 @@ class HostOTA:
                 self.log.warn("bytes after the hole misplaced: dropped")
                 w.drop_ahead()
             else:
-                if (att.pos > want_end or ended) and att.gaps > 1:
-                    # Misplaced, with several holes among them: no single shift fixes
-                    # all. Keep the first run, which the check below places or drops.
-                    w.truncate_ahead()
+                off = att.pos > want_end or ended
+                # Misplaced, with several holes among them: no single shift fixes all.
+                # Keep the first run, which the check below places or drops. (Losses
+                # that made one hole leave the bytes after it off by their sum.)
+                if off and (att.gaps == 1 or not w.truncate_ahead()):
+                    self._ahead_shift = att.pos - want_end
                 # Misplaced by one lost record's lying header (the response ended that
                 # many bytes off), or the response broke off (stall, silence, reboot,
                 # link drop) or lost its place later: nothing confirms the bytes ahead.
@@ -1359,16 +1364,26 @@ class HostOTA:
             w.drop_ahead()
             self._ahead_check = None
             return "more"
-        reach = min(self.rx_size, (run - _OVERLAP) // 2)
+        # The slot holds the file's bytes at k at k + t, lo <= t <= hi: within one
+        # record's reach either way, or between 0 and where the response ended off (one
+        # lying header moved them by that much, which may be more than half the run).
+        s = self._ahead_shift
+        self._ahead_shift = None
+        if s is not None and -self.rx_size <= s <= self.rx_size and abs(s) + _OVERLAP < run:
+            lo = s if s < 0 else 0
+            hi = s if s > 0 else 0
+        else:
+            lo = -min(self.rx_size, (run - _OVERLAP) // 2)
+            hi = -lo
         # The file's bytes [m, m + 16) are ahead whatever the shift. Take m where the
         # slot's 16 bytes occur once within reach (not in a run of equal bytes, which
         # would match in place and elsewhere alike): up to 8 places spread over them.
         m = None
-        span = run - 2 * reach - _OVERLAP  # where m may go, after h + reach
+        span = run - (hi - lo) - _OVERLAP  # where m may go, after h - lo
         for i in range(8):
-            k = h + reach + span * i // 7
+            k = h - lo + span * i // 7
             w.read_at(k, self._ovl)
-            if w.find_ahead(self._ovl, k - reach, k + reach + _OVERLAP) == k:
+            if w.find_ahead(self._ovl, k + lo, k + hi + _OVERLAP) == k:
                 m = k
                 break
             if not span:
@@ -1416,7 +1431,7 @@ class HostOTA:
         if self._ovl == want:  # in place: those bytes occur nowhere else within reach
             self.log.info("bytes ahead of the hole checked")
             return "more"
-        at = w.find_ahead(want, m - reach, m + reach + _OVERLAP)
+        at = w.find_ahead(want, m + lo, m + hi + _OVERLAP)
         if at is not None and at != m and w.shift_ahead(at - m):
             self.log.warn("bytes after the hole moved by %d B" % (m - at))
             self.relocations += 1
