@@ -758,6 +758,27 @@ class TestCRCLog(unittest.TestCase):
         self.assertEqual(log.crcs(), [])
         self.assertEqual(log.erases, 2)  # truncate's erase and this one; sector 1 blank
 
+    def test_truncate_can_keep_the_entries_ahead_of_a_hole(self):
+        # [100, 101, torn] then blocks 5 and 6 written ahead: drop the torn entry,
+        # keep the run ahead (a resume after a cut tore an append, agent._resume).
+        for nblocks in (2, 1):  # two areas (marker), or one rewritten in place
+            log = CRCLog(Partition(self.nor, 2, nblocks))
+            log.reset()
+            for v in (100, 101, 0x4DE5FFFF):
+                log.append(v)
+            self.assertTrue(log.put(5, 105))
+            self.assertTrue(log.put(6, 106))
+            self.assertEqual(log.crcs(), [100, 101, 0x4DE5FFFF])
+            log.truncate(2, 5)
+            self.assertEqual(log.crcs(), [100, 101])
+            self.assertEqual(log.ahead(), (5, [105, 106]))
+            again = CRCLog(Partition(self.nor, 2, nblocks))  # from flash
+            self.assertEqual((again.crcs(), again.ahead()), ([100, 101], (5, [105, 106])))
+            log.append(102)
+            self.assertEqual(log.crcs(), [100, 101, 102])
+            log.truncate(3, 3)  # ahead <= n: everything from n on goes
+            self.assertEqual(log.ahead(), (0, []))
+
     def test_a_cut_anywhere_in_a_truncate_leaves_the_old_list_or_the_new(self):
         # The kept entries go to the other area, then its marker: every flash operation
         # of truncate (and of a second one, back to the first area) cut in turn, each

@@ -924,12 +924,27 @@ class HostOTA:
         w = self.writer
         w.journaled = len(crcs)
         kept = w.resume(crcs)
-        if kept == w.block_size * len(crcs):
+        nk = kept // w.block_size
+        first, run = 0, None
+        if nk < len(crcs) and kept < h.image_len:
+            # An entry that does not match its block: the last append, torn by the cut
+            # (or the block changed since). It goes; the entries after it are blocks
+            # written ahead of a hole (in order right after it when the hole was just
+            # filled up to them, else after absent ones), checked like any such run.
+            # Before, they went with it (the first erase of the hole dropped them).
+            if nk + 1 < len(crcs):
+                first, run = nk + 1, crcs[nk + 1 :]
+            else:
+                first, run = j.crc_ahead()
+            j.crc_truncate(nk, first if run else 0)
+            w.journaled = nk
+        if kept == w.block_size * w.journaled:
             # Blocks written ahead of a hole, if any. They may not have had their
             # position confirmed (a power cut before the end of their response): if it
             # was wrong, the overlap check after the hole is filled tells, and they are
             # dropped then (_attempt, overlap_bad).
-            first, run = j.crc_ahead()
+            if run is None:
+                first, run = j.crc_ahead()
             if run and w.resume_ahead(first, run):
                 self.log.info("kept %d B written ahead of a hole" % w.ahead)
                 self._ahead_check = True

@@ -104,11 +104,13 @@ class Journal:
             f.close()
         self.writes += 1
 
-    def crc_truncate(self, n):
+    def crc_truncate(self, n, ahead=0):
         """Keep only the first ``n`` block CRCs (blocks after them are written again):
-        the kept entries go to a new file that replaces the old one atomically."""
+        the kept entries go to a new file that replaces the old one atomically.
+        ``ahead`` (a ``CRCLog`` only; 0: none): keep the entries from that index on too
+        (blocks written ahead of a hole)."""
         if self.crclog is not None:
-            self.crclog.truncate(n)
+            self.crclog.truncate(n, ahead)
             return
         try:
             f = self.fs.open(_CRC, "rb")
@@ -313,26 +315,34 @@ class CRCLog:
         self._write(self._base() + 4 * n, self._e)
         self._n = n + 1
 
-    def truncate(self, n):
-        """Drop every entry from index ``n`` on (entries ahead of a hole too); the
-        first ``n`` positions are kept as they were, absent ones absent."""
+    def truncate(self, n, ahead=0):
+        """Drop every entry from index ``n`` on (entries ahead of a hole too, unless
+        ``ahead`` > ``n``: then those from index ``ahead`` on stay); the first ``n``
+        positions are kept as they were, absent ones absent."""
         if n < 0:
             n = 0
         raw = self._raw(self.capacity)
-        if n >= self.capacity or raw.count(b"\xff", 4 * n) == len(raw) - 4 * n:
-            return  # nothing from n on
+        if ahead <= n or ahead >= self.capacity:
+            ahead = self.capacity
+        if n >= self.capacity or raw.count(b"\xff", 4 * n, 4 * ahead) == 4 * (ahead - n):
+            return  # nothing from n on (up to ahead)
         self._n = None
         h = self._half
+        mv = memoryview(raw)
         if not h:
             self._erase(0, self.nblocks)
             if n:
-                self._write(0, memoryview(raw)[: 4 * n])
+                self._write(0, mv[: 4 * n])
+            if ahead < self.capacity:
+                self._write(4 * ahead, mv[4 * ahead :])
             return
         other = 1 - self._area
         self._erase(other * h, h)
         base = other * h * self.bs
         if n:
-            self._write(base, memoryview(raw)[: 4 * n])
+            self._write(base, mv[: 4 * n])
+        if ahead < self.capacity:
+            self._write(base + 4 * ahead, mv[4 * ahead :])
         gen = self._gen + 1
         struct.pack_into("<I", self._e, 0, ~gen & 0xFFFFFFFF)
         self._write(base + h * self.bs - 4, self._e)  # the new list is live from here
