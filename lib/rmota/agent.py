@@ -1158,11 +1158,9 @@ class HostOTA:
         att.want = (end - start + 1) if end is not None and use_range else note.size - start
         att.limit = start + att.want
         self.att = att
-        self.link.sink = self
-        cmd = b'AT+HTTPCGET="",%d,%d,%d' % (self.tx_size, self.rx_size, self.http_timeout_ms)
         # The ESP's timeout is a network-idle timeout, not a bound on the transfer:
         # we watch the bytes instead (a stall is no byte for that long plus a margin).
-        att.cmd = c = self.link.send(cmd, 1 << 29)
+        att.cmd = c = self._cget(self)
         clk = self.clock
         att.last_ms = clk.ticks_ms()
         # ... and att.last_ms moves only with whole records: a record of rx_size bytes
@@ -1191,10 +1189,7 @@ class HostOTA:
                     continue  # inside a record every byte is this download's
                 self.log.warn("download stalled")
                 break
-        self.link.sink = None
-        self.link.record_hold_ms = 0
-        if self.link.parser.in_record():
-            self.link.parser.abort_record()
+        self._cget_stop()
         if att.mode == _M_PROBE:
             self._decide(att)
         if att.overflow and c.final is not None and not att.overflow_framing:
@@ -1293,12 +1288,7 @@ class HostOTA:
         self.bytes_received += att.received
         if att.req < acc:
             self.bytes_refetched += min(att.received, acc - att.req)
-        if not c.done:
-            # No final result (mangled, or the ESP stalled): get the link back in step
-            # before any other command.
-            yield from self._init_esp()
-        if use_range and not self.esp_reset:
-            yield from self._clear_range()
+        yield from self._cget_tidy(c, use_range)
         if c.reset:
             return "ESP reset"
         if c.final == b"ERROR":
@@ -1360,6 +1350,29 @@ class HostOTA:
         except Exception:
             return False
 
+    def _cget(self, sink):
+        # Start AT+HTTPCGET (the URL and Range set before) with its records going to
+        # ``sink`` (on_record/frame_error); returns the Command.
+        self.link.sink = sink
+        cmd = b'AT+HTTPCGET="",%d,%d,%d' % (self.tx_size, self.rx_size, self.http_timeout_ms)
+        return self.link.send(cmd, 1 << 29)
+
+    def _cget_stop(self):
+        # The download is over for us: records go nowhere, none is held, and one cut
+        # short is ended (its bytes replayed as lines).
+        self.link.sink = None
+        self.link.record_hold_ms = 0
+        if self.link.parser.in_record():
+            self.link.parser.abort_record()
+
+    def _cget_tidy(self, c, ranged):
+        # After _cget_stop (and what the caller judged in between): without a final
+        # result the link is put back in step; a Range header set for it is cleared.
+        if not c.done:
+            yield from self._init_esp()
+        if ranged and not self.esp_reset:
+            yield from self._clear_range()
+
     def _check_ahead(self, note):
         """Bytes written ahead of a hole were kept although their response did not say
         they sit where they should: it broke off, a power cut came first, or it ended
@@ -1415,20 +1428,13 @@ class HostOTA:
                 self.range_ok = False
             return "Range not set"
         grab = _Grab(self._probe, self.clock)
-        self.link.sink = grab
-        cmd = b'AT+HTTPCGET="",%d,%d,%d' % (self.tx_size, self.rx_size, self.http_timeout_ms)
-        c = self.link.send(cmd, 1 << 29)
+        c = self._cget(grab)
         clk = self.clock
         stall_ms = self.http_timeout_ms + 2000
         while not c.done and clk.ticks_diff(clk.ticks_ms(), grab.last_ms) <= stall_ms:
             yield
-        self.link.sink = None
-        if self.link.parser.in_record():
-            self.link.parser.abort_record()
-        if not c.done:
-            yield from self._init_esp()
-        if not self.esp_reset:
-            yield from self._clear_range()
+        self._cget_stop()
+        yield from self._cget_tidy(c, True)
         if c.reset:
             return "ESP reset"
         if c.final == b"ERROR":
