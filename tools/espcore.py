@@ -144,6 +144,8 @@ class Faults:
       ``damage_record``: ``{record index: [k, b]}``: byte ``k`` of that record's header
       (negative: of its CRLF trailer, -1 the LF) arrives as ``b`` (-1: is lost), as a
       wire fault in the record's framing would leave it. One-shot.
+      ``lose_record``: record indexes (as for ``short_record``) lost whole on the wire,
+      header, payload and CRLF: the host sees nothing wrong there. One-shot.
       ``mangle_final``: bytes that replace the next ``\\r\\nOK\\r\\n`` ending a download.
       ``final_extra``: bytes written in the same write right after the next download's
       final result (issue 4 case 4). Both one-shot.
@@ -193,6 +195,7 @@ class Faults:
         "cloud_down_ms": None,
         "short_record": dict,
         "damage_record": dict,
+        "lose_record": set,
         "mangle_final": None,
         "final_extra": None,
         "busy_next": 0,
@@ -1125,6 +1128,13 @@ class ESPCore:
         idx = dl.idx
         dl.off = base + len(data)
         dl.idx = idx + 1
+        if idx in f.lose_record:
+            # the whole record lost on the wire, header and all: nothing tells the host
+            f.lose_record.discard(idx)
+            f.log.append(("lose_record", idx))
+            self._record_sent(dl, len(data))
+            self._record_end(dl, base + len(data))
+            return True
         extra = f.short_record.pop(idx, 0)
         if extra:
             f.log.append(("short_record", idx))

@@ -106,6 +106,7 @@ INTERRUPTIONS = (
     "truncate_body",
     "short_record",
     "damage_record",
+    "lose_record",
     "silence_at_body",
     "stall_at_body",
     "server_stall",
@@ -486,6 +487,8 @@ class Scenario:
             kw["short_record"] = {f["short_record"][0]: f["short_record"][1]}
         if "damage_record" in f:
             kw["damage_record"] = {f["damage_record"][0]: f["damage_record"][1:]}
+        if "lose_record" in f:
+            kw["lose_record"] = set(f["lose_record"])
         faults = Faults(sc["seed"], **kw)
         st = self.settings
         fifo = None
@@ -812,9 +815,17 @@ class Scenario:
         log = self.sim.faults.log
         outside = self.sim.faults.outside
         n = 0
+        last = None  # the previous wire fault's position: a burst is one interruption
         for i in range(a, b):
-            if log[i][0] in INTERRUPTIONS and i not in outside:
-                n += 1
+            kind = log[i][0]
+            if kind not in INTERRUPTIONS or i in outside:
+                continue
+            if kind in ("drop", "dup", "flip"):
+                if last is not None and 0 <= log[i][1] - last <= 64:
+                    last = log[i][1]
+                    continue
+                last = log[i][1]
+            n += 1
         return n
 
     def refetch_stats(self):

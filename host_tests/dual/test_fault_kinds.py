@@ -360,6 +360,20 @@ class FaultKinds(unittest.TestCase):
                 if k == -1 and idx:  # only the LF, another header follows: nothing again
                     self.assertEqual(r["refetch"], [], (idx, k, b))
 
+    def test_a_record_lost_whole_on_the_wire(self):
+        # Header, payload and CRLF gone: nothing tells, everything after is written
+        # that many bytes early, and the response ends short. The next request's
+        # overlap differs; the block before it is dropped and, when the overlap
+        # differs again, everything (adversarial run: one block per attempt used to
+        # go, until the attempts ran out and the job was reported 3 for a transient
+        # fault).
+        r, sn = self.scenario(5, ["drop"], {"lose_record": [3]}, size=40000)
+        self.assertTrue(self.fired(sn, "lose_record"))
+        self.assertTrue(any("overlap differs again" in x for x in sn.log))
+        self.assertEqual(r["statuses"], [1, 2])
+        self.assertEqual(r["full_restarts"], 1)
+        self.assertLessEqual(r["requests"], 6)
+
     def test_image_bytes_that_spell_a_final_result_in_a_lost_record(self):
         # The image holds "\r\nOK\r\n" every 97 bytes, so one sits within the last 256
         # bytes of any record; a byte dropped in a record makes its bytes be replayed as

@@ -278,6 +278,7 @@ class HostOTA:
         # how far off their response ended (one lying header moved them by that much).
         self._ahead_check = None
         self._ahead_shift = None
+        self._overlap_fails = 0
         self.bytes_received = 0
         self.bytes_refetched = 0
         self.errors = 0
@@ -765,6 +766,7 @@ class HostOTA:
         self.header = None
         self._ahead_check = None
         self._ahead_shift = None
+        self._overlap_fails = 0  # overlap checks failed in a row (_attempt)
         slot = self.board.inactive_slot()
         self.writer = self._new_writer(slot.bdev)
         self.writer.on_block = self._on_block
@@ -1256,9 +1258,17 @@ class HostOTA:
         elif att.overlap_bad and c.final == b"OK":
             # The file's bytes before the Range are not the ones we hold there: ours are
             # not to be trusted (they came in a record that ended right by chance).
-            # Drop the block they are in; the next attempt fetches it again.
-            self.log.warn("overlap differs: dropping the last block held")
-            w.rewind(max(0, w.offset - att.overlap - 1))
+            # Drop the block they are in; the next attempt fetches it again. Again right
+            # after: they went wrong further back (a record lost unseen, everything
+            # after it written off by its length), where nothing tells: start over.
+            self._overlap_fails += 1
+            if self._overlap_fails >= 2:
+                self.log.warn("overlap differs again: dropping everything held")
+                w.rewind(0)
+                self._overlap_fails = 0
+            else:
+                self.log.warn("overlap differs: dropping the last block held")
+                w.rewind(max(0, w.offset - att.overlap - 1))
         self.att = None
         if end is not None and use_range and att.received == note.size > end - start + 1:
             # The whole file came (not just more bytes: an HTTP error page, 416
@@ -1680,6 +1690,7 @@ class HostOTA:
             k = att.overlap
             if m >= k and p[:k] == self._ovl[:k]:
                 att.pos = att.req
+                self._overlap_fails = 0
             elif hdr_ok:
                 self.log.warn("server ignored Range: skipping what we hold")
                 self.range_ok = False

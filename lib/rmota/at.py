@@ -78,6 +78,34 @@ def _near_prefix(b, n):
     return sub or dele or ins
 
 
+def _header_piece(b, n):
+    # True when b[:n] is "+HTTPCGET:" with one byte altered, lost or doubled, or a piece
+    # of it ("+HTTP", "+HTTPCGET:6": a CR or LF came in place of one of its bytes).
+    m = _REC_PREFIX_LEN
+    p = _REC_PREFIX
+    if 2 <= n < m:
+        for q in range(n):
+            if b[q] != p[q]:
+                return False
+        return True
+    if n >= m and b[m - 1] == p[m - 1]:
+        for q in range(m):
+            if b[q] != p[q]:
+                return _near_prefix(b, n)
+        return True  # the whole prefix, but not a header (no comma before the line end)
+    return _near_prefix(b, n)
+
+
+def _is_esp_line(buf, n):
+    # False when buf[:n] holds a control byte the ESP never prints in a line (UTF-8 and
+    # TAB come in URCs that carry user data): a record's binary bytes.
+    for i in range(n):
+        c = buf[i]
+        if (c < 32 and c != 9 and c != 13) or c == 127:
+            return False
+    return True
+
+
 def _is_text(buf, a, b):
     # True when buf[a:b] holds only printable ASCII, CR and LF (what the ESP prints).
     for i in range(a, b):
@@ -147,6 +175,7 @@ class ATParser:
         self._fbuf = None
         self._fmv = None
         self._replaying = False
+        self._replay_stalled = False  # the replay is of a record that stopped arriving
         self.lost = -1
         # During a replay: the replayed bytes after the line being delivered (0 outside
         # a replay). A final result or ready far from the end of a lost record's bytes
@@ -200,12 +229,23 @@ class ATParser:
         self._mark = None
         self._damaged = False
 
-    def new_response(self):
-        """A command was sent: bytes from here on are its response. A record whose
-        header came damaged is told by where it began (here, or after the last whole
-        record or text line) and where the next header starts."""
-        self._mark = self._base
+    def new_response(self, records=True):
+        """A command was sent: bytes from here on are its response. ``records``: it
+        answers with ``+HTTPCGET`` records (``AT+HTTPCGET``). A record whose header came
+        damaged is told by where it began (here, or after the last whole record or ESP
+        line) and where the next header starts; for other commands only once a whole
+        record came."""
+        self._mark = self._base if records else None
         self._damaged = False
+
+    def doubtful(self):
+        """True while the line being delivered may be image bytes rather than the ESP's:
+        it comes from a record whose header came damaged (parsed live), or from a
+        replay of a record that did not end in CRLF while bytes kept coming (not one
+        that stopped arriving, after which the ESP had gone quiet)."""
+        if self._replaying:
+            return not self._replay_stalled
+        return self._damaged
 
     def abort_record(self, reason="record stalled"):
         """End a record that stopped arriving (inactivity timeout): report a frame
@@ -216,7 +256,11 @@ class ATParser:
         next line the ESP prints. No-op outside a record. Allocates nothing beyond the
         replay's memoryview slices (one per line or record found)."""
         if self.in_record():
-            self._resync(reason)
+            self._replay_stalled = True
+            try:
+                self._resync(reason)
+            finally:
+                self._replay_stalled = False
             if self.in_record():  # the replay ended inside a record found in it
                 self.reset()
                 self._frame_error(reason)
@@ -391,7 +435,7 @@ class ATParser:
             if self._mark is not None and not self._replaying:
                 # ESP output moves where a damaged record would start; other bytes are a
                 # record's whose header came damaged (not delivered)
-                if not _is_text(self._line, 0, ln) or _near_prefix(self._line, ln):
+                if not _is_esp_line(self._line, ln) or _header_piece(self._line, ln):
                     self._damaged = True
                     continue
                 if not self._damaged:
@@ -489,6 +533,7 @@ _ENDINGS = (b"ready\r\n", b"\r\nOK\r\n", b"\r\nERROR\r\n")
 # URC kinds, by line prefix (DESIGN.md section 1). Matched in order; a prefix that is a
 # whole line is compared exactly.
 URC_READY = "ready"
+_READY = b"ready"  # ready held (ATLink._hold)
 URC_BUSY = "busy"
 URC_WIFI = "wifi"
 URC_RM = "rainmaker"
@@ -630,6 +675,9 @@ class ATLink:
         self.stray_prompts = 0
         self.echo_lines = 0
         self.late_finals = 0
+        self._held = None  # a final result or ready that may be image bytes (_hold)
+        self._held_cmd = None
+        self.held_lines = 0
         self.dropped_lines = 0
         self.subscriber_errors = 0
         self.record_idle_ms = record_idle_ms
@@ -657,11 +705,10 @@ class ATLink:
                         break
                     if self._image_text():
                         return  # inside the image bytes of a lost record
-                    self.resets += 1
-                    self.parser.reset()
-                    if c and not c.done:
-                        c.reset = True
-                        self._finish(c, None)
+                    if self.parser.doubtful():
+                        self._hold(c, _READY)
+                        return
+                    self._ready(c)
                 elif kind == URC_BUSY and c and not c.done:
                     c.busy = True
                     if not c.prompt:  # the ESP dropped the command: no final result
@@ -675,6 +722,9 @@ class ATLink:
                         return  # the OK before a '>' prompt
                     if self._image_text():
                         return  # inside the image bytes of a lost record
+                    if self.parser.doubtful():
+                        self._hold(c, f)
+                        return
                     self._finish(c, f)
                     return
         elif mv == b"OK" or mv == b"ERROR" or mv == b"SET OK":
@@ -690,6 +740,33 @@ class ATLink:
                 c.echoed = True
             return
         self._queue(URC_UNKNOWN, mv)
+
+    def _ready(self, c):
+        # The ESP printed ready: it rebooted, the command in flight is lost.
+        self.resets += 1
+        self.parser.reset()
+        if c and not c.done:
+            c.reset = True
+            self._finish(c, None)
+
+    def _hold(self, c, what):
+        # A final result (bytes) or ready (_READY) that may be image bytes (a damaged
+        # record's, or a replay's while the ESP kept sending): taken only when nothing
+        # but the ESP's lines follows for a while (poll); a record or frame error after
+        # it says it was image bytes (on_record, on_frame_error).
+        self._held = what
+        self._held_cmd = c
+        self.held_lines += 1
+
+    def _take_held(self):
+        what, c = self._held, self._held_cmd
+        self._held = None
+        self._held_cmd = None
+        if what is _READY:
+            self._ready(c)
+            self._queue(URC_READY, _READY)
+        elif c is self.cmd and not c.done:
+            self._finish(c, what)
 
     def _image_text(self):
         # A final result or ready replayed from a lost record's bytes: the ESP's own
@@ -714,6 +791,7 @@ class ATLink:
             self._data_len = 0
 
     def on_record(self, mv):
+        self._held = None  # the response went on: what was held was image bytes
         s = self.sink
         if s is None:
             self.stray_records += 1
@@ -721,6 +799,7 @@ class ATLink:
             s.record(mv)
 
     def on_frame_error(self, reason):
+        self._held = None  # (as on_record)
         s = self.sink
         if s is not None:
             s.frame_error(reason)
@@ -788,7 +867,8 @@ class ATLink:
             prefix = b"+" + cmd[3:k] + b":"
         c = Command(cmd, prefix, self.clock.ticks_ms(), timeout_ms, prompt)
         self.cmd = c
-        self.parser.new_response()
+        self._held = None
+        self.parser.new_response(cmd[:11] == b"AT+HTTPCGET")
         self.write(cmd)
         self.write(b"\r\n")
         return c
@@ -815,6 +895,11 @@ class ATLink:
             self.parser.feed(self._rx, n)
         elif n == 0:
             self.closed = True
+        if self._held is not None:
+            # nothing but the ESP's lines for half the record hold (during a download)
+            hold = self.record_hold_ms // 2 if self.record_hold_ms else self.record_idle_ms
+            if clk.ticks_diff(now, self.last_rx_ms) >= hold:
+                self._take_held()
         if self.parser.in_record():
             idle = clk.ticks_diff(now, self.last_rx_ms)
             if idle > self.record_idle_ms and (
