@@ -499,6 +499,8 @@ class TestMisplacedAhead(unittest.TestCase):
         for i in range(true, end, 900):
             chunk = img[i : min(i + 900, end)]
             pos = i + delta
+            if pos >= len(img):
+                break
             if pos + len(chunk) > len(img):
                 chunk = chunk[: len(img) - pos]  # what ran past the image: dropped
             if chunk:
@@ -536,6 +538,24 @@ class TestMisplacedAhead(unittest.TestCase):
         self.assertEqual(w.fill_end, h + 7)  # but its other 4089 are kept, in flash
         self.assertEqual(bytes(dev.mem[h + 4096 : h + 8192]), img[h + 4096 : h + 8192])
         self._finish(dev, w, img, at)
+
+    def test_moved_back_keeps_the_start_of_the_first_block(self):
+        # A header that claimed 4000 B more: the bytes ahead move down, and those that
+        # now fall in the hole's last block are copied to its start before the first
+        # block moved overwrites them (they used to be fetched again).
+        img = _image(4096 * 12 + 300)
+        at = 4096 * 2 + 1000
+        for delta in (9, 4000, 4096 + 700):
+            dev, w = self._misplaced(img, at, 9000, delta)
+            h = w.hole_end
+            j = h - delta
+            self.assertTrue(w.shift_ahead(delta))
+            self.assertEqual(w.fill_end, j, delta)
+            self.assertEqual(w.hole_end, (j + 4095) // 4096 * 4096)
+            n = w.hole_end - j
+            b = j // 4096 * 4096
+            self.assertEqual(bytes(dev.mem[b : b + n]), img[j : j + n], delta)
+            self._finish(dev, w, img, at)
 
     def test_moved_on_by_more_than_a_block(self):
         # The first block ahead's bytes go to the next block but one: the ones that now

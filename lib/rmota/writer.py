@@ -559,10 +559,10 @@ class SlotWriter:
         moving up; the ring's ahead block is the scratch buffer), and re-journal them
         (``on_erase`` first drops their entries, so a power cut mid-move loses them
         rather than trusting a torn block). The hole then ends at the first block
-        boundary at or after its new start (moving up, the bytes of the block it ends
-        in wait at that block's start in flash, copied there when the move is a block or
-        more: ``fill_end``, taken by ``write()``), and the last partial block stays in
-        the ring. Each block moved costs one erase and
+        boundary at or after its new start; the bytes ahead that fall in the block it
+        ends in wait at that block's start in flash (copied there, unless the move was
+        up by less than a block: then they are there already), up to ``fill_end``, and
+        ``write()`` takes them; the last partial block stays in the ring. Each block moved costs one erase and
         its programs (a recovery path: a few memoryview slices are allocated).
         Returns True when moved; False, nothing changed, when it cannot be done (no
         hole, several, a block parked, or the new place reaches the bytes held before
@@ -595,6 +595,15 @@ class SlotWriter:
             self._program_raw(blk, k, self._afill)
             self._afill = 0
         tail = new_end - last
+        # The bytes that now go from j to new_h (the start of the first block ahead,
+        # its block starting in the hole) are kept as the joint: they wait at the start
+        # of their own block, where write() takes them (_take_joint).
+        j = h - delta
+        keep = j % bs and j >= self._done + self._fill
+        if keep and delta > 0:
+            # Moving down, they are at the start of block h, which the first block moved
+            # overwrites: copy them first.
+            self._copy_joint(h, j, new_h, k)
         if delta > 0:
             d = new_h
             while d < last:
@@ -613,23 +622,15 @@ class SlotWriter:
             while d >= new_h:
                 self._move_block(d, d + delta, bs, k)
                 d -= bs
-            j = h - delta
-            if j % bs and -delta > bs:
-                # The bytes that now go from j to new_h are at the start of block h,
-                # which the hole's bytes will pass through first: program them at the
-                # start of their own block (in the hole, below every block moved), where
-                # the joint is taken from. Not journalled: a power cut loses them.
-                n = new_h - j
-                self._read_span(h, n, k)
-                self.bdev.ioctl(_IOCTL_BLOCK_ERASE, j // bs)
-                self.erases += 1
-                self._program_raw(j // bs, k, n)
+            if keep and -delta > bs:
+                # Moving up by more than a block, they are at the start of block h,
+                # which the hole's bytes pass through first: copy them. (By less, block
+                # h is their own block: they are in place.)
+                self._copy_joint(h, j, new_h, k)
             if tail:
                 self.bdev.readblocks(last // bs, self._mv[k * bs : k * bs + tail], 0)
-        if delta < 0 and (h - delta) % bs:
-            # The block the hole now ends in: its bytes from there on are at the start
-            # of it in flash (no block below new_h was moved): keep them.
-            self._joint = h - delta
+        if keep:
+            self._joint = j
         self._hole = new_h
         self._astart = new_h
         self._ahead_end = last if last > new_h else new_h
@@ -637,6 +638,16 @@ class SlotWriter:
         self._apos = new_end
         self._aerased = self._ahead_end  # the block after the whole ones: erase it first
         return True
+
+    def _copy_joint(self, h, j, new_h, k):
+        # Program the bytes at h that now go from j to new_h at the start of block j (in
+        # the hole, below every block moved; ring block k is the scratch). Not
+        # journalled: a power cut loses them.
+        n = new_h - j
+        self._read_span(h, n, k)
+        self.bdev.ioctl(_IOCTL_BLOCK_ERASE, j // self.block_size)
+        self.erases += 1
+        self._program_raw(j // self.block_size, k, n)
 
     def park_tail(self):
         """The response ended with a hole open and the last bytes ahead (less than a
