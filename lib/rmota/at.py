@@ -149,6 +149,19 @@ class ATParser:
     may form lines and records again, but a record found while replaying is never
     replayed a second time (bounded work, no recursion).
 
+    Damaged record headers: a byte of ``+HTTPCGET:<len>,`` altered or lost on the
+    wire makes the record read as lines (or as a length that does not parse). After a
+    whole record, the ESP's last line, or ``new_response()`` (the command was sent),
+    bytes that are not the ESP's output (a line with control bytes other than TAB and
+    CR, a piece of ``+HTTPCGET:`` or a near miss of it) mark a damaged record. When the
+    next header starts, it is reported as a frame error ``"record header damaged"``
+    with ``lost`` the one length that fits between (``-1``: none); a URC in between
+    makes it that much too long, which the caller's position check finds. A record
+    whose CR came but not its LF, with the next header right after, was whole and is
+    delivered. While a damaged record's bytes are parsed, or a record that did not end
+    in CRLF while bytes kept coming is replayed, ``doubtful()`` is True: a final result
+    or ``ready`` among them may be image bytes (``ATLink`` holds it).
+
     ``line_max`` (bytes) caps a line; ``record_max`` (bytes) caps a record's payload and
     should be the largest rx size the host asks ``AT+HTTPCGET`` for (ESP-AT allows up
     to 10240). Both buffers are allocated once here; ``feed()`` allocates a small
@@ -639,6 +652,12 @@ class ATLink:
     then goes on costs nothing; it is still ended at ``record_idle_ms`` when the last
     64 bytes of its payload so far hold ``ready`` (the ESP rebooted) or a final result
     (bytes were lost and the download had ended). Searched once per pause.
+
+    A final result or ``ready`` in bytes that may be image bytes
+    (``ATParser.doubtful()``: a damaged record's, or a replay's while the ESP kept
+    sending) is held, counted in ``held_lines``, and taken only after half the record
+    hold (``record_idle_ms`` outside a download) with no byte from the ESP; a record or
+    frame error after it drops it, as does the next ``send()``.
 
     Records of ``AT+HTTPCGET`` go to ``link.sink`` (an object with ``record(mv)`` and
     ``frame_error(reason)``) while it is set; without a sink they are counted in
