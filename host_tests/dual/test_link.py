@@ -5,7 +5,16 @@ import sys
 import unittest
 
 from fakeuart import FakeUART
-from rmota.at import URC_FRAMING, URC_FWNOTIFY, URC_READY, URC_UNKNOWN, ATLink, ATParser, quote
+from rmota.at import (
+    URC_FRAMING,
+    URC_FWNOTIFY,
+    URC_READY,
+    URC_RECV,
+    URC_UNKNOWN,
+    ATLink,
+    ATParser,
+    quote,
+)
 from rmota.compat import VirtualClock
 from rmota.errors import CommandError, ESPBusy, ESPReset, LinkTimeout
 
@@ -153,6 +162,98 @@ class TestCommands(unittest.TestCase):
         self.assertEqual(c.final, b"OK")
         self.assertGreaterEqual(link.clock.ticks_ms(), link.record_idle_ms)
         self.assertEqual(link.held_lines, 1)
+
+    def test_lines_that_act_in_doubtful_bytes_are_held_and_dropped(self):
+        # busy, ERR CODE, Wi-Fi and cloud URCs in a damaged record's bytes would end
+        # the command, wait for Wi-Fi, reset the ESP: held with the final results, and
+        # dropped when more of the record's bytes or the next record come (second
+        # adversarial run).
+        for word in (b"busy p...", b"WIFI DISCONNECT", b"+RMDISCONNECTED", b"ERR CODE:0x010a7194"):
+            u, link, urcs = _link()
+            c = link.send(b'AT+HTTPCGET=""', 1 << 29)
+            u.feed(b"+HTTPCGET:3,abc\r\n+HTTPCGXT:20,\x01\x02\r\n" + word + b"\r\n")
+            link.poll()
+            u.feed(b"\x03\x04\r\n+HTTPCGET:3,xyz\r\n")
+            for _ in range(30):
+                link.poll()
+                link.clock.sleep_ms(100)
+            self.assertFalse(c.done, word)
+            self.assertEqual([k for k, _ in urcs if k != URC_FRAMING], [], word)
+            u.feed(b"\r\nOK\r\n")
+            _run(link, c)
+            self.assertEqual((c.final, c.busy, c.err_code), (b"OK", False, None), word)
+
+    def test_the_rest_of_a_record_whose_header_claimed_too_few_is_doubtful(self):
+        # "2048" came as "1048": the record ends early and the rest of its bytes come
+        # as lines; an OK or ready among them is image bytes (second adversarial run:
+        # 61 resets taken for reboots).
+        u, link, urcs = _link(record_max=2048)
+        c = link.send(b'AT+HTTPCGET=""', 1 << 29)
+        body = (b"\x05" * 90 + b"\r\nready\r\n" + b"\x06" * 90 + b"\r\nOK\r\n") * 4
+        u.feed(b"+HTTPCGET:3,abc\r\n+HTTPCGET:%d," % (len(body) - 400) + body + b"\r\n")
+        u.feed(b"+HTTPCGET:3,xyz\r\n")
+        for _ in range(30):
+            link.poll()
+            link.clock.sleep_ms(100)
+        self.assertFalse(c.done)
+        self.assertEqual(link.resets, 0)
+        u.feed(b"\r\nOK\r\n")
+        _run(link, c)
+        self.assertEqual(c.final, b"OK")
+
+    def test_a_held_final_result_is_taken_while_urcs_keep_coming(self):
+        # The damaged record was the last; the ESP's OK after it is held, and URCs
+        # every 500 ms (an application's +RMRECV) do not keep it held past the hold.
+        u, link, urcs = _link()
+        c = link.send(b'AT+HTTPCGET=""', 1 << 29)
+        u.feed(b"+HTTPCGET:3,abc\r\n+HTTPCGXT:4,\x01\x02\x03\x04\r\n\r\nOK\r\n")
+        for _ in range(8):
+            link.poll()
+            self.assertFalse(c.done)
+            u.feed(b"+RMRECV:1,hello\r\n")
+            link.clock.sleep_ms(100)
+        for _ in range(40):
+            if c.done:
+                break
+            link.poll()
+            u.feed(b"+RMRECV:1,hello\r\n")
+            link.clock.sleep_ms(100)
+        self.assertEqual(c.final, b"OK")
+        self.assertLess(link.clock.ticks_ms(), 2 * link.record_idle_ms + 1000)
+
+    def test_a_held_ready_is_taken_when_the_next_command_goes(self):
+        # The ESP rebooted in a damaged record's place: its ready is held; the agent
+        # gives up on the download and sends its next command: the reboot is not lost.
+        u, link, urcs = _link()
+        c = link.send(b'AT+HTTPCGET=""', 1 << 29)
+        u.feed(b"+HTTPCGET:3,abc\r\n+HTTPCGXT:40,\x01\x02\r\nready\r\n")
+        link.poll()
+        self.assertEqual((c.done, link.resets), (False, 0))
+        link.send(b"AT")
+        self.assertEqual(link.resets, 1)
+        link.poll()
+        self.assertIn(URC_READY, [k for k, _ in urcs])
+
+    def test_a_urc_with_raw_control_bytes_between_records(self):
+        # +RMRECV carries the application's data as it came: a URC-shaped line is the
+        # ESP's whatever bytes follow its name (second adversarial run: a control byte
+        # made it a damaged record, a 2-byte hole, and status 3 once).
+        u, link, urcs = _link()
+        c = link.send(b'AT+HTTPCGET=""', 1 << 29)
+        got = []
+        link.sink = type(
+            "S",
+            (),
+            {
+                "record": lambda s, mv: got.append(bytes(mv)),
+                "frame_error": lambda s, r: got.append(r),
+            },
+        )()
+        u.feed(b"+HTTPCGET:3,abc\r\n+RMRECV:1,a\x01b\r\n+HTTPCGET:3,xyz\r\n\r\nOK\r\n")
+        _run(link, c)
+        link.poll()
+        self.assertEqual(got, [b"abc", b"xyz"])
+        self.assertIn((URC_RECV, b"+RMRECV:1,a\x01b"), urcs)
 
     def test_a_final_result_replayed_while_the_esp_kept_sending_is_held(self):
         # A record lost a byte; its last bytes spell OK followed by text only (a text

@@ -98,7 +98,13 @@ def _header_piece(b, n):
 
 def _is_esp_line(buf, n):
     # False when buf[:n] holds a control byte the ESP never prints in a line (UTF-8 and
-    # TAB come in URCs that carry user data): a record's binary bytes.
+    # TAB come in URCs that carry user data): a record's binary bytes. A line shaped
+    # like a URC ("+NAME:", as +RMRECV with raw user data) is the ESP's whatever follows.
+    k = 1
+    while k < n and k < 16 and 65 <= buf[k] <= 90:
+        k += 1
+    if n and buf[0] == 43 and k >= 3 and k < n and buf[k] == 58:
+        return True
     for i in range(n):
         c = buf[i]
         if (c < 32 and c != 9 and c != 13) or c == 127:
@@ -201,6 +207,13 @@ class ATParser:
         self._base = 0
         self._mark = None
         self._damaged = False
+        # Until the next record header, the lines may be image bytes: the rest of a
+        # record that did not end in CRLF or stopped arriving (its header claimed too
+        # few bytes, or the ESP paused). _expect: this response has records.
+        self._doubt = False
+        self._expect = True
+        self._resets = 0
+        self.junk = 0  # lines dropped as a record's bytes, and damaged headers
         self.lines = 0
         self.records = 0
         self.frame_errors = 0
@@ -241,6 +254,12 @@ class ATParser:
         self._state = _LINE
         self._mark = None
         self._damaged = False
+        self._doubt = False
+
+    def rebooted(self):
+        """The ESP printed ``ready`` (it rebooted): forget everything, as ``reset()``."""
+        self._resets += 1
+        self.reset()
 
     def new_response(self, records=True):
         """A command was sent: bytes from here on are its response. ``records``: it
@@ -250,6 +269,8 @@ class ATParser:
         record came."""
         self._mark = self._base if records else None
         self._damaged = False
+        self._doubt = False
+        self._expect = records
 
     def doubtful(self):
         """True while the line being delivered may be image bytes rather than the ESP's:
@@ -258,7 +279,7 @@ class ATParser:
         that stopped arriving, after which the ESP had gone quiet)."""
         if self._replaying:
             return not self._replay_stalled
-        return self._damaged
+        return self._damaged or self._doubt
 
     def abort_record(self, reason="record stalled"):
         """End a record that stopped arriving (inactivity timeout): report a frame
@@ -270,6 +291,7 @@ class ATParser:
         replay's memoryview slices (one per line or record found)."""
         if self.in_record():
             self._replay_stalled = True
+            r = self._resets
             try:
                 self._resync(reason)
             finally:
@@ -278,6 +300,8 @@ class ATParser:
                 self.reset()
                 self._frame_error(reason)
             self.reset()
+            # (the rest of the record may come later, unless the ESP rebooted in it)
+            self._doubt = self._expect and self._resets == r
 
     def _resync(self, reason):
         # A record went wrong: report it, then parse its payload bytes again as output
@@ -299,6 +323,7 @@ class ATParser:
         self.reset()
         self._frame_error(reason, lost)
         if replay:
+            r = self._resets
             fbuf, fmv = self._fbuf, self._fmv
             self._fbuf, self._fmv = self._rec, self._rmv
             self._replaying = True
@@ -307,6 +332,8 @@ class ATParser:
             finally:
                 self._replaying = False
                 self._fbuf, self._fmv = fbuf, fmv
+            # what follows may be the rest of the record (its header claimed too few)
+            self._doubt = self._expect and self._resets == r and self._state == _LINE
 
     def _frame_error(self, reason, lost=-1):
         self.frame_errors += 1
@@ -417,6 +444,8 @@ class ATParser:
                     i = j + 1 if j >= 0 and not over else e
                     continue
                 if r >= 0:  # r = bytes of this segment used up to the comma
+                    if not self._replaying:
+                        self._doubt = False
                     if self._damaged and not self._replaying:
                         self._damaged_before(self._base + i - start_n)
                     i += r
@@ -433,7 +462,7 @@ class ATParser:
             if over:
                 self.overflows += 1
                 self._n = 0
-                if not self._damage():
+                if not self._damage(True):
                     self._frame_error("line too long", None if self._replaying else -1)
                 self._state = _SKIP
                 i = e
@@ -445,13 +474,16 @@ class ATParser:
             if ln and self._line[ln - 1] == _CR:
                 ln -= 1
             self._n = 0
-            if self._mark is not None and not self._replaying:
+            if ln and not self._replaying and (self._mark is not None or self._doubt):
                 # ESP output moves where a damaged record would start; other bytes are a
-                # record's whose header came damaged (not delivered)
+                # record's whose header came damaged, or the rest of one that went wrong
+                # (not delivered)
                 if not _is_esp_line(self._line, ln) or _header_piece(self._line, ln):
-                    self._damaged = True
+                    self.junk += 1
+                    if self._mark is not None:
+                        self._damaged = True
                     continue
-                if not self._damaged:
+                if self._mark is not None and not self._damaged:
                     self._mark = self._base + i
             if ln:
                 self.lines += 1
@@ -468,20 +500,26 @@ class ATParser:
         # buffer being fed is where the bytes after it begin.
         self._state = _LINE
         self.records += 1
-        if not self._replaying:
+        if not self._replaying and self._expect:
             self._mark = self._base + i
             self._damaged = False
         self.handler.on_record(self._rmv[: self._have])
         self._have = 0
 
-    def _damage(self):
+    def _damage(self, long_line=False):
         # Bytes after a whole record that are not ESP output (a record header that does
         # not parse, a line too long): a record whose header came damaged. When where
         # that record began is known, its length is told from where the next header
         # starts (_damaged_before); True then, and the frame error waits until then.
-        if self._replaying or self._mark is None:
+        if self._replaying:
+            return False
+        if self._mark is None:
+            if long_line and self._doubt:  # the rest of a record that went wrong
+                self.junk += 1
+                return True
             return False
         self._damaged = True
+        self.junk += 1
         return True
 
     def _damaged_before(self, at):
@@ -546,7 +584,8 @@ _ENDINGS = (b"ready\r\n", b"\r\nOK\r\n", b"\r\nERROR\r\n")
 # URC kinds, by line prefix (DESIGN.md section 1). Matched in order; a prefix that is a
 # whole line is compared exactly.
 URC_READY = "ready"
-_READY = b"ready"  # ready held (ATLink._hold)
+_READY = b"ready"
+_MAX_HELD = const(4)  # lines held at once (ATLink._hold)
 URC_BUSY = "busy"
 URC_WIFI = "wifi"
 URC_RM = "rainmaker"
@@ -694,8 +733,9 @@ class ATLink:
         self.stray_prompts = 0
         self.echo_lines = 0
         self.late_finals = 0
-        self._held = None  # a final result or ready that may be image bytes (_hold)
-        self._held_cmd = None
+        self._held = None  # lines that would act but may be image bytes (_hold)
+        self._held_ms = 0
+        self._held_junk = 0
         self.held_lines = 0
         self.dropped_lines = 0
         self.subscriber_errors = 0
@@ -708,6 +748,15 @@ class ATLink:
 
     # --- parser handler -------------------------------------------------------------
     def on_line(self, mv):
+        if self.parser.doubtful():
+            # Maybe image bytes (a damaged record's, the rest of one that went wrong, a
+            # replay while the ESP kept sending): what would act is held (_hold).
+            if _acts(mv) and not self._image_text():
+                self._hold(mv)
+            return
+        self._act(mv)
+
+    def _act(self, mv):
         c = self.cmd
         if c and not c.done and c.prefix and _starts(mv, c.prefix):
             # the command's own response line; a few at most (a hostile stream of them
@@ -724,9 +773,6 @@ class ATLink:
                         break
                     if self._image_text():
                         return  # inside the image bytes of a lost record
-                    if self.parser.doubtful():
-                        self._hold(c, _READY)
-                        return
                     self._ready(c)
                 elif kind == URC_BUSY and c and not c.done:
                     c.busy = True
@@ -741,9 +787,6 @@ class ATLink:
                         return  # the OK before a '>' prompt
                     if self._image_text():
                         return  # inside the image bytes of a lost record
-                    if self.parser.doubtful():
-                        self._hold(c, f)
-                        return
                     self._finish(c, f)
                     return
         elif mv == b"OK" or mv == b"ERROR" or mv == b"SET OK":
@@ -763,29 +806,33 @@ class ATLink:
     def _ready(self, c):
         # The ESP printed ready: it rebooted, the command in flight is lost.
         self.resets += 1
-        self.parser.reset()
+        self.parser.rebooted()
         if c and not c.done:
             c.reset = True
             self._finish(c, None)
 
-    def _hold(self, c, what):
-        # A final result (bytes) or ready (_READY) that may be image bytes (a damaged
-        # record's, or a replay's while the ESP kept sending): taken only when nothing
-        # but the ESP's lines follows for a while (poll); a record or frame error after
-        # it says it was image bytes (on_record, on_frame_error).
-        self._held = what
-        self._held_cmd = c
+    def _hold(self, mv):
+        # A line that would act (a final result, ready, busy, ERR CODE, a URC) in bytes
+        # that may be image bytes: kept (a few) and acted on in order only when nothing
+        # that is not the ESP's follows for a while (poll); a record, a frame error or
+        # more of a record's bytes after it say it was image bytes (on_record,
+        # on_frame_error, parser.junk). Allocates a copy of the line (rare).
+        h = self._held
+        if h is None:
+            h = self._held = []
+            self._held_ms = self.clock.ticks_ms()  # the hold runs from the first line
+            self._held_junk = self.parser.junk
+        if len(h) < _MAX_HELD:
+            h.append(bytes(mv))
+        else:
+            h[-1] = bytes(mv)  # the newest (the response's end) takes the last place
         self.held_lines += 1
 
     def _take_held(self):
-        what, c = self._held, self._held_cmd
+        h = self._held
         self._held = None
-        self._held_cmd = None
-        if what is _READY:
-            self._ready(c)
-            self._queue(URC_READY, _READY)
-        elif c is self.cmd and not c.done:
-            self._finish(c, what)
+        for line in h:
+            self._act(line)
 
     def _image_text(self):
         # A final result or ready replayed from a lost record's bytes: the ESP's own
@@ -884,9 +931,12 @@ class ATLink:
             while k < len(cmd) and cmd[k] not in b"=?":
                 k += 1
             prefix = b"+" + cmd[3:k] + b":"
+        if self._held is not None:
+            # the response is over for us: a ready or URC held is the ESP's after all
+            # (a missed reboot costs more than a needless re-initialisation)
+            self._take_held()
         c = Command(cmd, prefix, self.clock.ticks_ms(), timeout_ms, prompt)
         self.cmd = c
-        self._held = None
         self.parser.new_response(cmd[:11] == b"AT+HTTPCGET")
         self.write(cmd)
         self.write(b"\r\n")
@@ -915,9 +965,13 @@ class ATLink:
         elif n == 0:
             self.closed = True
         if self._held is not None:
-            # nothing but the ESP's lines for half the record hold (during a download)
+            # nothing but the ESP's lines for half the record hold (during a download),
+            # outside a record
+            p = self.parser
             hold = self.record_hold_ms // 2 if self.record_hold_ms else self.record_idle_ms
-            if clk.ticks_diff(now, self.last_rx_ms) >= hold:
+            if p.junk != self._held_junk:
+                self._held = None  # more of a record's bytes came: image bytes
+            elif not p.in_record() and clk.ticks_diff(now, self._held_ms) >= hold:
                 self._take_held()
         if self.parser.in_record():
             idle = clk.ticks_diff(now, self.last_rx_ms)
@@ -976,6 +1030,20 @@ def _starts(mv, prefix):
         if mv[k] != prefix[k]:
             return False
     return True
+
+
+def _acts(mv):
+    # True for a line ATLink acts on: a final result, ERR CODE, or a URC of the table
+    # (ready and busy included).
+    for f in _FINALS:
+        if mv == f:
+            return True
+    if _starts(mv, b"ERR CODE:"):
+        return True
+    for prefix, _ in _URC_TABLE:
+        if _starts(mv, prefix):
+            return True
+    return False
 
 
 def _hex(mv, start):
