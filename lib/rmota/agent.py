@@ -27,6 +27,7 @@ Usage::
     agent.run(until_idle=True)      # or call agent.poll() from your own loop
 """
 
+import gc
 from binascii import hexlify, unhexlify
 
 from .at import URC_FWNOTIFY, URC_READY, URC_RM, URC_RMOTA, URC_UNKNOWN, URC_WIFI, quote
@@ -1001,6 +1002,8 @@ class HostOTA:
             n = (self.window_size + bs - 1) // bs
         else:
             n = 1 + (self.rx_size + bs - 1) // bs
+        self.writer = None  # the last job's ring is garbage now: collect it first, so
+        gc.collect()  # the new one finds room in one piece on a small heap
         w = SlotWriter(
             bdev,
             buffer_blocks=n,

@@ -280,13 +280,16 @@ class CRCLog:
         return (first, run) if run else (0, [])
 
     def _erase(self, first, count):
-        # Erase the blocks [first, first + count) that are not blank already.
-        buf = bytearray(self.bs)
+        # Erase the blocks [first, first + count) that are not blank already (read in
+        # small pieces: no block-sized buffer, which a fragmented heap may not have).
+        buf = bytearray(64)
         for b in range(first, first + count):
-            self.bdev.readblocks(b, buf, 0)
-            if buf.count(b"\xff") != len(buf):
-                self.bdev.ioctl(6, b)
-                self.erases += 1
+            for off in range(0, self.bs, 64):
+                self.bdev.readblocks(b, buf, off)
+                if buf.count(b"\xff") != 64:
+                    self.bdev.ioctl(6, b)
+                    self.erases += 1
+                    break
 
     def reset(self):
         """Erase the region's blocks that are not blank already (the area not live
