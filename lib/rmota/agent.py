@@ -769,6 +769,8 @@ class HostOTA:
         self._ahead_shift = None
         self._overlap_fails = 0  # overlap checks failed in a row (_attempt)
         slot = self.board.inactive_slot()
+        self.writer = None  # the last job's ring is garbage now: collect it first, so
+        gc.collect()  # the new one finds room in one piece on a small heap
         self.writer = self._new_writer(slot.bdev)
         self.writer.on_block = self._on_block
         self.writer.on_erase = self._on_erase
@@ -1002,8 +1004,6 @@ class HostOTA:
             n = (self.window_size + bs - 1) // bs
         else:
             n = 1 + (self.rx_size + bs - 1) // bs
-        self.writer = None  # the last job's ring is garbage now: collect it first, so
-        gc.collect()  # the new one finds room in one piece on a small heap
         w = SlotWriter(
             bdev,
             buffer_blocks=n,
