@@ -199,7 +199,8 @@ def extra_stats(records, runtimes):
         out.append(
             "%s: %d power cuts fired, %d boots, %d full re-downloads (digest failure or "
             "rollback), "
-            "%d B re-sent by servers that ignored Range; %.0f s virtual in %.1f s real"
+            "%d B re-sent by servers that ignored Range; %.0f s virtual in %.1f s of"
+            " scenario run time (summed over the workers)"
             % (rt, cuts, sum(r.get("boots", 0) for r in rs), restarts, ign, vms / 1000, real)
         )
         reqs = [x for r in rs for x in r.get("refetch_requests", [])]
