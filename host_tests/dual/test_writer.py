@@ -543,30 +543,23 @@ class TestMisplacedAhead(unittest.TestCase):
         # A header that claimed 4000 B more: the bytes ahead move down, and those that
         # now fall in the hole's last block are copied to its start before the first
         # block moved overwrites them (they used to be fetched again).
-        img = _image(4096 * 12 + 300)
-        at = 4096 * 2 + 1000
-        for delta in (9, 4000, 4096 + 700):
-            dev, w = self._misplaced(img, at, 9000, delta)
-            h = w.hole_end
-            j = h - delta
-            self.assertTrue(w.shift_ahead(delta))
-            self.assertEqual(w.fill_end, j, delta)
-            self.assertEqual(w.hole_end, (j + 4095) // 4096 * 4096)
-            n = w.hole_end - j
-            b = j // 4096 * 4096
-            self.assertEqual(bytes(dev.mem[b : b + n]), img[j : j + n], delta)
-            self._finish(dev, w, img, at)
+        self._joint_kept(9000, (9, 4000, 4096 + 700))
 
     def test_moved_on_by_more_than_a_block(self):
         # The first block ahead's bytes go to the next block but one: the ones that now
         # start the hole's last block are copied to the start of it, where write()
         # takes them; the hole's bytes then pass through their old block first.
+        self._joint_kept(5000, (-(4096 + 4), -(2 * 4096 - 1), -(2 * 4096 + 300)))
+
+    def _joint_kept(self, claimed, deltas):
+        # For each shift: after shift_ahead the hole is needed only up to where the
+        # bytes ahead now begin (fill_end), and the ones from there to the next block
+        # boundary wait at the start of their block; the image then completes.
         img = _image(4096 * 12 + 300)
         at = 4096 * 2 + 1000
-        for delta in (-(4096 + 4), -(2 * 4096 - 1), -(2 * 4096 + 300)):
-            dev, w = self._misplaced(img, at, 5000, delta)
-            h = w.hole_end
-            j = h - delta
+        for delta in deltas:
+            dev, w = self._misplaced(img, at, claimed, delta)
+            j = w.hole_end - delta
             self.assertTrue(w.shift_ahead(delta))
             self.assertEqual(w.fill_end, j, delta)
             self.assertEqual(w.hole_end, (j + 4095) // 4096 * 4096)
