@@ -584,7 +584,6 @@ _ENDINGS = (b"ready\r\n", b"\r\nOK\r\n", b"\r\nERROR\r\n")
 # URC kinds, by line prefix (DESIGN.md section 1). Matched in order; a prefix that is a
 # whole line is compared exactly.
 URC_READY = "ready"
-_READY = b"ready"
 _MAX_HELD = const(4)  # lines held at once (ATLink._hold)
 URC_BUSY = "busy"
 URC_WIFI = "wifi"
