@@ -482,7 +482,7 @@ class TestRewindDropsTheHole(unittest.TestCase):
 
 
 class TestMisplacedAhead(unittest.TestCase):
-    """shift_ahead(), park_tail(), find_ahead(), truncate_ahead(): bytes written ahead of a
+    """shift_ahead(), park_tail(), find_ahead(), drop_run(): bytes written ahead of a
     hole at the wrong place (a lost record's header claimed a wrong length, issue 4 case
     1) are found and moved, not fetched again."""
 
@@ -612,19 +612,70 @@ class TestMisplacedAhead(unittest.TestCase):
         w.drop_ahead()
         self.assertFalse(w.shift_ahead(4))  # no hole
 
-    def test_truncate_keeps_the_first_run(self):
-        img = _image(4096 * 12)
+    def _two_runs(self, img, at, d1, cut, d2):
+        # A record at `at` lost, its header claiming d1 bytes more than it held, so the
+        # first run is written d1 bytes too far on; at `cut` (the file's offset) another
+        # record lost whose length came d2 bytes long: the second run sits d1 + d2 on.
         dev = UnitNOR(24)
         w = SlotWriter(dev, buffer_blocks=2)
         w.begin(len(img))
-        _write_all(w, img[:3000], 700)
-        self.assertTrue(w.gap(5000))
-        self.assertTrue(w.write_ahead(img[5000 : 4096 * 5 + 100], 5000))
-        self.assertTrue(w.gap(4096 * 5 + 2000))  # a second loss: its own hole
-        w.write_ahead(img[4096 * 5 + 2000 : 4096 * 9], 4096 * 5 + 2000)
-        self.assertTrue(w.truncate_ahead())
-        self.assertEqual(w.ahead_run_end(), 4096 * 5 + 100)
-        self.assertFalse(w.truncate_ahead())
-        _write_rest(w, img, 800)
+        _write_all(w, img[:at], 700)
+        self.assertTrue(w.gap(at + 5000 + d1))
+        for i in range(at + 5000, cut, 900):
+            self.assertTrue(w.write_ahead(img[i : min(i + 900, cut)], i + d1))
+        self.assertTrue(w.gap(cut + 2500 + d1 + d2))
+        end = len(img) - max(0, d1 + d2)
+        for i in range(cut + 2500, end, 900):
+            self.assertTrue(w.write_ahead(img[i : min(i + 900, end)], i + d1 + d2))
+        w.park_tail()
+        self.assertEqual(w.holes_after, 1)
+        return dev, w
+
+    def _fill_current_hole(self, w, img):
+        # Write the current hole's bytes until the next hole is the current one.
+        while w.holes_after:
+            w.write(img[w.offset : w.offset + 500])
+
+    def test_a_run_before_a_later_hole_moves_alone(self):
+        # Two lengths off that cancel: the first run is off, the second in place. The
+        # first moves (down, then up), the hole after it starts where it now ends, and
+        # the second run is not touched.
+        img = _image(4096 * 14 + 77)
+        for d1 in (9, -7, 1500, -(4096 + 5)):
+            dev, w = self._two_runs(img, 5096, d1, 4096 * 6 + 1500, -d1)
+            run2 = bytes(dev.mem[4096 * 8 : 4096 * 13])
+            self.assertTrue(w.shift_ahead(d1), d1)
+            self.assertEqual(w.holes_after, 1)
+            self.assertEqual(w.ahead_run_end(), 4096 * 6 + 1500, d1)
+            self.assertEqual(bytes(dev.mem[4096 * 8 : 4096 * 13]), run2)
+            _write_rest(w, img, 500)
+            self.assertEqual(w.finish(), hashlib.sha256(img).digest(), d1)
+            self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+
+    def test_the_last_run_moves_once_its_hole_is_current(self):
+        # The first run in place, the second off: after the first hole is filled (its
+        # parked block read back into the ring) the second run moves with the ring's
+        # next block as the scratch, leaving the parked bytes alone. (The scratch was
+        # the block they were read back into; the overlap check then failed.)
+        img = _image(4096 * 14 + 77)
+        for d2 in (29, -300):
+            dev, w = self._two_runs(img, 5096, 0, 4096 * 6 + 1500, d2)
+            self._fill_current_hole(w, img)
+            self.assertEqual(w.holes_after, 0)
+            self.assertTrue(w.shift_ahead(d2), d2)
+            w.park_tail()
+            _write_rest(w, img, 500)
+            self.assertEqual(w.finish(), hashlib.sha256(img).digest(), d2)
+
+    def test_drop_run_keeps_the_runs_after_it(self):
+        img = _image(4096 * 14 + 77)
+        dev, w = self._two_runs(img, 5096, 9, 4096 * 6 + 1500, -9)
+        h2 = (4096 * 6 + 1500 + 2500 + 4095) // 4096 * 4096
+        w.drop_run()
+        self.assertEqual((w.hole_end, w.holes_after), (h2, 0))
+        _write_rest(w, img, 500)
         self.assertEqual(w.finish(), hashlib.sha256(img).digest())
-        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        w = self._two_runs(img, 5096, 0, 4096 * 6 + 1500, 0)[1]
+        w.drop_run()
+        w.drop_run()  # no later hole: the hole and everything ahead go
+        self.assertEqual(w.hole_end, 0)

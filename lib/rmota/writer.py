@@ -415,6 +415,16 @@ class SlotWriter:
         return self._apos if self._hole else 0
 
     @property
+    def holes_after(self):
+        """Holes among the bytes written ahead, after the current one (int; the
+        parked tail of ``park_tail()`` does not count)."""
+        n = 0
+        for s, e in self._holes:
+            if e > s:
+                n += 1
+        return n
+
+    @property
     def ahead(self):
         """Bytes from the current hole's end to where the bytes written ahead end (later
         holes included; 0 without a hole)."""
@@ -562,27 +572,43 @@ class SlotWriter:
         boundary at or after its new start; the bytes ahead that fall in the block it
         ends in wait at that block's start in flash (copied there, unless the move was
         up by less than a block: then they are there already), up to ``fill_end``, and
-        ``write()`` takes them; the last partial block stays in the ring. Each block moved costs one erase and
-        its programs (a recovery path: a few memoryview slices are allocated).
-        Returns True when moved; False, nothing changed, when it cannot be done (no
-        hole, several, a block parked, or the new place reaches the bytes held before
-        the hole or past the image)."""
+        ``write()`` takes them; the last partial block stays in the ring.
+
+        With later holes (``holes_after``), only the current run moves: the bytes up to
+        the next hole, whose partial last block is parked in flash again at its new
+        place (the next hole then begins where they end; the runs after it are checked
+        and moved when their turn comes). Moving up must leave the next hole's first
+        block ahead alone. The journal's entries from the run on are dropped, the
+        later runs' too (a power cut then loses those).
+
+        Each block moved costs one erase and its programs (a recovery path: a few
+        memoryview slices are allocated). Returns True when moved; False, nothing
+        changed, when it cannot be done (no hole, a block still parked to read back,
+        the ring's ahead block in use with later holes, or the new place reaches the
+        bytes held before the hole, the next run, or past the image)."""
         bs = self.block_size
         h = self._hole
         if not h or self._reload or not delta or self.nblocks < 2:
             return False
         end = self._ahead_end + self._afill  # the bytes ahead: [h, end)
         parked = self._holes == [(end, end)]  # park_tail()'s tail, already in flash
+        nxt = None  # with later holes: (end of this run, start of the next run)
         if self._holes and not parked:
-            return False
+            nxt = self._holes[0]
+            if self._afill or nxt[1] <= nxt[0]:
+                return False
+            end = nxt[0]
         new_h = (h - delta + bs - 1) // bs * bs  # the first whole block at its new place
         new_end = end - delta
         if new_end > self.image_len:
             new_end = self.image_len
         if new_h <= self._done + self._fill or new_h >= new_end:
             return False
+        if nxt is not None and new_end > nxt[1]:
+            return False
         last = new_end // bs * bs  # whole blocks [new_h, last), the tail [last, new_end)
-        self._holes = []
+        if nxt is None:
+            self._holes = []
         if self._ahead_logged and self.on_erase is not None:
             self.on_erase((h if h < new_h else new_h) // bs)
         self._ahead_logged = False
@@ -627,11 +653,18 @@ class SlotWriter:
                 # which the hole's bytes pass through first: copy them. (By less, block
                 # h is their own block: they are in place.)
                 self._copy_joint(h, j, new_h, k)
-            if tail:
+            if tail and nxt is None:
                 self.bdev.readblocks(last // bs, self._mv[k * bs : k * bs + tail], 0)
         if keep:
             self._joint = j
         self._hole = new_h
+        if nxt is not None:
+            if tail and delta > 0:  # parked again at its new place (read into ring k)
+                self.bdev.ioctl(_IOCTL_BLOCK_ERASE, last // bs)
+                self.erases += 1
+                self._program_raw(last // bs, k, tail)
+            self._holes[0] = (new_end, nxt[1])
+            return True
         self._astart = new_h
         self._ahead_end = last if last > new_h else new_h
         self._afill = tail if last >= new_h else 0
@@ -671,26 +704,6 @@ class SlotWriter:
         self._ahead_end = t
         self._apos = -1  # write_ahead() refuses from now on
         return n
-
-    def truncate_ahead(self):
-        """Keep only the first run of bytes written ahead of the hole (up to the next
-        hole, its partial last block parked in flash) and forget the later holes and
-        the runs after them, with their journal entries. Returns True when something
-        was cut."""
-        if not self._holes or self._holes[0][0] == self._holes[0][1]:
-            return False
-        bs = self.block_size
-        s = self._holes[0][0]
-        if self._ahead_logged and self.on_erase is not None:
-            self.on_erase(s // bs)
-        self._holes = [(s, s)] if s % bs else []
-        self._ahead_end = s
-        self._afill = 0
-        self._apos = -1
-        c = (s + bs - 1) // bs * bs  # blocks from here on hold the dropped runs
-        if self._aerased > c:
-            self._aerased = c
-        return True
 
     def ahead_run_end(self):
         """Payload offset where the first run of bytes written ahead of the hole ends in
@@ -763,6 +776,21 @@ class SlotWriter:
         cb = self.on_ahead
         if cb is not None and cb(blk, self._block_crc(k, self._blk[k], n)):
             self._ahead_logged = True
+
+    def drop_run(self):
+        """Forget the bytes written ahead of the current hole up to the next hole
+        (their place could not be confirmed): the hole then ends where the run after
+        that hole begins. Without a later hole, ``drop_ahead()``. The journal's
+        entries from the hole's end on go (the later runs' too: a power cut then loses
+        them)."""
+        if not self._holes or self._holes[0][1] <= self._holes[0][0]:
+            self._forget_hole()
+            return
+        if self._ahead_logged and self.on_erase is not None:
+            self.on_erase(self._hole // self.block_size)
+        self._ahead_logged = False
+        self._hole = self._holes.pop(0)[1]
+        self._joint = 0
 
     def drop_ahead(self):
         """Forget the hole and the blocks written ahead (their positions could not be
@@ -876,6 +904,7 @@ class SlotWriter:
             self.bdev.readblocks(self._done // self.block_size, self._mv[0:n], 0)
         self._head = 0
         self._fill = n
+        self._ablk = 1  # ring block 0 holds them: the next is free (shift_ahead's scratch)
 
     def _block_crc(self, k, data, n):
         # The journal's CRC-32 of ring block k holding n image bytes (``data``).
