@@ -276,8 +276,12 @@ class HostOTA:
         self.relocations = 0  # times bytes ahead of a hole were moved (shift_ahead)
         # Bytes ahead of a hole kept without their place confirmed: before the hole is
         # fetched, 16 of them are fetched and looked for (_check_ahead); _ahead_shift:
-        # how far off their response ended (one lying header moved them by that much).
+        # how far off their response ended (one lying header moved them by that much;
+        # with several holes, the run after the last one). _ahead_next: with several
+        # holes, the hole_end whose run was checked last: once another hole is current
+        # its run is checked too.
         self._ahead_check = None
+        self._ahead_next = None
         self._ahead_shift = None
         self._overlap_fails = 0
         self.bytes_received = 0
@@ -767,6 +771,7 @@ class HostOTA:
         self.header = None
         self._ahead_check = None
         self._ahead_shift = None
+        self._ahead_next = None
         self._overlap_fails = 0  # overlap checks failed in a row (_attempt)
         slot = self.board.inactive_slot()
         self.writer = None  # the last job's ring is garbage now: collect it first, so
@@ -1108,6 +1113,10 @@ class HostOTA:
         acc = self._accepted()
         w = self.writer
         mode = self.flash_mode
+        if self._ahead_next is not None and w.hole_end != self._ahead_next:
+            # the run checked last is in: the next hole is current, check its run too
+            self._ahead_next = None
+            self._ahead_check = True if w.hole_end else None
         if self._ahead_check and w.hole_end:
             if self.range_ok:
                 v = yield from self._check_ahead(note)
@@ -1211,13 +1220,17 @@ class HostOTA:
             # adds nothing: a mangled OK after the last byte, issue 4 case 5, counts.)
             want_end = end + 1 if end is not None and use_range else note.size
             ended = c.final == b"OK" and att.mode == _M_WRITE
+            # (With several holes, two lengths off either way can cancel out: each run
+            # is checked below then.)
             if (
                 att.mode == _M_WRITE
                 and att.pos == want_end
+                and att.gaps == 1
                 and (c.final == b"OK" or not att.unverified)
             ):
                 att.confirmed = True
                 self._ahead_check = None
+                self._ahead_next = None
             elif att.unverified and (
                 http_status_of(c.err_code) or (c.final == b"OK" and att.received >= note.size)
             ):
@@ -1235,19 +1248,21 @@ class HostOTA:
                 self.log.warn("bytes after the hole misplaced: dropped")
                 w.drop_ahead()
             else:
-                off = att.pos > want_end or ended
-                # Misplaced, with several holes among them: no single shift fixes all.
-                # Keep the first run, which the check below places or drops. (Losses
-                # that made one hole leave the bytes after it off by their sum.)
-                if off and (att.gaps == 1 or not w.truncate_ahead()):
+                if att.pos > want_end or ended:
+                    # Off by what the lost records' headers lied about their lengths
+                    # together: the bytes after the last hole are off by that much.
                     self._ahead_shift = att.pos - want_end
                 # Misplaced by one lost record's lying header (the response ended that
                 # many bytes off), or the response broke off (stall, silence, reboot,
                 # link drop) or lost its place later: nothing confirms the bytes ahead.
                 # Keep them; before the hole is fetched, _check_ahead finds where 16 of
                 # them really belong and keeps, moves or drops them.
+                # With several holes, each run is checked in turn, once its hole is
+                # the current one: the check moves a run alone (a damaged header's
+                # record measured one byte short, then a lying header further on).
                 self.log.warn("bytes after the hole kept unconfirmed")
                 self._ahead_check = True
+                self._ahead_next = None
         if w.hole_end:
             w.park_tail()  # the hole's bytes will pass through the ring
         if att.overlap_bad and c.final == b"OK" and w.absorbed_at:
@@ -1395,21 +1410,24 @@ class HostOTA:
         middle) with a bounded ``Range``, and look for them within that distance in
         the slot: found in place, the bytes ahead stay; found once elsewhere, they are
         moved there (``SlotWriter.shift_ahead``); not found, or found more than once
-        (a run of equal bytes), they are dropped. Returns ``"more"`` when decided, else
-        the attempt's failure (an int HTTP status, or a reason string)."""
+        (a run of equal bytes), they are dropped. With later holes only the run up to
+        the next one is checked and moved; each later run is checked once its hole is
+        the current one (``_ahead_next``), the last within where the response ended
+        off. Returns ``"more"`` when decided, else the attempt's failure (an int HTTP
+        status, or a reason string)."""
         w = self.writer
         h = w.hole_end
         run = w.ahead_run_end() - h
         if run < 2 * _OVERLAP:
-            self.log.warn("bytes ahead of the hole too few to check: dropped")
-            w.drop_ahead()
-            self._ahead_check = None
-            return "more"
+            return self._drop_run("too few to check")
         # The slot holds the file's bytes at k at k + t, lo <= t <= hi: within one
         # record's reach either way, or between 0 and where the response ended off (one
         # lying header moved them by that much, which may be more than half the run).
-        s = self._ahead_shift
-        self._ahead_shift = None
+        # (the response's end told how far the run after the last hole is off)
+        s = None
+        if not w.holes_after:
+            s = self._ahead_shift
+            self._ahead_shift = None
         if s is not None and -self.rx_size <= s <= self.rx_size and abs(s) + _OVERLAP < run:
             lo = s if s < 0 else 0
             hi = s if s > 0 else 0
@@ -1430,10 +1448,7 @@ class HostOTA:
             if not span:
                 break
         if m is None:
-            self.log.warn("bytes ahead of the hole too uniform to check: dropped")
-            w.drop_ahead()
-            self._ahead_check = None
-            return "more"
+            return self._drop_run("too uniform to check")
         start = HEADER_SIZE + m
         ok = yield from self._set_range(start, start + _OVERLAP - 1)
         if not ok:
@@ -1464,15 +1479,32 @@ class HostOTA:
         w.read_at(m, self._ovl)
         if self._ovl == want:  # in place: those bytes occur nowhere else within reach
             self.log.info("bytes ahead of the hole checked")
-            return "more"
-        at = w.find_ahead(want, m + lo, m + hi + _OVERLAP)
-        if at is not None and at != m and w.shift_ahead(at - m):
-            self.log.warn("bytes after the hole moved by %d B" % (m - at))
-            self.relocations += 1
-            w.park_tail()
         else:
-            self.log.warn("bytes ahead of the hole not found in place: dropped")
-            w.drop_ahead()
+            at = w.find_ahead(want, m + lo, m + hi + _OVERLAP)
+            if at is None and s is not None:
+                # Not within where the response ended off: more went wrong than the
+                # lost records' lengths (the last record's header came damaged, and
+                # nothing after it told its length). Look within one record's reach.
+                r = self.rx_size
+                at = w.find_ahead(want, m - r, m + r + _OVERLAP)
+            if at is not None and at != m and w.shift_ahead(at - m):
+                self.log.warn("bytes after the hole moved by %d B" % (m - at))
+                self.relocations += 1
+                w.park_tail()
+            else:
+                return self._drop_run("not found in place")
+        if w.hole_end and w.holes_after:
+            self._ahead_next = w.hole_end  # the runs after the next holes: checked later
+        return "more"
+
+    def _drop_run(self, why):
+        # The bytes ahead of the current hole cannot be placed: drop them (up to the
+        # next hole, which then begins where the hole ends). A run after it is checked
+        # next. Returns "more".
+        w = self.writer
+        self.log.warn("bytes ahead of the hole %s: dropped" % why)
+        w.drop_run()
+        self._ahead_check = True if w.hole_end else None
         return "more"
 
     def _judge_reject(self, att, note):
