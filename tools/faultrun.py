@@ -850,7 +850,11 @@ class Scenario:
         requests are grouped: a group starts with a request after which the fault log
         (``interruptions()``) shows new interruptions, and takes the counted requests
         after it until the next such one; its bytes are shared out evenly among its
-        interruptions (at least one). The bytes of each request are returned as well."""
+        interruptions (at least one). A group is one recovery until one of its requests
+        gets back to where the download had got to before it began: interruptions
+        before that (a power cut while a hole is fetched) join it rather than start a
+        group that would pay for the earlier ones' holes. The bytes of each request are
+        returned as well."""
         total = len(self.image)
         per = []
         restarts = 0
@@ -903,11 +907,19 @@ class Scenario:
                     k = self.interruptions(since, q["faults_before"])
                     since = q["faults_before"]
                     per_request.append(dup)
-                    if k or group is None:
+                    if k and group is not None and group[2] >= 0:
+                        # Interrupted again before the recovery got back to where the
+                        # download had been (a hole still to fetch, or a power cut
+                        # while fetching it): one recovery, shared by all of them.
+                        group[0] += dup
+                        group[1] += k
+                    elif k or group is None:
                         close(group)
-                        group = [dup, k or 1]
+                        group = [dup, k or 1, reached]
                     else:
                         group[0] += dup
+                    if q["reached"] >= group[2]:
+                        group[2] = -1  # back where it had been: the recovery is over
             if q["reached"] > reached:
                 reached = q["reached"]
         close(group)
