@@ -834,7 +834,8 @@ class Scenario:
         that earlier GETs had delivered to the host (``reached``). A GET of the whole
         file, of the 64-byte header alone, or of all after the header, made after the
         host had the whole image (a digest failure, a refused header checked again),
-        counts as a full restart (not a bounded one: a hole at the start), a GET
+        counts as a full restart (not a bounded one: a hole at the start; in window
+        mode, which keeps no holes, a GET of the first window does too), a GET
         whose Range the server ignored in its own column; after a full restart only what
         later GETs delivered counts as reached. A GET that goes on right where a bounded
         one ended whole (the image after the header fetched alone, the next window),
@@ -856,6 +857,7 @@ class Scenario:
         group that would pay for the earlier ones' holes. The bytes of each request are
         returned as well."""
         total = len(self.image)
+        windowed = any(getattr(a, "flash_mode", None) == "window" for a in self.agents)
         per = []
         restarts = 0
         ignored = 0
@@ -896,7 +898,12 @@ class Scenario:
                 elif (
                     a <= 64
                     and reached >= total
-                    and (q["end"] is None or q["end"] < 64 or q["end"] >= total - 1)
+                    and (
+                        q["end"] is None
+                        or q["end"] < 64
+                        or q["end"] >= total - 1
+                        or windowed  # (no holes in window mode: the first window)
+                    )
                 ):
                     restarts += 1
                     reached = -1  # the agent dropped everything: count from this GET on

@@ -206,6 +206,17 @@ class FaultKinds(unittest.TestCase):
         self.assertTrue(self.fired(sn, "flip"))
         self.assertEqual(r["full_restarts"], 1)
 
+    def test_flipped_byte_in_window_mode_is_a_full_restart(self):
+        # Window mode keeps no holes, so the download starting over after a digest
+        # failure begins with the first window: the campaign counts it as a full
+        # restart, not as 12 KB and more fetched again for one interruption.
+        st = {"flash_mode": "window"}
+        r, sn = self.scenario(4, ["flip"], {"flip_body_at": [6000]}, size=30000, settings=st)
+        self.assertTrue(self.fired(sn, "flip"))
+        q = sn.sim.server.requests
+        self.assertEqual([x["start"] for x in q if x["start"] == 0], [0, 0])
+        self.assertEqual((r["full_restarts"], r["refetch"]), (1, []))
+
     def test_flipped_byte_in_a_notification(self):
         r, sn = self.scenario(5, ["flip"], {"flip_at": [60]})
         self.assertTrue(self.fired(sn, "flip"))
