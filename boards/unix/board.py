@@ -67,7 +67,7 @@ REBOOT_EXIT_CODE = const(75)
 DEFAULT_SETTINGS = {
     "baud": 115200,
     # AT+HTTPCGET rx size, bytes (ESP-AT default 2048, max 10240). make bench: with
-    # 10240 the download loop costs 1.7-1.9x SHA-256 alone (2048: 2.4-2.5x) and framing
+    # 10240 the download loop costs 1.7-1.9x SHA-256 alone (2048: 2.5-2.9x) and framing
     # 0.2 % of the wire (2048: 0.8 %), for 8 KB more parser buffer and writer ring.
     "rx_size": 10240,
     "tx_size": 2048,
@@ -153,8 +153,8 @@ def plan_flash(s, block=SECTOR_SIZE, margin=1.25):
     - Else "window": the ESP is idle whenever the flash is busy; it costs
       ``window_size`` bytes of RAM and one HTTP request per window.
 
-    ``header_first`` is always True: one 64-byte request before the payload (0.3 % of
-    the wire time of a 1.7 MB image at 115200) keeps a record lost before the header
+    ``header_first`` is always True: one 64-byte request before the payload (0.3-0.4 %
+    of the wire time of a 256 KiB image at 115200, less for larger ones) keeps a record lost before the header
     was checked from costing the rest of the response, confirms a refused header
     without fetching the whole file again, and writes the journal's record of a new
     download (littlefs: up to four erases) while the ESP is idle."""
