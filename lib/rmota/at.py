@@ -46,7 +46,6 @@ _CR = const(13)
 _LF = const(10)
 _GT = const(62)
 _PLUS = const(43)
-_REBOOT_TAIL = b"\r\nready"  # a record's payload ending so: the ESP rebooted in it
 _COMMA = const(44)
 _REC_PREFIX = b"+HTTPCGET:"
 _REC_PREFIX_LEN = const(10)
@@ -154,10 +153,7 @@ class ATParser:
     header, the final result, a URC — or ``\\r\\nready\\r\\n`` from an ESP that
     rebooted in the middle of the record (issue 4 cases 1 and 11). The replayed bytes
     may form lines and records again, but a record found while replaying is never
-    replayed a second time (bounded work, no recursion). A record whose payload ends
-    in ``\r\nready`` is taken for one the ESP rebooted in 7 bytes before its end
-    (``ready``'s CRLF passed for its trailer) and resynchronised the same way; an
-    image that holds those bytes right at a record's end costs that record.
+    replayed a second time (bounded work, no recursion).
 
     Damaged record headers: a byte of ``+HTTPCGET:<len>,`` altered or lost on the
     wire makes the record read as lines (or as a length that does not parse). After a
@@ -393,17 +389,6 @@ class ATParser:
                 continue
             if st == _TRAIL_LF:
                 if c == _LF:
-                    k = self._have
-                    if (
-                        k >= 7
-                        and self._rec[k - 1] == 121  # 'y'
-                        and not self._replaying
-                        and self._rec[k - 7 : k] == _REBOOT_TAIL
-                    ):
-                        # The ESP rebooted 7 bytes before the record's end: "\r\nready"
-                        # filled it and ready's CRLF passed for its trailer.
-                        self._resync("ESP rebooted in a record")
-                        continue
                     i += 1
                 elif self._replaying:
                     self._resync("record not ended by CRLF")
