@@ -568,6 +568,22 @@ class TestMisplacedAhead(unittest.TestCase):
             self.assertEqual(bytes(dev.mem[b : b + n]), img[j : j + n], delta)
             self._finish(dev, w, img, at)
 
+    def test_a_run_shorter_than_the_lie_that_ends_the_image(self):
+        # A header that lost its first length digit claims 9000 B fewer than it held:
+        # the bytes ahead (2232 B, the image's last) move up by more than their length,
+        # into one block that starts in the hole. They are kept as the joint alone, at
+        # the start of that block; the hole is fetched up to them.
+        img = _image(44000)
+        at = 4096 * 7 + 100
+        dev, w = self._misplaced(img, at, 916, -9000)
+        self.assertEqual(w.ahead_at, 44000 - 9000)
+        self.assertTrue(w.shift_ahead(-9000))
+        j = 4096 * 8 + 9000  # the first block ahead's bytes (the rest of the hole's)
+        self.assertEqual((w.fill_end, w.hole_end), (j, 44000))
+        b = j // 4096 * 4096
+        self.assertEqual(bytes(dev.mem[b : b + 44000 - j]), img[j:])
+        self._finish(dev, w, img, at)
+
     def test_a_parked_tail_moves_with_the_rest(self):
         img = _image(4096 * 12)
         at = 4096 * 2 + 100

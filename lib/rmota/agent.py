@@ -1424,30 +1424,45 @@ class HostOTA:
         # record's reach either way, or between 0 and where the response ended off (one
         # lying header moved them by that much, which may be more than half the run).
         # (the response's end told how far the run after the last hole is off)
-        s = None
-        if not w.holes_after:
-            s = self._ahead_shift
-            self._ahead_shift = None
+        # (Kept until a check ends: a check that fails is tried again with it.)
+        s = None if w.holes_after else self._ahead_shift
+        direct = False
         if s is not None and -self.rx_size <= s <= self.rx_size and abs(s) + _OVERLAP < run:
             lo = s if s < 0 else 0
             hi = s if s > 0 else 0
+        elif s and -self.rx_size <= s <= self.rx_size:
+            # The run is shorter than that lie (a length digit lost: thousands of bytes
+            # fewer claimed): no file bytes lie inside it both in place and moved. Test
+            # that one shift: the slot's 16 bytes at x are the file's at x - s.
+            direct = True
+            lo = hi = s
         else:
             lo = -min(self.rx_size, (run - _OVERLAP) // 2)
             hi = -lo
         # The file's bytes [m, m + 16) are ahead whatever the shift. Take m where the
         # slot's 16 bytes occur once within reach (not in a run of equal bytes, which
         # would match in place and elsewhere alike): up to 8 places spread over them.
+        # (direct: m = x - s, where the slot's 16 bytes at x occur once in the run.)
         m = None
         span = run - (hi - lo) - _OVERLAP  # where m may go, after h - lo
         for i in range(8):
             k = h - lo + span * i // 7
-            w.read_at(k, self._ovl)
-            if w.find_ahead(self._ovl, k + lo, k + hi + _OVERLAP) == k:
-                m = k
-                break
+            if direct:
+                x = k + s
+                w.read_at(x, self._ovl)
+                if 0 <= k <= w.image_len - _OVERLAP and w.find_ahead(self._ovl, h, h + run) == x:
+                    m = k
+                    break
+            else:
+                w.read_at(k, self._ovl)
+                if w.find_ahead(self._ovl, k + lo, k + hi + _OVERLAP) == k:
+                    m = k
+                    break
             if not span:
                 break
         if m is None:
+            if s is not None:
+                self._ahead_shift = None
             return self._drop_run("too uniform to check")
         start = HEADER_SIZE + m
         ok = yield from self._set_range(start, start + _OVERLAP - 1)
@@ -1470,6 +1485,8 @@ class HostOTA:
         if c.final != b"OK" or grab.bad or grab.n < _OVERLAP:
             return "check of the bytes ahead failed"
         self._ahead_check = None
+        if s is not None:
+            self._ahead_shift = None
         if grab.n > _OVERLAP:
             self.log.warn("server ignored Range: full downloads from now on")
             self.range_ok = False
@@ -1477,7 +1494,7 @@ class HostOTA:
             return "more"
         want = self._probe[:_OVERLAP]
         w.read_at(m, self._ovl)
-        if self._ovl == want:  # in place: those bytes occur nowhere else within reach
+        if self._ovl == want and not direct:  # in place: nowhere else within reach
             self.log.info("bytes ahead of the hole checked")
         else:
             at = w.find_ahead(want, m + lo, m + hi + _OVERLAP)

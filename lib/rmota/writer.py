@@ -585,7 +585,9 @@ class SlotWriter:
         memoryview slices are allocated). Returns True when moved; False, nothing
         changed, when it cannot be done (no hole, a block still parked to read back,
         the ring's ahead block in use with later holes, or the new place reaches the
-        bytes held before the hole, the next run, or past the image)."""
+        bytes held before the hole, the next run, or past the image). A run with no
+        whole block at its new place is kept only when it ends the image: it becomes
+        the joint alone."""
         bs = self.block_size
         h = self._hole
         if not h or self._reload or not delta or self.nblocks < 2:
@@ -602,7 +604,14 @@ class SlotWriter:
         new_end = end - delta
         if new_end > self.image_len:
             new_end = self.image_len
-        if new_h <= self._done + self._fill or new_h >= new_end:
+        if new_h <= self._done + self._fill:
+            return False
+        # No whole block at the new place: only the image's last bytes can be kept, as
+        # the joint at the start of their block (write() takes them there).
+        tail_only = new_h >= new_end
+        if tail_only and (
+            nxt is not None or new_end != self.image_len or h - delta < self._done + self._fill
+        ):
             return False
         if nxt is not None and new_end > nxt[1]:
             return False
@@ -620,6 +629,14 @@ class SlotWriter:
                 self.erases += 1
             self._program_raw(blk, k, self._afill)
             self._afill = 0
+        if tail_only:
+            j = h - delta
+            self._copy_joint(h, j, new_end, k)
+            self._joint = j
+            self._holes = []
+            e = self.image_len
+            self._hole = self._astart = self._ahead_end = self._apos = self._aerased = e
+            return True
         tail = new_end - last
         # The bytes that now go from j to new_h (the start of the first block ahead,
         # its block starting in the hole) are kept as the joint: they wait at the start
@@ -673,7 +690,8 @@ class SlotWriter:
         return True
 
     def _copy_joint(self, h, j, new_h, k):
-        # Program the bytes at h that now go from j to new_h at the start of block j (in
+        # Program the bytes at h that now go from j to new_h (or to the image's end, all
+        # in j's block) at the start of block j (in
         # the hole, below every block moved; ring block k is the scratch). Not
         # journalled: a power cut loses them.
         n = new_h - j
