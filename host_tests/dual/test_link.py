@@ -571,6 +571,27 @@ class TestLostRecordPosition(unittest.TestCase):
                         (bad, payload, step),
                     )
 
+    def test_a_damaged_header_after_a_record_found_in_a_replay(self):
+        # A header claims 18 bytes more than its 4, swallowing the next record whole
+        # (found in the replay); the header after that comes damaged. It is measured
+        # from where the record found in the replay ended (it used to go unseen: its
+        # bytes became lines and everything after it sat that record's length early).
+        data = b"+HTTPCGET:3,abc\r\n+HTTPCGET:22,ABCD\r\n+HTTPCGET:2,xy\r\n"
+        data += b"xHTTPCGET:5,\x01\x02\x03\x04\x05\r\n+HTTPCGET:3,end\r\n"
+        for step in (1, 4, 7, len(data)):
+            ev = self._run_split(data, step, new_response=True)
+            self.assertEqual(
+                [e for e in ev if e[0] != "line"],
+                [
+                    ("record", b"abc"),
+                    ("frame", "record not ended by CRLF", 22),
+                    ("record", b"xy"),
+                    ("frame", "record header damaged", 5),
+                    ("record", b"end"),
+                ],
+                step,
+            )
+
     def test_the_first_record_of_a_response_damaged(self):
         # Where the response began (new_response(), when the command was sent) stands
         # for the last whole record; the ESP's text lines before the record move it.

@@ -195,6 +195,8 @@ class ATParser:
         self._fmv = None
         self._replaying = False
         self._replay_stalled = False  # the replay is of a record that stopped arriving
+        self._replay_at = None  # live offset where the replayed bytes end (_resync)
+        self._replay_n = 0
         self.lost = -1
         # During a replay: the replayed bytes after the line being delivered (0 outside
         # a replay). A final result or ready far from the end of a lost record's bytes
@@ -293,7 +295,7 @@ class ATParser:
             self._replay_stalled = True
             r = self._resets
             try:
-                self._resync(reason)
+                self._resync(reason, self._base)
             finally:
                 self._replay_stalled = False
             if self.in_record():  # the replay ended inside a record found in it
@@ -303,7 +305,7 @@ class ATParser:
             # (the rest of the record may come later, unless the ESP rebooted in it)
             self._doubt = self._expect and self._resets == r
 
-    def _resync(self, reason):
+    def _resync(self, reason, at=None):
         # A record went wrong: report it, then parse its payload bytes again as output
         # (not when already replaying: a record found in a replay is dropped, not replayed).
         have = self._have
@@ -327,10 +329,15 @@ class ATParser:
             fbuf, fmv = self._fbuf, self._fmv
             self._fbuf, self._fmv = self._rec, self._rmv
             self._replaying = True
+            # the replayed bytes are the live ones [at - have, at): a record found in
+            # them ends at a known live offset (_record_done)
+            self._replay_at = at
+            self._replay_n = have
             try:
                 self.feed(self._rec, have)
             finally:
                 self._replaying = False
+                self._replay_at = None
                 self._fbuf, self._fmv = fbuf, fmv
             # what follows may be the rest of the record (its header claimed too few)
             self._doubt = self._expect and self._resets == r and self._state == _LINE
@@ -385,13 +392,13 @@ class ATParser:
                     self._state = _TRAIL_LF
                     i += 1
                 else:  # the header lied: replay the payload, then this byte follows it
-                    self._resync("record not ended by CRLF")
+                    self._resync("record not ended by CRLF", self._base + i)
                 continue
             if st == _TRAIL_LF:
                 if c == _LF:
                     i += 1
                 elif self._replaying:
-                    self._resync("record not ended by CRLF")
+                    self._resync("record not ended by CRLF", self._base + i)
                     continue
                 elif c != _PLUS:  # the LF came altered, or the header lied: look on
                     self._rec[self._have] = _CR
@@ -406,7 +413,7 @@ class ATParser:
                 if c == _PLUS:  # the next record header: only the LF came altered
                     self._record_done(i)
                 else:
-                    self._resync("record not ended by CRLF")
+                    self._resync("record not ended by CRLF", self._base + i)
                 continue
             if st == _SKIP:  # discard up to the end of a line that cannot be used
                 j = buf.find(b"\n", i, n)
@@ -500,9 +507,15 @@ class ATParser:
         # buffer being fed is where the bytes after it begin.
         self._state = _LINE
         self.records += 1
-        if not self._replaying and self._expect:
-            self._mark = self._base + i
-            self._damaged = False
+        if self._expect:
+            if not self._replaying:
+                self._mark = self._base + i
+                self._damaged = False
+            elif self._replay_at is not None:
+                # Found in a replay: a header after it that comes damaged is measured
+                # from here (it used to go unseen, its bytes lost as lines).
+                self._mark = self._replay_at - (self._replay_n - i)
+                self._damaged = False
         self.handler.on_record(self._rmv[: self._have])
         self._have = 0
 
