@@ -235,6 +235,49 @@ class FaultKinds(unittest.TestCase):
         self.assertTrue(self.fired(sn, "reboot_at_body"))
         self.assertEqual(sn.sim.boots, 1)
 
+    def test_esp_reboots_7_bytes_before_a_record_ends(self):
+        # "\r\nready" then fills the record exactly and ready's CRLF passes for the
+        # record's: the response stops right after a record ending in "\r\nready", so
+        # its bytes are dropped before the next attempt (campaign seed 7191: 7 bytes
+        # that were not the image's reached the slot, the overlap check caught them, and
+        # 26 KB were fetched again).
+        import espcore
+
+        lens = []
+        orig = espcore.record_header
+        espcore.record_header = lambda n: lens.append(n) or orig(n)
+        try:
+            self.scenario(8, ["esp_reboot"], {"reboot_at_body": 10**9}, size=20000)
+        finally:
+            espcore.record_header = orig
+        end = sum(lens[1:4])  # the end of the image's third record (after the header's)
+        r, sn = self.scenario(8, ["esp_reboot"], {"reboot_at_body": end - 7}, size=20000)
+        self.assertTrue(self.fired(sn, "reboot_at_body"))
+        self.assertTrue(any("the last record ended in ready" in x for x in sn.log))
+        self.assertFalse(any("overlap differs" in x for x in sn.log))
+        self.assertEqual(r["statuses"], [1, 2])
+        self.assertTrue(max(r["refetch"]) <= 4096 + 10240 + 64, r["refetch"])
+
+    def test_an_image_full_of_ready_lines_updates_cleanly(self):
+        # Image bytes that spell "\r\nready" every 7 bytes: records end in them, the
+        # responses go on, and nothing is dropped or taken for an ESP reset (a rule
+        # that resynchronised such records reported sound images 3).
+        orig = faultrun.payload_bytes
+
+        def readys(n, seed):
+            b = bytearray(orig(n, seed))
+            for a in range(0, n - 7, 7):
+                b[a : a + 7] = b"\r\nready"
+            return bytes(b)
+
+        faultrun.payload_bytes = readys
+        try:
+            r, sn = self.scenario(3, ["drop"], {"drop_at": [10**9]}, size=40000)
+        finally:
+            faultrun.payload_bytes = orig
+        self.assertEqual((r["statuses"], r["refetch"], r["full_restarts"]), ([1, 2], [], 0))
+        self.assertEqual(sn.sim.boots, 0)
+
     def test_esp_reboots_at_an_instant(self):
         for t in (100, 250, 700):
             r, sn = self.scenario(9, ["esp_reboot"], {"reboot_t": t})

@@ -97,6 +97,10 @@ class Attempt:
         self.overlap_bad = False  # a Range response whose overlap differs from ours
         self.new_header = False  # a full response whose header is not the one we hold
         self.want = None  # bytes a whole response holds (None: the announced size)
+        # Stream offset of the last record when it ended in "\r\nready" (-1: it did
+        # not): an ESP that rebooted 7 bytes before that record's end printed them, and
+        # ready's CRLF passed for the record's. Dropped if no final result follows.
+        self.suspect = -1
         self.limit = 0  # stream offset where the response asked for ends
         self.over_limit = False  # a response from 0 went on past it
         self.overflow = False  # a record ran past the end (its tail dropped)
@@ -125,6 +129,17 @@ class _Grab:
 
     def frame_error(self, reason):
         self.bad = True
+
+
+def _ends_ready(mv, n):
+    # The n bytes of mv end in "\r\nready" (compared in place: nothing allocated).
+    for k in range(7):
+        if mv[n - 7 + k] != _READY_TAIL[k]:
+            return False
+    return True
+
+
+_READY_TAIL = b"\r\nready"
 
 
 class HostOTA:
@@ -1206,6 +1221,12 @@ class HostOTA:
         self._cget_stop()
         if att.mode == _M_PROBE:
             self._decide(att)
+        if att.suspect >= 0 and c.final is None and not w.hole_end:
+            # The response stopped right after a record that ended in "\r\nready": the
+            # ESP may have rebooted in it. Its bytes go (a sound image ending a record so
+            # costs that record, never the job).
+            self.log.warn("the last record ended in ready, then nothing: dropped")
+            w.rewind(att.suspect - HEADER_SIZE)
         if att.overflow and c.final is not None and not att.overflow_framing:
             # A final result came after the record that ran past the end, and what ran
             # past was not framing: the response was longer than asked (not the file).
@@ -1598,8 +1619,11 @@ class HostOTA:
                 return
             self._decide(att)
             i = k
+        att.suspect = -1
         if att.mode == _M_WRITE and i < n:
             self._take(mv, i, n)
+            if mv[n - 1] == 121 and n >= 7 and _ends_ready(mv, n):
+                att.suspect = att.pos - n
 
     def frame_error(self, reason):
         """A record was malformed. When the parser still knows where the response goes
