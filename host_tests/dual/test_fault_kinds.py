@@ -38,6 +38,22 @@ class FaultKinds(unittest.TestCase):
         self.assertEqual(r["final"], sc["expect"])
         return r, sn
 
+    def scenario_spelling(self, word, every, *args, **kw):
+        # self.scenario() with image bytes that spell `word` every `every` bytes.
+        orig = faultrun.payload_bytes
+
+        def spelled(n, seed):
+            b = bytearray(orig(n, seed))
+            for a in range(0, n - len(word), every):
+                b[a : a + len(word)] = word
+            return bytes(b)
+
+        faultrun.payload_bytes = spelled
+        try:
+            return self.scenario(*args, **kw)
+        finally:
+            faultrun.payload_bytes = orig
+
     def fired(self, sn, name):
         return [x for x in sn.sim.faults.log if x[0] == name]
 
@@ -262,19 +278,9 @@ class FaultKinds(unittest.TestCase):
         # Image bytes that spell "\r\nready" every 7 bytes: records end in them, the
         # responses go on, and nothing is dropped or taken for an ESP reset (a rule
         # that resynchronised such records reported sound images 3).
-        orig = faultrun.payload_bytes
-
-        def readys(n, seed):
-            b = bytearray(orig(n, seed))
-            for a in range(0, n - 7, 7):
-                b[a : a + 7] = b"\r\nready"
-            return bytes(b)
-
-        faultrun.payload_bytes = readys
-        try:
-            r, sn = self.scenario(3, ["drop"], {"drop_at": [10**9]}, size=40000)
-        finally:
-            faultrun.payload_bytes = orig
+        r, sn = self.scenario_spelling(
+            b"\r\nready", 7, 3, ["drop"], {"drop_at": [10**9]}, size=40000
+        )
         self.assertEqual((r["statuses"], r["refetch"], r["full_restarts"]), ([1, 2], [], 0))
         self.assertEqual(sn.sim.boots, 0)
 
@@ -460,23 +466,13 @@ class FaultKinds(unittest.TestCase):
         # lines. Image bytes follow each of them (never the ESP's own final result):
         # the response goes on, the lost record is a hole (adversarial run: it used to
         # end the attempt there and fetch the rest again, up to a full restart).
-        orig = faultrun.payload_bytes
-
-        def spelled(n, seed):
-            b = bytearray(orig(n, seed))
-            for a in range(0, n - 6, 97):
-                b[a : a + 6] = b"\r\nOK\r\n"
-            return bytes(b)
-
-        faultrun.payload_bytes = spelled
-        try:
-            for at in (5000, 15000):
-                r, sn = self.scenario(3, ["drop"], {"drop_body_at": [at]}, size=40000)
-                self.assertEqual(r["full_restarts"], 0)
-                self.assertEqual(len(r["refetch"]), 1)
-                self.assertTrue(r["refetch"][0] <= 4096 + 10240 + 64, r["refetch"])
-        finally:
-            faultrun.payload_bytes = orig
+        for at in (5000, 15000):
+            r, sn = self.scenario_spelling(
+                b"\r\nOK\r\n", 97, 3, ["drop"], {"drop_body_at": [at]}, size=40000
+            )
+            self.assertEqual(r["full_restarts"], 0)
+            self.assertEqual(len(r["refetch"]), 1)
+            self.assertTrue(r["refetch"][0] <= 4096 + 10240 + 64, r["refetch"])
 
     def test_a_last_record_that_claims_its_own_crlf(self):
         # The last record's header claims 2 bytes more: its CRLF, taken as payload, runs
