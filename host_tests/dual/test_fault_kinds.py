@@ -317,6 +317,31 @@ class FaultKinds(unittest.TestCase):
         self.assertIn(403, self.statuses(sn))
         self.assertGreaterEqual(r["counters"]["refetches"], 1)
 
+    def test_url_that_expires_after_every_window(self):
+        # Window mode: every 12 KB window is a request of its own and the URL lives
+        # 400 ms, less than a window takes. Each window after the first is refused
+        # (403), AT+RMOTAFETCH brings a fresh URL, and it is used at once: a refusal
+        # after progress is not a failed attempt, so the job does not run out of them.
+        size = 5 * 12288
+        r, sn = self.scenario(
+            14, ["url_expiry"], {"expire_ms": 400}, size=size, settings={"flash_mode": "window"}
+        )
+        st = self.statuses(sn)
+        self.assertGreaterEqual(st.count(403), 4, st)
+        self.assertEqual(r["statuses"][-1], 2)
+        self.assertEqual(r["refetch"], [])  # nothing fetched twice
+        self.assertNotIn(3, r["statuses"])
+        # A URL that is refused at once, every time, still ends the job (status 3).
+        r, sn = self.scenario(
+            14,
+            ["refused_403"],
+            {"fail_always": 403},
+            size=size,
+            expect=3,
+            settings={"flash_mode": "window"},
+        )
+        self.assertEqual(set(self.statuses(sn)), {403})
+
     def test_server_ignores_range(self):
         # The dropped byte must fall after the first record (else nothing is held and no
         # Range is asked for); record sizes follow the virtual time of the exchange.

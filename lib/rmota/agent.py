@@ -803,6 +803,7 @@ class HostOTA:
         )
         failures = 0
         verdict = None
+        best = self._accepted()  # the furthest the download got (stream offset, bytes)
         while failures < self.max_attempts:
             verdict = yield from self._attempt(note)
             if verdict == "done":
@@ -814,10 +815,22 @@ class HostOTA:
                 OTA_SUCCEEDED,
             ):
                 break
-            failures += 1
+            # A URL refused (4xx) after it brought bytes further than ever: it expired
+            # while the job went on (each window is a request of its own). The fresh URL
+            # from AT+RMOTAFETCH is used at once; this is not a failed attempt. (Only
+            # progress beyond the furthest point excuses one: the count still ends a
+            # job whose URLs stay refused.)
+            acc = self._accepted()
+            expired = isinstance(verdict, int) and 400 <= verdict < 500 and acc > best
+            if acc > best:
+                best = acc
             self.attempts += 1
             self._url_held = None  # set and check the URL again before the next try
-            self.log.warn("attempt %d failed: %s" % (failures, self._why(verdict)))
+            if expired:
+                self.log.warn("URL refused after %d B: %s" % (acc, self._why(verdict)))
+            else:
+                failures += 1
+                self.log.warn("attempt %d failed: %s" % (failures, self._why(verdict)))
             if self.esp_reset or self._need_refetch:
                 # The ESP rebooted: set it up again and re-arm its pending-job flag.
                 if self.esp_reset:
@@ -832,7 +845,8 @@ class HostOTA:
                     note = self.note = fresh
             if not (self.wifi_up and self.cloud_up):
                 yield from self._wait(self.link_wait_ms, lambda: self.wifi_up and self.cloud_up)
-            yield from self._sleep(self._backoff(failures - 1))
+            if not expired:
+                yield from self._sleep(self._backoff(failures - 1))
         if isinstance(verdict, ImageError):
             yield from self._finish_job(note.job_id, verdict.status, verdict.reason)
             return
