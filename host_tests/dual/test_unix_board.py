@@ -771,13 +771,13 @@ class TestCRCLog(unittest.TestCase):
             self.assertEqual(log.crcs(), [100, 101, 0x4DE5FFFF])
             log.truncate(2, 5)
             self.assertEqual(log.crcs(), [100, 101])
-            self.assertEqual(log.ahead(), (5, [105, 106]))
+            self.assertEqual(log.runs(), [(5, [105, 106])])
             again = CRCLog(Partition(self.nor, 2, nblocks))  # from flash
-            self.assertEqual((again.crcs(), again.ahead()), ([100, 101], (5, [105, 106])))
+            self.assertEqual((again.crcs(), again.runs()), ([100, 101], [(5, [105, 106])]))
             log.append(102)
             self.assertEqual(log.crcs(), [100, 101, 102])
             log.truncate(3, 3)  # ahead <= n: everything from n on goes
-            self.assertEqual(log.ahead(), (0, []))
+            self.assertEqual(log.runs(), [])
 
     def test_a_cut_anywhere_in_a_truncate_leaves_the_old_list_or_the_new(self):
         # The kept entries go to the other area, then its marker: every flash operation
@@ -823,29 +823,29 @@ class TestCRCLog(unittest.TestCase):
         log.reset()
         for v in (10, 11):
             log.append(v)
-        self.assertEqual(log.ahead(), (0, []))
+        self.assertEqual(log.runs(), [])
         self.assertTrue(log.put(5, 55))
         self.assertTrue(log.put(6, 66))
         self.assertTrue(log.put(6, 66))  # the same value again: nothing to do
         self.assertFalse(log.put(6, 67))  # another value cannot be programmed over it
         self.assertFalse(log.put(5000, 1))
         self.assertEqual(log.crcs(), [10, 11])  # the prefix stops at the hole
-        self.assertEqual(log.ahead(), (5, [55, 66]))
+        self.assertEqual(log.runs(), [(5, [55, 66])])
         for v in (12, 13, 14, 55):  # the hole filled in order, then block 5 again
             log.append(v)
         self.assertEqual(log.crcs(), [10, 11, 12, 13, 14, 55, 66])
-        self.assertEqual(log.ahead(), (0, []))
+        self.assertEqual(log.runs(), [])
         log.truncate(3)
-        self.assertEqual((log.crcs(), log.ahead()), ([10, 11, 12], (0, [])))
+        self.assertEqual((log.crcs(), log.runs()), ([10, 11, 12], []))
         log.put(8, 88)
         log.truncate(8)  # drops entries past a hole too, keeps the prefix
-        self.assertEqual((log.crcs(), log.ahead()), ([10, 11, 12], (0, [])))
+        self.assertEqual((log.crcs(), log.runs()), ([10, 11, 12], []))
         log.put(9, 99)
         log.truncate(5)
-        self.assertEqual((log.crcs(), log.ahead()), ([10, 11, 12], (0, [])))
+        self.assertEqual((log.crcs(), log.runs()), ([10, 11, 12], []))
         log.put(6, 66)
         log.truncate(9)  # the entry ahead is below 9: kept
-        self.assertEqual(log.ahead(), (6, [66]))
+        self.assertEqual(log.runs(), [(6, [66])])
 
     def test_capacity_drops_the_rest(self):
         log = CRCLog(Partition(self.nor, 3, 1))

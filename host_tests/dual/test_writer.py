@@ -317,16 +317,18 @@ class TestHole(unittest.TestCase):
         # power cut: a new writer resumes the prefix, then the run ahead up to block 7
         w2 = SlotWriter(dev, buffer_blocks=3)
         drops = []
-        w2.on_erase = drops.append
+        w2.on_forget = lambda lo, hi: drops.append((lo, hi))
         w2.begin(len(img))
         self.assertEqual(w2.resume([crc32(img[k * 4096 : (k + 1) * 4096]) for k in (0, 1)]), 8192)
-        kept = w2.resume_ahead(3, [log[k] for k in range(3, 13)])
-        self.assertEqual(kept, 4 * 4096)  # blocks 3..6
-        self.assertEqual(drops, [7])  # the entries from block 7 on go
-        self.assertEqual((w2.hole_end, w2.offset), (3 * 4096, 8192))
+        kept = w2.resume_ahead([(3, [log[k] for k in range(3, 13)])])
+        self.assertEqual(kept, 8 * 4096 + 300)  # blocks 3..6 and 8..12 (the last: 300 B)
+        self.assertEqual(drops, [(7, 8)])  # block 7's entry goes: a hole of its own
+        self.assertEqual((w2.hole_end, w2.offset, w2.holes_after), (3 * 4096, 8192, 1))
         self.assertEqual(w2.write(img[8192 : 5 * 4096]), 4096)  # the hole, then a jump
         self.assertEqual(w2.offset, 7 * 4096)
-        _write_all(w2, img[7 * 4096 :], 1000)
+        self.assertEqual(w2.hole_end, 8 * 4096)
+        self.assertEqual(w2.write(img[7 * 4096 : 9 * 4096]), 4096)  # block 7, a jump
+        self.assertEqual(w2.offset, len(img))
         self.assertEqual(w2.finish(), hashlib.sha256(img).digest())
         self.assertEqual(w2.readback_digest(), hashlib.sha256(img).digest())
 
@@ -600,17 +602,27 @@ class TestMisplacedAhead(unittest.TestCase):
         w = SlotWriter(dev, buffer_blocks=2)
         w.on_erase = lambda i: calls.append(("erase", i))
         w.on_ahead = lambda i, c: calls.append(("ahead", i)) or True
+        w.on_forget = lambda lo, hi: calls.append(("forget", lo, hi))
         w.begin(len(img))
         _write_all(w, img[:5000], 700)
         self.assertTrue(w.gap(5000 + 1024))
         for i in range(5000 + 1024 - 3, len(img), 1000):
             w.write_ahead(img[i : i + 1000][: len(img) - i - 3], i + 3)
-        before = [c for c in calls if c[0] == "ahead"]
+        before = [c[1] for c in calls if c[0] == "ahead"]
+        self.assertEqual(before, [2, 3, 4, 5, 6, 7, 8, 9])
         del calls[:]
         self.assertTrue(w.shift_ahead(3))
-        self.assertEqual(calls[0], ("erase", 2))  # the entries go first
-        # every whole block again; the last, now 3 bytes short, stays in the ring
-        self.assertEqual([c[1] for c in calls[1:]], [b[1] for b in before][:-1])
+        # Block by block, each entry goes just before its block is erased, and the next
+        # block's before the moved one is journalled: a power cut mid-move keeps the
+        # blocks moved and those not moved yet (at their old place) as two runs, never
+        # one. The last block (9), now 3 bytes short, stays in the ring: its entry goes
+        # before block 8 moves, whose bytes it holds.
+        want = [("forget", 1, 2)]  # the joint's block first (bytes 6141.. of block 1)
+        for b in range(2, 9):
+            if b == 8:
+                want.append(("forget", 9, 10))
+            want += [("forget", b, b + 1), ("forget", b + 1, b + 2), ("ahead", b)]
+        self.assertEqual(calls, want)
 
     def test_found_twice_says_nothing(self):
         img = bytearray(_image(4096 * 8))

@@ -795,6 +795,7 @@ class HostOTA:
         self.writer.on_block = self._on_block
         self.writer.on_erase = self._on_erase
         self.writer.on_ahead = self._on_ahead
+        self.writer.on_forget = self.board.journal.crc_drop
         self._slot = slot
         self.range_ok = True
         resumed = self._resume(saved, note, slot)
@@ -964,27 +965,26 @@ class HostOTA:
         w.journaled = len(crcs)
         kept = w.resume(crcs)
         nk = kept // w.block_size
-        first, run = 0, None
+        runs = None
         if nk < len(crcs) and kept < h.image_len:
             # An entry that does not match its block: the last append, torn by the cut
             # (or the block changed since). It goes; the entries after it are blocks
             # written ahead of a hole (in order right after it when the hole was just
             # filled up to them, else after absent ones), checked like any such run.
             # Before, they went with it (the first erase of the hole dropped them).
+            runs = j.crc_runs()
             if nk + 1 < len(crcs):
-                first, run = nk + 1, crcs[nk + 1 :]
-            else:
-                first, run = j.crc_ahead()
-            j.crc_truncate(nk, first if run else 0)
+                runs.insert(0, (nk + 1, crcs[nk + 1 :]))
+            j.crc_truncate(nk, runs[0][0] if runs else 0)
             w.journaled = nk
         if kept == w.block_size * w.journaled:
-            # Blocks written ahead of a hole, if any. They may not have had their
-            # position confirmed (a power cut before the end of their response): if it
-            # was wrong, the overlap check after the hole is filled tells, and they are
-            # dropped then (_attempt, overlap_bad).
-            if run is None:
-                first, run = j.crc_ahead()
-            if run and w.resume_ahead(first, run):
+            # Blocks written ahead of holes, if any (several runs: a power cut in the
+            # middle of a move, or with several holes open). They may not have had
+            # their position confirmed (a power cut before the end of their response, or
+            # the rest of a move): each is checked when its hole is the current one.
+            if runs is None:
+                runs = j.crc_runs()
+            if runs and w.resume_ahead(runs):
                 self.log.info("kept %d B written ahead of a hole" % w.ahead)
                 self._ahead_check = True
         self.header = h

@@ -136,12 +136,19 @@ class Journal:
             return self.crclog.put(index, crc)
         return False
 
-    def crc_ahead(self):
-        """The entries recorded out of order: ``(first, [crc, ...])``, the run of
-        entries after the first absent ones, or ``(0, [])``."""
+    def crc_runs(self):
+        """The entries recorded out of order (blocks written ahead of holes): a list of
+        ``(first, [crc, ...])`` runs after absent entries, ``[]`` without a CRC log."""
         if self.crclog is not None:
-            return self.crclog.ahead()
-        return 0, []
+            return self.crclog.runs()
+        return []
+
+    def crc_drop(self, lo, hi):
+        """Forget the CRCs of blocks ``lo`` to ``hi - 1`` written ahead of a hole (they
+        are about to be erased, or no longer hold what they did), keeping every other
+        entry. Only a ``CRCLog`` holds such entries; the littlefs list is a prefix."""
+        if self.crclog is not None and lo < hi:
+            self.crclog.drop(lo, hi)
 
     def crcs(self):
         """The recorded block CRCs, a list of ints (a torn last entry is dropped)."""
@@ -259,25 +266,45 @@ class CRCLog:
         self._n = None  # append() finds its place again
         return True
 
-    def ahead(self):
-        """``(first, [crc, ...])``: the run of entries after the first absent ones
-        (blocks written ahead of a hole), or ``(0, [])``."""
+    def runs(self):
+        """The runs of entries after the first absent one (blocks written ahead of
+        holes): a list of ``(first, [crc, ...])``, in index order, each run ended by an
+        absent entry; ``[]`` when there are none."""
         raw = self._raw(self.capacity)
-        k = 0
         cap = self.capacity
+        out = []
+        k = 0
         while k < cap and struct.unpack_from("<I", raw, 4 * k)[0] != 0xFFFFFFFF:
             k += 1
-        while k < cap and struct.unpack_from("<I", raw, 4 * k)[0] == 0xFFFFFFFF:
-            k += 1
-        first = k
-        run = []
         while k < cap:
-            v = struct.unpack_from("<I", raw, 4 * k)[0]
-            if v == 0xFFFFFFFF:
-                break
-            run.append(v)
-            k += 1
-        return (first, run) if run else (0, [])
+            while k < cap and struct.unpack_from("<I", raw, 4 * k)[0] == 0xFFFFFFFF:
+                k += 1
+            first = k
+            run = []
+            while k < cap:
+                v = struct.unpack_from("<I", raw, 4 * k)[0]
+                if v == 0xFFFFFFFF:
+                    break
+                run.append(v)
+                k += 1
+            if run:
+                out.append((first, run))
+        return out
+
+    def drop(self, lo, hi):
+        """Drop entries ``lo`` to ``hi - 1`` (``truncate(lo, hi)``), keeping the others;
+        nothing is written when they are all absent (read 16 entries at a time)."""
+        if hi > self.capacity:
+            hi = self.capacity
+        e = bytearray(64)
+        k = lo
+        while k < hi:
+            n = hi - k if hi - k < 16 else 16
+            self._read(self._base() + 4 * k, memoryview(e)[: 4 * n])
+            if e.count(b"\xff", 0, 4 * n) != 4 * n:
+                self.truncate(lo, hi)
+                return
+            k += n
 
     def _erase(self, first, count):
         # Erase the blocks [first, first + count) that are not blank already (read in

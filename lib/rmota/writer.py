@@ -72,6 +72,10 @@ class SlotWriter:
     ``on_ahead`` (attribute, default None): called as ``on_ahead(index, crc)`` after a
     block ahead of a hole was programmed (``gap()``); True when the journal took the
     entry (it is then dropped through ``on_erase`` if the blocks ahead are dropped).
+    ``on_forget`` (attribute, default None): called as ``on_forget(lo, hi)`` before
+    blocks ``lo`` to ``hi - 1`` ahead of a hole are erased again or stop holding what
+    their entries say (a move, a run dropped): the journal drops just those entries
+    and keeps the other runs', so a power cut mid-move loses one block, not the run.
 
     ``crc_span`` (bytes, None: the whole block): the CRC covers only the first and the
     last ``crc_span`` bytes of a full block. A torn program leaves the block's end
@@ -130,6 +134,7 @@ class SlotWriter:
         self.on_block = None
         self.on_erase = None
         self.on_ahead = None
+        self.on_forget = None
         self.journaled = 0
         # Offset where the latest blocks written ahead joined the image (0: none): what
         # an overlap check that fails right after can drop (their position was trusted).
@@ -160,6 +165,7 @@ class SlotWriter:
         # a block) and that block's bytes from _joint on wait at the start of it in
         # flash; write() takes them into the ring when it gets there.
         self._joint = 0
+        self._stale = None  # shift_ahead: the old run's blocks outside its new place
 
     @property
     def offset(self):
@@ -566,9 +572,14 @@ class SlotWriter:
         (issue 4 case 1), which only showed when the response ended ``delta`` bytes
         past (before) where it should. Move them to their place inside the slot, block
         by block with single-block erases (upwards when moving down, downwards when
-        moving up; the ring's ahead block is the scratch buffer), and re-journal them
-        (``on_erase`` first drops their entries, so a power cut mid-move loses them
-        rather than trusting a torn block). The hole then ends at the first block
+        moving up; the ring's ahead block is the scratch buffer), and re-journal them.
+        Each block's entry is dropped (``on_forget``) just before its erase, and the
+        next block's before the moved one is journalled: a power cut mid-move leaves
+        the blocks moved and those not yet moved (still at their old place) as two runs
+        with a torn block between, which the resume keeps and checks like any runs
+        (before, the move dropped every entry first and a cut lost the whole run). The
+        old run's blocks outside the new place are forgotten before the last block
+        moves. The hole then ends at the first block
         boundary at or after its new start; the bytes ahead that fall in the block it
         ends in wait at that block's start in flash (copied there, unless the move was
         up by less than a block: then they are there already), up to ``fill_end``, and
@@ -578,14 +589,16 @@ class SlotWriter:
         the next hole, whose partial last block is parked in flash again at its new
         place (the next hole then begins where they end; the runs after it are checked
         and moved when their turn comes). Moving up must leave the next hole's first
-        block ahead alone. The journal's entries from the run on are dropped, the
-        later runs' too (a power cut then loses those).
+        block ahead alone; moved up into the next run, the bytes that pass its start
+        repeat it (the rest of a move a power cut stopped): the two runs join. The
+        later runs' journal entries stay.
 
         Each block moved costs one erase and its programs (a recovery path: a few
         memoryview slices are allocated). Returns True when moved; False, nothing
         changed, when it cannot be done (no hole, a block still parked to read back,
         the ring's ahead block in use with later holes, or the new place reaches the
-        bytes held before the hole, the next run, or past the image). A run with no
+        bytes held before the hole, the next run when moving down, or past the image).
+        A run with no
         whole block at its new place is kept only when it ends the image: it becomes
         the joint alone."""
         bs = self.block_size
@@ -614,24 +627,33 @@ class SlotWriter:
         ):
             return False
         if nxt is not None and new_end > nxt[1]:
-            return False
+            if delta > 0:
+                return False
+            # Moved up into the next run: what runs past its start repeats its bytes
+            # (the rest of a move that a power cut stopped, already in place): the two
+            # runs join.
+            new_end = nxt[1]
         last = new_end // bs * bs  # whole blocks [new_h, last), the tail [last, new_end)
         if nxt is None:
             self._holes = []
-        if self._ahead_logged and self.on_erase is not None:
-            self.on_erase((h if h < new_h else new_h) // bs)
+        # The journal's entries go block by block, each just before its block is erased:
+        # a power cut mid-move leaves the blocks moved and those not moved yet (at their
+        # old place, checked again like any run) with their entries, one torn block
+        # between them. The old run's blocks outside the new one go just before the last
+        # block moves (its sources are theirs), so moved and stale never join in one run.
+        self._stale = (h // bs, new_h // bs, (last if last > h else h) // bs, end // bs)
         self._ahead_logged = False
         k = self._ablk
         if self._afill:  # the ring's ahead block becomes the scratch: park its bytes
             blk = self._ahead_end // bs
             if self._ahead_end >= self._aerased:
-                self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
-                self.erases += 1
+                self._erase_one(blk)
             self._program_raw(blk, k, self._afill)
             self._afill = 0
         if tail_only:
             j = h - delta
             self._copy_joint(h, j, new_end, k)
+            self._drop_stale()
             self._joint = j
             self._holes = []
             e = self.image_len
@@ -650,7 +672,9 @@ class SlotWriter:
         if delta > 0:
             d = new_h
             while d < last:
-                self._move_block(d, d + delta, bs, k)
+                if d + bs >= last:
+                    self._drop_stale()
+                self._move_block(d, d + delta, bs, k, d + bs)
                 d += bs
             if tail:
                 self._read_span(last + delta, tail, k)
@@ -658,12 +682,13 @@ class SlotWriter:
             if tail:  # read before the blocks below are moved over its bytes; kept in
                 # flash meanwhile (its block is above every block moved)
                 self._read_span(last + delta, tail, k)
-                self.bdev.ioctl(_IOCTL_BLOCK_ERASE, last // bs)
-                self.erases += 1
+                self._erase_one(last // bs)
                 self._program_raw(last // bs, k, tail)
             d = last - bs
             while d >= new_h:
-                self._move_block(d, d + delta, bs, k)
+                if d == new_h:
+                    self._drop_stale()
+                self._move_block(d, d + delta, bs, k, d - bs)
                 d -= bs
             if keep and -delta > bs:
                 # Moving up by more than a block, they are at the start of block h,
@@ -672,15 +697,18 @@ class SlotWriter:
                 self._copy_joint(h, j, new_h, k)
             if tail and nxt is None:
                 self.bdev.readblocks(last // bs, self._mv[k * bs : k * bs + tail], 0)
+        self._drop_stale()
         if keep:
             self._joint = j
         self._hole = new_h
         if nxt is not None:
             if tail and delta > 0:  # parked again at its new place (read into ring k)
-                self.bdev.ioctl(_IOCTL_BLOCK_ERASE, last // bs)
-                self.erases += 1
+                self._erase_one(last // bs)
                 self._program_raw(last // bs, k, tail)
-            self._holes[0] = (new_end, nxt[1])
+            if new_end < nxt[1]:
+                self._holes[0] = (new_end, nxt[1])
+            else:
+                self._holes.pop(0)
             return True
         self._astart = new_h
         self._ahead_end = last if last > new_h else new_h
@@ -696,9 +724,29 @@ class SlotWriter:
         # journalled: a power cut loses them.
         n = new_h - j
         self._read_span(h, n, k)
-        self.bdev.ioctl(_IOCTL_BLOCK_ERASE, j // self.block_size)
-        self.erases += 1
+        self._erase_one(j // self.block_size)
         self._program_raw(j // self.block_size, k, n)
+
+    def _erase_one(self, blk):
+        # Erase one block of a move, its journal entry (if any) forgotten first.
+        if self.on_forget is not None:
+            self.on_forget(blk, blk + 1)
+        self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
+        self.erases += 1
+
+    def _drop_stale(self):
+        # Forget the entries of the moved run's old blocks outside its new place
+        # (shift_ahead's _stale: [a, b) below the new start, [c, d) past the new end).
+        t = self._stale
+        if t is None:
+            return
+        self._stale = None
+        a, b, c, d = t
+        if self.on_forget is not None:
+            if a < b:
+                self.on_forget(a, b)
+            if c < d:
+                self.on_forget(c, d)
 
     def park_tail(self):
         """The response ended with a hole open and the last bytes ahead (less than a
@@ -783,14 +831,18 @@ class SlotWriter:
         base = k * self.block_size
         self.read_at(src, self._mv[base : base + n])
 
-    def _move_block(self, dst, src, n, k):
+    def _move_block(self, dst, src, n, k, nxt):
         # Block at payload offset dst gets the n bytes at src (ring block k carries
-        # them), erased and programmed alone, and journalled as a block ahead.
+        # them), erased and programmed alone, and journalled as a block ahead - after
+        # the entry of the block at nxt, the next to move (not moved yet: its entry says
+        # where it was), is dropped, so that moved and not moved never join in one run.
         self._read_span(src, n, k)
-        blk = dst // self.block_size
-        self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
-        self.erases += 1
+        bs = self.block_size
+        blk = dst // bs
+        self._erase_one(blk)
         self._program_raw(blk, k, n)
+        if self.on_forget is not None and nxt >= 0:
+            self.on_forget(nxt // bs, nxt // bs + 1)
         cb = self.on_ahead
         if cb is not None and cb(blk, self._block_crc(k, self._blk[k], n)):
             self._ahead_logged = True
@@ -799,15 +851,14 @@ class SlotWriter:
         """Forget the bytes written ahead of the current hole up to the next hole
         (their place could not be confirmed): the hole then ends where the run after
         that hole begins. Without a later hole, ``drop_ahead()``. The journal's
-        entries from the hole's end on go (the later runs' too: a power cut then loses
-        them)."""
+        entries of this run go (``on_forget``); the later runs' stay."""
         if not self._holes or self._holes[0][1] <= self._holes[0][0]:
             self._forget_hole()
             return
-        if self._ahead_logged and self.on_erase is not None:
-            self.on_erase(self._hole // self.block_size)
-        self._ahead_logged = False
-        self._hole = self._holes.pop(0)[1]
+        nxt = self._holes.pop(0)[1]
+        if self.on_forget is not None:
+            self.on_forget(self._hole // self.block_size, nxt // self.block_size)
+        self._hole = nxt
         self._joint = 0
 
     def drop_ahead(self):
@@ -826,31 +877,50 @@ class SlotWriter:
         self._joint = 0
         self._ahead_logged = False
 
-    def resume_ahead(self, first, crcs):
-        """After ``resume()``: blocks ``first``, ``first + 1``, ... were written ahead of
-        a hole and journalled (``crcs``, as ``on_ahead`` reported them). Keep the run
-        whose CRCs match the slot (stopping at the first that differs) as the blocks
-        ahead of a hole from ``offset`` to block ``first``. Returns the bytes kept
-        ahead (0: no hole). Entries past the kept run are dropped (``on_erase``)."""
+    def resume_ahead(self, runs):
+        """After ``resume()``: runs of blocks were written ahead of holes and journalled
+        (``runs``: a list of ``(first, [crc, ...])`` in index order, as ``on_ahead``
+        reported them). Keep the blocks whose CRCs match the slot as the bytes ahead
+        of holes: the first hole from ``offset`` on, one between each two runs kept (at
+        most ``MAX_HOLES``); a block that differs (torn) is a hole of its own. Their
+        positions are unconfirmed: the owner checks them. Entries that describe nothing
+        kept are dropped (``on_forget``). Returns the bytes kept ahead (0: no hole)."""
         bs = self.block_size
-        b1 = first * bs
-        if self._fill or not self._done < b1 < self.image_len:
-            if crcs and self.on_erase is not None:
-                self.on_erase(first)  # entries that describe nothing usable go
-            return 0
-        end = self._crc_run(b1, crcs, None)
-        kept = end - b1
-        if self.on_erase is not None:
-            self.on_erase((end + bs - 1) // bs)  # entries past the run (or later runs) go
+        kept = []
+        total = 0
+        for first, crcs in runs:
+            i = 0  # entries of this run looked at
+            while i < len(crcs):
+                b1 = (first + i) * bs
+                end = b1
+                j = len(crcs)  # where the entries to drop end: all of them, unless...
+                if (
+                    not self._fill
+                    and (kept[-1][1] if kept else self._done) < b1 < self.image_len
+                    and len(kept) <= MAX_HOLES
+                ):
+                    end = self._crc_run(b1, crcs[i:] if i else crcs, None)
+                    # ... a block differs (a torn program, or its entry torn): it goes
+                    # alone, and the blocks after it are checked on their own.
+                    j = i + (end - b1 + bs - 1) // bs + 1
+                if end > b1:
+                    kept.append((b1, end))
+                    total += end - b1
+                    i += (end - b1 + bs - 1) // bs
+                if i < len(crcs) and self.on_forget is not None:
+                    self.on_forget(first + i, first + j)
+                i = j
         if not kept:
             return 0
-        self._hole = b1
+        self._hole = kept[0][0]
+        self._holes = [(kept[i][1], kept[i + 1][0]) for i in range(len(kept) - 1)]
+        end = kept[-1][1]
         self._ahead_end = end
         self._apos = end
         self._afill = 0
         self._aerased = (end + bs - 1) // bs * bs
         self._ahead_logged = True
-        return kept
+        return total
 
     def _absorb(self, k):
         # The current hole is filled: hash the blocks written ahead from flash (ring
