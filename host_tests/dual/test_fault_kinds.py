@@ -403,17 +403,23 @@ class FaultKinds(unittest.TestCase):
                 self.assertEqual((r["violations"], r["final"]), ([], 2), (lie, g))
 
     def test_a_power_cut_in_the_middle_of_a_long_move(self):
-        # The bytes ahead of the hole are 9 blocks misplaced (down by 7 B, up by 5000 B);
-        # the power goes at each flash operation of their move in turn. The moved blocks
-        # and those not moved yet keep their journal entries as two runs, each checked
-        # and placed after the restart: no cut costs more than the bound (a cut used to
-        # lose every block not moved yet: up to 28 KB per interruption).
+        # The bytes ahead of the hole are 9 blocks or more misplaced (down by 7 B, up by
+        # 5000 B, down by 5000 B: a header's first length digit turned into 9); the
+        # power goes at each flash operation of their move in turn. The moved blocks and
+        # those not moved yet keep their journal entries as two runs, each checked and
+        # placed after the restart (down by a block or more, the first bytes of the
+        # second run repeat the first run's: they are skipped). No cut costs more than
+        # the bound; a cut used to lose every block not moved yet (18-26 KB).
         from rmota import writer
 
         bound = 4096 + 10240 + 64
         orig = writer.SlotWriter.shift_ahead
-        for extra, moved, size in ((7, -7, 40000), (-5000, 5000, 48000)):
-            f = {"short_record": [1, extra]}
+        cases = (
+            (["short_record"], {"short_record": [1, 7]}, -7, 40000),
+            (["short_record"], {"short_record": [1, -5000]}, 5000, 48000),
+            (["damaged_header"], {"damage_record": [1, 10, ord("9")]}, -5000, 60000),
+        )
+        for kinds, f, moved, size in cases:
             span = []
 
             def shift(w, delta):
@@ -422,23 +428,23 @@ class FaultKinds(unittest.TestCase):
                 span.append(sn.run_.ops)
                 return r
 
-            sc = faultrun.make_scenario(6, size=size, kinds=["short_record"], cuts=[], faults=f)
+            sc = faultrun.make_scenario(6, size=size, kinds=kinds, cuts=[], faults=f)
             sn = faultrun.Scenario(sc, self.flash)
             writer.SlotWriter.shift_ahead = shift
             try:
                 sn.run()
             finally:
                 writer.SlotWriter.shift_ahead = orig
-            self.assertTrue(any("moved by %d B" % moved in x for x in sn.log), extra)
+            self.assertTrue(any("moved by %d B" % moved in x for x in sn.log), f)
             self.assertEqual(len(span), 2)
             self.assertGreater(span[1] - span[0], 9 * 2, span)  # an erase and a program each
             for g in range(span[0], span[1]):
                 sc = faultrun.make_scenario(
-                    6, size=size, kinds=["short_record"], cuts=[["op", g, None]], faults=f
+                    6, size=size, kinds=kinds, cuts=[["op", g, None]], faults=f
                 )
                 r = faultrun.Scenario(sc, self.flash).run()
-                self.assertEqual((r["violations"], r["final"]), ([], 2), (extra, g))
-                self.assertLessEqual(max(r["refetch"]), bound, (extra, g, r["refetch"]))
+                self.assertEqual((r["violations"], r["final"]), ([], 2), (f, g))
+                self.assertLessEqual(max(r["refetch"]), bound, (f, g, r["refetch"]))
 
     def test_a_header_that_claims_a_block_or_more_fewer_bytes(self):
         # The bytes ahead sit 4100 B too early: more than half of them, so the check

@@ -613,6 +613,15 @@ class SlotWriter:
             if self._afill or nxt[1] <= nxt[0]:
                 return False
             end = nxt[0]
+        h0 = h
+        hs = self._done + self._fill  # where the hole begins
+        if delta > 0 and h - delta <= hs:
+            # Moved down onto the bytes held (the rest of a move that a power cut
+            # stopped, or a lie of more than the hole): those repeat them. The run's
+            # bytes that go from the first block boundary after them on are kept.
+            h = hs // bs * bs + bs + delta
+            if h >= end:
+                return False
         new_h = (h - delta + bs - 1) // bs * bs  # the first whole block at its new place
         new_end = end - delta
         if new_end > self.image_len:
@@ -641,7 +650,7 @@ class SlotWriter:
         # old place, checked again like any run) with their entries, one torn block
         # between them. The old run's blocks outside the new one go just before the last
         # block moves (its sources are theirs), so moved and stale never join in one run.
-        self._stale = (h // bs, new_h // bs, (last if last > h else h) // bs, end // bs)
+        self._stale = (h0 // bs, new_h // bs, (last if last > h0 else h0) // bs, end // bs)
         self._ahead_logged = False
         k = self._ablk
         if self._afill:  # the ring's ahead block becomes the scratch: park its bytes
