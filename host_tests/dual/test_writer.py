@@ -636,9 +636,22 @@ class TestMisplacedAhead(unittest.TestCase):
         img = _image(4096 * 8)
         dev, w = self._misplaced(img, 4096 + 10, 1000, 4)
         self.assertFalse(w.shift_ahead(0))
-        self.assertFalse(w.shift_ahead(4096 * 3))  # onto the bytes held before the hole
+        self.assertFalse(w.shift_ahead(4096 * 8))  # past the whole run
         w.drop_ahead()
         self.assertFalse(w.shift_ahead(4))  # no hole
+
+    def test_moved_down_onto_the_bytes_held(self):
+        # The run ahead begins with bytes the writer holds already (the blocks not moved
+        # yet when a power cut stopped a move down by more than a block): they are
+        # skipped, and the run goes from the first block boundary after the bytes held.
+        img = _image(4096 * 10 + 77)
+        at = 4096 + 10
+        dev, w = self._misplaced(img, at, 1000, 1000 + 4096)
+        self.assertEqual(w.hole_end, 4096 * 2)  # it holds the file's bytes from 10 on
+        self.assertTrue(w.shift_ahead(1000 + 4096))
+        self.assertEqual(w.hole_end, 4096 * 2)  # the hole: the rest of block 1
+        self.assertEqual(bytes(dev.mem[8192 : 8192 + 4096]), img[8192 : 8192 + 4096])
+        self._finish(dev, w, img, at)
 
     def _two_runs(self, img, at, d1, cut, d2):
         # A record at `at` lost, its header claiming d1 bytes more than it held, so the
