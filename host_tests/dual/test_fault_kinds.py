@@ -317,6 +317,22 @@ class FaultKinds(unittest.TestCase):
         self.assertIn(403, self.statuses(sn))
         self.assertGreaterEqual(r["counters"]["refetches"], 1)
 
+    def test_window_mode_with_a_server_that_ignores_range(self):
+        # rp2's flash writes run with the UART interrupt off: only window mode is safe,
+        # and it never writes flash while the ESP sends. A server that ignores Range
+        # sends the whole file for each window: the agent takes the window's bytes,
+        # lets the rest go by unwritten, programs the window once the response ended,
+        # and asks again. (It used to program the full window mid-response: bytes lost
+        # every time, and the job reported 3.)
+        st = {"faithful": True, "flash_mode": "window", "uart_irq_off_fifo": 32}
+        size = 3 * 12288 + 1000
+        r, sn = self.scenario(9, ["ignore_range"], {"ignore_range": -1}, size=size, settings=st)
+        q = sn.sim.server.requests
+        self.assertEqual(r["statuses"][-1], 2)
+        self.assertEqual(r["uart_overflows"], 0)
+        self.assertEqual(len(q), 4)  # one whole file per window
+        self.assertTrue(all(x["sent"] == size + 64 for x in q), q)
+
     def test_url_that_expires_after_every_window(self):
         # Window mode: every 12 KB window is a request of its own and the URL lives
         # 400 ms, less than a window takes. Each window after the first is refused

@@ -103,6 +103,7 @@ class Attempt:
         self.suspect = -1
         self.limit = 0  # stream offset where the response asked for ends
         self.over_limit = False  # a response from 0 went on past it
+        self.window_full = False  # window mode: the window filled, the rest not taken
         self.overflow = False  # a record ran past the end (its tail dropped)
         self.overflow_framing = False  # ... and its tail was only CRLF / final result
         self.cmd = None
@@ -1245,7 +1246,9 @@ class HostOTA:
             # A final result came after the record that ran past the end, and what ran
             # past was not framing: the response was longer than asked (not the file).
             att.too_long = True
-        if att.over_limit and not (c.final == b"OK" and att.received == note.size):
+        if att.over_limit and not (
+            c.final == b"OK" and (att.received == note.size or att.window_full)
+        ):
             self.log.warn("response longer than asked, not the whole file: dropped")
             w.rewind(0)
         if att.gapped and w.hole_end:
@@ -1336,6 +1339,9 @@ class HostOTA:
             # ESP is idle while the flash stalls the host. Otherwise it is dropped.
             whole = c.final == b"OK" or (not c.done and self._accepted() >= note.size)
             if end is not None and use_range and att.received != end - start + 1:
+                # (or the whole file, whose bytes past the window were not taken)
+                whole = att.window_full and att.received == note.size
+            if att.window_full and c.final != b"OK":
                 whole = False
             if whole and not att.frame_errors:
                 self.windows += 1
@@ -1395,7 +1401,7 @@ class HostOTA:
         if self.header is None:
             return "no image header"
         if self.writer.offset < self.header.image_len:
-            if end is not None and c.final == b"OK" and self._accepted() > acc:
+            if (end is not None or att.window_full) and c.final == b"OK" and self._accepted() > acc:
                 return "more"
             if att.mode == _M_DISCARD:
                 return "unexpected response"
@@ -1741,6 +1747,16 @@ class HostOTA:
             room = w.image_len - have
             if room > att.limit - p:
                 room = att.limit - p
+            if w.defer and n - i > w.room < room:
+                # Window mode, and the response goes on past the window (a server that
+                # ignores Range sends the whole file): take the window and count the
+                # rest, unwritten. No flash write while the ESP sends: with the UART's
+                # interrupt off during one (rp2), bytes would be lost.
+                if w.room:
+                    w.write(mv[i : i + w.room])
+                att.window_full = True
+                att.mode = _M_DISCARD
+                break
             if n - i > room:
                 if att.overflow or room <= 0:
                     # More bytes than the image holds, or than we asked for: not the
