@@ -333,6 +333,54 @@ class FaultKinds(unittest.TestCase):
         self.assertEqual(len(q), 4)  # one whole file per window
         self.assertTrue(all(x["sent"] == size + 64 for x in q), q)
 
+    def test_window_mode_fetches_the_header_alone_first(self):
+        # An image the header refuses (the version running) costs two 64-byte requests
+        # (the second look tells a byte altered in transit), not two 12 KB windows.
+        r, sn = self.scenario(
+            8,
+            ["same_version"],
+            {"version": 1},
+            size=30000,
+            expect=5,
+            settings={"flash_mode": "window"},
+        )
+        self.assertEqual([q["sent"] for q in sn.sim.server.requests], [64, 64])
+        # A sound image: the header, then windows that each ask again for 16 bytes.
+        r, sn = self.scenario(8, [], {}, size=30000, settings={"flash_mode": "window"})
+        q = sn.sim.server.requests
+        self.assertEqual(
+            [(x["range"], x["end"]) for x in q],
+            [(0, 63), (48, 12351), (12336, 24639), (24624, 30063)],
+        )
+
+    def test_a_window_whose_final_result_came_mangled(self):
+        # Every byte of the window came, then "\r\nO\r\n" for OK: the window is kept
+        # (the image's SHA-256 still judges the whole) and the next one asked for.
+        r, sn = self.scenario(
+            8,
+            ["mangle_final"],
+            {"mangle_final": "\r\nO\r\n"},
+            size=30000,
+            settings={"flash_mode": "window"},
+        )
+        self.assertTrue(self.fired(sn, "mangle_final"))
+        self.assertTrue(any("no final result after the window's last byte" in x for x in sn.log))
+        self.assertEqual(len(sn.sim.server.requests), 4)  # header, three windows
+        self.assertEqual(r["refetch"], [])
+
+    def test_a_fresh_url_is_fetched_after_the_back_off(self):
+        # The URL lives 700 ms; the first two requests fail (HTTP 500, then a refused
+        # URL after a back-off). The fresh URL is asked for after the back-off, right
+        # before the request that uses it: it used to be fetched first, then wait out
+        # the back-off and expire, and every later attempt was refused.
+        r, sn = self.scenario(
+            8, ["url_expiry", "http_error"], {"expire_ms": 700, "fail_next": [500]}, size=9000
+        )
+        st = self.statuses(sn)
+        self.assertEqual(st[0], 500)
+        self.assertEqual(st.count(403), 1, st)
+        self.assertEqual(r["statuses"], [1, 2])
+
     def test_url_that_expires_after_every_window(self):
         # Window mode: every 12 KB window is a request of its own and the URL lives
         # 400 ms, less than a window takes. Each window after the first is refused

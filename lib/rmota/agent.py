@@ -840,15 +840,17 @@ class HostOTA:
                 fresh = yield from self._refetch(note.job_id)
                 if fresh:
                     note = self.note = fresh
-            if isinstance(verdict, int) and 400 <= verdict < 500:
-                # An expired or refused presigned URL: ask for the job again.
-                fresh = yield from self._refetch(note.job_id)
-                if fresh:
-                    note = self.note = fresh
             if not (self.wifi_up and self.cloud_up):
                 yield from self._wait(self.link_wait_ms, lambda: self.wifi_up and self.cloud_up)
             if not expired:
                 yield from self._sleep(self._backoff(failures - 1))
+            if isinstance(verdict, int) and 400 <= verdict < 500:
+                # An expired or refused presigned URL: ask for the job again - after the
+                # back-off, right before the next attempt (a fresh URL that waited out
+                # the back-off could expire meanwhile).
+                fresh = yield from self._refetch(note.job_id)
+                if fresh:
+                    note = self.note = fresh
         if isinstance(verdict, ImageError):
             yield from self._finish_job(note.job_id, verdict.status, verdict.reason)
             return
@@ -1155,9 +1157,14 @@ class HostOTA:
             self._ahead_check = None
         end = None  # last stream offset asked for (inclusive), None: to the end
         if self.range_ok:
-            if mode == "window":
-                # One writer buffer of payload; the first window also brings the header.
+            if mode == "window" and (self.header is not None or not self.header_first):
+                # One writer buffer of payload (without header_first the first window
+                # also brings the header).
                 end = (acc if acc else HEADER_SIZE) + w.room - 1
+            elif mode == "window":
+                # The header alone first: an image it refuses costs 64 bytes, not a
+                # window (and its second look, to tell a byte altered in transit).
+                end = HEADER_SIZE - 1
             elif w.hole_end:
                 end = HEADER_SIZE + w.fill_end - 1  # a hole: fetch just that
             elif self.header is None and (mode == "pre_erase" or self.header_first):
@@ -1179,7 +1186,7 @@ class HostOTA:
         if acc > HEADER_SIZE and self.range_ok:
             overlap = min(_OVERLAP, w.offset)
             start = acc - overlap
-        elif acc == HEADER_SIZE and self.range_ok and end is None:
+        elif acc == HEADER_SIZE and self.range_ok and (end is None or mode == "window"):
             # Only the header is in (header_first, or a resume before any payload):
             # the overlap is the header's last 16 bytes (half its SHA-256).
             overlap = _OVERLAP
@@ -1223,6 +1230,10 @@ class HostOTA:
                 # Every byte is here but no final result (a mangled OK, issue 4 case 5):
                 # judge the image by its own digest; the link is resynchronised below.
                 self.log.warn("no final result after the last byte: judging by the digest")
+                break
+            if idle > quiet_ms and w.defer and use_range and att.received == att.want:
+                # The same for a window: every byte asked for is here.
+                self.log.warn("no final result after the window's last byte")
                 break
             if att.stalled and idle > self.link.record_idle_ms + self.settle_ms:
                 # A record stopped arriving (issue 4 case 3): the ESP is not sending. Do
@@ -1333,17 +1344,21 @@ class HostOTA:
             # about Range).
             self.log.warn("server ignored Range: full downloads from now on")
             self.range_ok = False
+        took = False  # a window was programmed
         if w.defer and w.buffered:
             # A window is written only when it arrived whole (final OK, no framing error,
             # exactly the bytes asked for: a lost record shows in the count); then the
             # ESP is idle while the flash stalls the host. Otherwise it is dropped.
-            whole = c.final == b"OK" or (not c.done and self._accepted() >= note.size)
+            whole = c.final == b"OK" or (
+                not c.done and (self._accepted() >= note.size or use_range and att.received == att.want)
+            )
             if end is not None and use_range and att.received != end - start + 1:
                 # (or the whole file, whose bytes past the window were not taken)
                 whole = att.window_full and att.received == note.size
             if att.window_full and c.final != b"OK":
                 whole = False
             if whole and not att.frame_errors:
+                took = True
                 self.windows += 1
                 self.state = "program"
                 if self._journal_due:
@@ -1401,7 +1416,7 @@ class HostOTA:
         if self.header is None:
             return "no image header"
         if self.writer.offset < self.header.image_len:
-            if (end is not None or att.window_full) and c.final == b"OK" and self._accepted() > acc:
+            if (took or end is not None and c.final == b"OK") and self._accepted() > acc:
                 return "more"
             if att.mode == _M_DISCARD:
                 return "unexpected response"
