@@ -40,7 +40,20 @@ sys.path.insert(0, os.path.join(ROOT, "boards", "unix"))
 sys.path.insert(0, os.path.join(ROOT, "lib"))
 import board as _unix_board  # noqa: E402
 
-BOUND = 4096 + _unix_board.DEFAULT_SETTINGS["rx_size"] + 64
+
+
+def bound_for(settings):
+    """The bound for board ``settings`` (None: the defaults): the erase unit the board
+    uses (``plan_flash()`` picks it when not set: 32 KB block erases at 921600 with the
+    faithful UART) plus the rx size plus 64 bytes."""
+    st = dict(_unix_board.DEFAULT_SETTINGS, **(settings or {}))
+    eu = st.get("erase_unit")
+    if not isinstance(eu, int) or eu <= 0:
+        eu = _unix_board.plan_flash(st)["erase_unit"]
+    return max(eu, 4096) + st["rx_size"] + 64
+
+
+BOUND = bound_for(None)
 
 
 def _exe(runtime):
@@ -353,8 +366,9 @@ def main(argv=None):
         help="board settings as JSON, e.g. '{\"faithful\": true}'",
     )
     a = ap.parse_args(argv)
-    global SETTINGS
+    global SETTINGS, BOUND
     SETTINGS = json.loads(a.settings) if a.settings else None
+    BOUND = bound_for(SETTINGS)
     runtimes = RUNTIMES if a.runtime == "both" else (a.runtime,)
     if a.seed is not None:
         st = 0
