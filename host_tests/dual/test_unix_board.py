@@ -818,6 +818,28 @@ class TestCRCLog(unittest.TestCase):
         self.assertEqual(again.crcs(), [0, 0xFFFF5678])
         again.bdev.nor.close()
 
+    def test_runs_and_drop(self):
+        # Runs of entries after absent ones (blocks ahead of several holes, or the two
+        # halves of a move a power cut stopped); drop() forgets a range and keeps the
+        # rest, writing nothing when the range is absent already.
+        log = self.log
+        log.reset()
+        for v in (10, 11):
+            log.append(v)
+        for i, v in ((4, 44), (5, 55), (6, 66), (9, 99), (10, 100), (20, 200)):
+            self.assertTrue(log.put(i, v))
+        self.assertEqual(log.runs(), [(4, [44, 55, 66]), (9, [99, 100]), (20, [200])])
+        p = log.programs
+        log.drop(7, 9)  # absent already: nothing written
+        self.assertEqual(log.programs, p)
+        log.drop(5, 6)  # the middle of a run: it splits
+        self.assertEqual(log.crcs(), [10, 11])
+        self.assertEqual(log.runs(), [(4, [44]), (6, [66]), (9, [99, 100]), (20, [200])])
+        log.drop(9, 10000)  # past the capacity: everything from 9 on
+        self.assertEqual(log.runs(), [(4, [44]), (6, [66])])
+        again = CRCLog(Partition(self.nor, 2, 2))  # from flash
+        self.assertEqual((again.crcs(), again.runs()), ([10, 11], [(4, [44]), (6, [66])]))
+
     def test_entries_ahead_of_a_hole(self):
         log = self.log
         log.reset()
