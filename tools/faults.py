@@ -41,7 +41,6 @@ sys.path.insert(0, os.path.join(ROOT, "lib"))
 import board as _unix_board  # noqa: E402
 
 
-
 def bound_for(settings):
     """The bound for board ``settings`` (None: the defaults): the erase unit the board
     uses (``plan_flash()`` picks it when not set: 32 KB block erases at 921600 with the

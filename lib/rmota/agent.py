@@ -1349,9 +1349,8 @@ class HostOTA:
             # A window is written only when it arrived whole (final OK, no framing error,
             # exactly the bytes asked for: a lost record shows in the count); then the
             # ESP is idle while the flash stalls the host. Otherwise it is dropped.
-            whole = c.final == b"OK" or (
-                not c.done and (self._accepted() >= note.size or use_range and att.received == att.want)
-            )
+            every = self._accepted() >= note.size or (use_range and att.received == att.want)
+            whole = c.final == b"OK" or (not c.done and every)
             if end is not None and use_range and att.received != end - start + 1:
                 # (or the whole file, whose bytes past the window were not taken)
                 whole = att.window_full and att.received == note.size
@@ -1416,7 +1415,7 @@ class HostOTA:
         if self.header is None:
             return "no image header"
         if self.writer.offset < self.header.image_len:
-            if (took or end is not None and c.final == b"OK") and self._accepted() > acc:
+            if (took or (end is not None and c.final == b"OK")) and self._accepted() > acc:
                 return "more"
             if att.mode == _M_DISCARD:
                 return "unexpected response"
