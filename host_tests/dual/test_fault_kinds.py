@@ -697,6 +697,16 @@ class FaultKinds(unittest.TestCase):
             self.assertTrue(max(r["refetch"]) <= bound, (extra, r["refetch"]))
             self.assertEqual(r["full_restarts"], 0, extra)
 
+    def test_a_header_that_claims_more_than_rx_size(self):
+        # A record of 9,999 B whose header claims 11,131 (more than rx_size): the header
+        # parses, so its own size on the wire tells the record's length from where the
+        # next header starts, and the record is a hole (it used to cost everything after
+        # it: 59,573 B).
+        r, sn = self.scenario(17, ["short_record"], {"short_record": [3, 1132]}, size=64516)
+        self.assertTrue(any("keeping the bytes after a hole" in x for x in sn.log))
+        self.assertEqual(len(r["refetch"]), 1)
+        self.assertLessEqual(r["refetch"][0], 4096 + 10240 + 64)
+
     def test_a_damaged_header_and_a_lying_header_in_one_response(self):
         # Two records lost in one response, each placed by a length that may be off: a
         # damaged header's measured one (one byte short when a byte was lost) and a

@@ -571,6 +571,27 @@ class TestLostRecordPosition(unittest.TestCase):
                         (bad, payload, step),
                     )
 
+    def test_a_header_that_claims_more_than_rx_size_is_told_by_its_digits(self):
+        # A header parses but claims more than record_max (64 here): a lie, or a digit
+        # altered. The record is lost with the length its own header's size on the wire
+        # leaves between the last record and the next header: 50 and 6 bytes. Going by
+        # the digits the length would be written with, as for a header that does not
+        # parse, gives 53 and 8.
+        for claim, payload in ((b"12345", b"\x07" * 50), (b"999", b"abcdef")):
+            bad = b"+HTTPCGET:" + claim + b","
+            data = b"+HTTPCGET:3,abc\r\n" + bad + payload + b"\r\n+HTTPCGET:3,xyz\r\n"
+            for step in (1, 7, len(data)):
+                ev = self._run_split(data, step)
+                self.assertEqual(
+                    [e for e in ev if e[0] != "line"],
+                    [
+                        ("record", b"abc"),
+                        ("frame", "record header damaged", len(payload)),
+                        ("record", b"xyz"),
+                    ],
+                    (claim, step),
+                )
+
     def test_a_damaged_header_after_a_record_found_in_a_replay(self):
         # A header claims 18 bytes more than its 4, swallowing the next record whole
         # (found in the replay); the header after that comes damaged. It is measured

@@ -209,6 +209,7 @@ class ATParser:
         self._base = 0
         self._mark = None
         self._damaged = False
+        self._dmg_digits = 0  # _damage(): the length field's digits of a header too long
         # Until the next record header, the lines may be image bytes: the rest of a
         # record that did not end in CRLF or stopped arriving (its header claimed too
         # few bytes, or the ESP paused). _expect: this response has records.
@@ -459,7 +460,7 @@ class ATParser:
                     self._n = 0
                     if self._need > self._rmax:
                         self._need = 0
-                        if not self._damage():
+                        if not self._damage(False, r + start_n - 1 - _REC_PREFIX_LEN):
                             self._frame_error("record length over rx size")
                         self._state = _LINE
                     else:
@@ -488,6 +489,8 @@ class ATParser:
                 if not _is_esp_line(self._line, ln) or _header_piece(self._line, ln):
                     self.junk += 1
                     if self._mark is not None:
+                        if not self._damaged:
+                            self._dmg_digits = 0  # a header that did not parse
                         self._damaged = True
                     continue
                 if self._mark is not None and not self._damaged:
@@ -519,11 +522,13 @@ class ATParser:
         self.handler.on_record(self._rmv[: self._have])
         self._have = 0
 
-    def _damage(self, long_line=False):
+    def _damage(self, long_line=False, digits=0):
         # Bytes after a whole record that are not ESP output (a record header that does
         # not parse, a line too long): a record whose header came damaged. When where
         # that record began is known, its length is told from where the next header
         # starts (_damaged_before); True then, and the frame error waits until then.
+        # ``digits``: the header parsed but claimed more than rx_size (a lie, or a digit
+        # altered): its length field's size on the wire, which tells the length exactly.
         if self._replaying:
             return False
         if self._mark is None:
@@ -531,6 +536,8 @@ class ATParser:
                 self.junk += 1
                 return True
             return False
+        if not self._damaged:  # (later pieces of the same record keep what it told)
+            self._dmg_digits = digits
         self._damaged = True
         self.junk += 1
         return True
@@ -543,6 +550,12 @@ class ATParser:
         self._damaged = False
         self._mark = None
         lost = -1
+        d = self._dmg_digits
+        self._dmg_digits = 0
+        if d:
+            k = span - _REC_PREFIX_LEN - d - 3
+            self._frame_error("record header damaged", k if 0 < k <= self._rmax else -1)
+            return
         d = 1
         p = 10
         while d <= 5:
