@@ -556,20 +556,25 @@ class TestLostRecordPosition(unittest.TestCase):
         bads += (b"+HTTPCGET:6\n", b"+HTTP\nGET:6,", b"+HTTPCGET\r6,", b"+H\nTPCGET:6,")
         for bad in bads:
             for payload in (b"\x00\x01\x02\r\n\x05", b"abcdef", bytes(range(200, 206))):
-                data = b"+HTTPCGET:3,abc\r\n" + bad + payload + b"\r\n+HTTPCGET:3,xyz\r\n"
-                for step in (1, 5, len(data)):
-                    ev = self._run_split(data, step)
-                    self.assertEqual(
-                        # (text after a header's piece is delivered as lines: the
-                        # ESP's lines may come there too)
-                        [e for e in ev if e[0] != "line"],
-                        [
-                            ("record", b"abc"),
-                            ("frame", "record header damaged", 6),
-                            ("record", b"xyz"),
-                        ],
-                        (bad, payload, step),
-                    )
+                self._lost_between(bad, payload, (1, 5))
+
+    def _lost_between(self, bad, payload, steps):
+        # Records "abc", then `bad` + `payload` + CRLF, then "xyz", fed `steps` bytes at a
+        # time (and whole): the middle record is reported lost with its payload's length,
+        # the records around it delivered. (Text after a header's piece is delivered as
+        # lines: the ESP's lines may come there too.)
+        data = b"+HTTPCGET:3,abc\r\n" + bad + payload + b"\r\n+HTTPCGET:3,xyz\r\n"
+        for step in steps + (len(data),):
+            ev = self._run_split(data, step)
+            self.assertEqual(
+                [e for e in ev if e[0] != "line"],
+                [
+                    ("record", b"abc"),
+                    ("frame", "record header damaged", len(payload)),
+                    ("record", b"xyz"),
+                ],
+                (bad, payload, step),
+            )
 
     def test_a_header_that_claims_more_than_rx_size_is_told_by_its_digits(self):
         # A header parses but claims more than record_max (64 here): a lie, or a digit
@@ -578,19 +583,7 @@ class TestLostRecordPosition(unittest.TestCase):
         # the digits the length would be written with, as for a header that does not
         # parse, gives 53 and 8.
         for claim, payload in ((b"12345", b"\x07" * 50), (b"999", b"abcdef")):
-            bad = b"+HTTPCGET:" + claim + b","
-            data = b"+HTTPCGET:3,abc\r\n" + bad + payload + b"\r\n+HTTPCGET:3,xyz\r\n"
-            for step in (1, 7, len(data)):
-                ev = self._run_split(data, step)
-                self.assertEqual(
-                    [e for e in ev if e[0] != "line"],
-                    [
-                        ("record", b"abc"),
-                        ("frame", "record header damaged", len(payload)),
-                        ("record", b"xyz"),
-                    ],
-                    (claim, step),
-                )
+            self._lost_between(b"+HTTPCGET:" + claim + b",", payload, (1, 7))
 
     def test_a_damaged_header_after_a_record_found_in_a_replay(self):
         # A header claims 18 bytes more than its 4, swallowing the next record whole
