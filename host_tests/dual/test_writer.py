@@ -285,11 +285,15 @@ class TestHole(unittest.TestCase):
         # the unit at 8 was erased before the hole; ahead: blocks 12..15 one by one,
         # then units at 16, 24 and 32
         self.assertEqual(dev.unit_calls, [(0, 8), (8, 8), (16, 8), (24, 8), (32, 8)])
-        _write_all(w, img[at : 4096 * 12], 3000)
+        # the bytes from resume to block 12 (the lead) wait in block 11: the hole's
+        # bytes are needed up to resume only
+        self.assertEqual((w.hole_end, w.fill_end), (4096 * 12, resume))
+        _write_all(w, img[at:resume], 3000)
         self.assertEqual(w.offset, len(img))
         self.assertEqual(w.finish(), hashlib.sha256(img).digest())
         self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
-        self.assertEqual(dev.erase_counts, [1] * 40)
+        # block 11 twice: for the lead, then whole
+        self.assertEqual(dev.erase_counts, [1] * 11 + [2] + [1] * 28)
 
     def test_dropped_ahead_blocks_are_erased_again_in_order(self):
         dev = UnitNOR(24)

@@ -157,6 +157,10 @@ class SlotWriter:
         self._ahead_logged = False  # on_ahead took entries for blocks ahead
         self._apos = 0  # payload offset write_ahead() expects next
         self._astart = 0  # write_ahead() skips bytes before it (their block is in a hole)
+        # gap(): the bytes from the loss's end to the first block ahead (the lead) are
+        # gathered at the start of ring block _ablk from _lead on, then kept as the
+        # joint; 0: none gathered (dropped, as before)
+        self._lead = 0
         self._ahead_end = 0
         self._afill = 0
         self._ablk = 0
@@ -468,6 +472,10 @@ class SlotWriter:
         self._holes = []
         self._astart = b1
         self._apos = resume
+        # The lead: the bytes from resume to b1, in a block that starts inside the hole
+        # after the block the write position is in (the joint: write() takes them when it
+        # gets there, and the hole's bytes are needed up to resume only).
+        self._lead = resume if resume % bs and resume // bs * bs >= self._done + bs else 0
         self._ahead_end = b1
         self._afill = 0
         self._ablk = self._head + 1 if self._head + 1 < self.nblocks else 0
@@ -488,7 +496,10 @@ class SlotWriter:
             b2 = self.image_len
         if p <= self._astart:
             # Still inside the bytes skipped before the latest hole's first block ahead
-            # (nothing of that block assembled yet): that hole just grows.
+            # (nothing of that block assembled yet): that hole just grows. (The lead, in
+            # the block the hole now passes through, goes.)
+            self._lead = 0
+            self._joint = 0
             if self._holes:
                 s0, e0 = self._holes[-1]
                 if b2 > e0:
@@ -530,11 +541,17 @@ class SlotWriter:
             raise ImageError("more bytes than the image length", 3)
         self._apos = off + n
         i = 0
-        if off < self._astart:  # the head of a block that starts in the hole: skipped
+        bs = self.block_size
+        if off < self._astart:  # the head of a block that starts in the hole: skipped,
             i = self._astart - off
+            if self._lead:  # or gathered as the lead
+                a = self._ablk * bs + off - self._lead
+                k = n if i > n else i
+                self._mv[a : a + k] = data[:k]
+                if i <= n:
+                    self._program_lead()
             if i >= n:
                 return True
-        bs = self.block_size
         base = self._ablk * bs
         mv = self._mv
         while i < n:
@@ -548,6 +565,20 @@ class SlotWriter:
             if self._afill == bs or self._ahead_end + self._afill == self.image_len:
                 self._program_ahead()
         return True
+
+    def _program_lead(self):
+        # The lead is whole (up to the first block ahead): program it at the start of
+        # its block, in the hole, which the image erases again when it gets there. It is
+        # the joint from now on (not journalled: a power cut loses it).
+        j = self._lead
+        self._lead = 0
+        blk = j // self.block_size
+        if self._erased_to > blk * self.block_size:
+            self._erased_to = blk * self.block_size  # (erased ahead, unused: as it is)
+        else:
+            self._erase_one(blk)
+        self._program_raw(blk, self._ablk, self._astart - j)
+        self._joint = j
 
     def _program_ahead(self):
         bs = self.block_size
@@ -651,6 +682,7 @@ class SlotWriter:
         # between them. The old run's blocks outside the new one go just before the last
         # block moves (its sources are theirs), so moved and stale never join in one run.
         self._stale = (h0 // bs, new_h // bs, (last if last > h0 else h0) // bs, end // bs)
+        self._lead = self._joint = 0  # the old place's joint (gap's lead) goes
         self._ahead_logged = False
         k = self._ablk
         if self._afill:  # the ring's ahead block becomes the scratch: park its bytes
@@ -764,6 +796,7 @@ class SlotWriter:
         reaches them, like a block parked before a later hole). They are not
         journalled: a power cut loses them. Nothing more can be written ahead of this
         hole afterwards. Returns the bytes parked."""
+        self._lead = 0  # a lead still short of its block: dropped
         n = self._afill
         if not self._hole or not n or len(self._holes) >= MAX_HOLES:
             return 0
@@ -868,7 +901,7 @@ class SlotWriter:
         if self.on_forget is not None:
             self.on_forget(self._hole // self.block_size, nxt // self.block_size)
         self._hole = nxt
-        self._joint = 0
+        self._joint = self._lead = 0
 
     def drop_ahead(self):
         """Forget the hole and the blocks written ahead (their positions could not be
@@ -883,7 +916,7 @@ class SlotWriter:
         self._hole = 0
         self._holes = []
         self._reload = 0
-        self._joint = 0
+        self._joint = self._lead = 0
         self._ahead_logged = False
 
     def resume_ahead(self, runs):
