@@ -78,6 +78,11 @@ class FaultKinds(unittest.TestCase):
             self.assertEqual(q[0]["sent"], 64)
             self.assertLess(q[2]["start"], at)
             self.assertLessEqual(q[2]["sent"], bound)
+            # The hole's request ends where the bytes kept begin, not at the end of
+            # their block: those before the first block ahead wait in flash (the lead).
+            kept = [x for x in sn.log if "keeping the bytes after a hole at" in x]
+            self.assertEqual(len(kept), 1, kept)
+            self.assertEqual(q[2]["start"] + q[2]["sent"], int(kept[0].rsplit("..", 1)[1]))
             self.assertTrue(0 < max(r["refetch"]) <= bound, r["refetch"])
             self.assertEqual(r["full_restarts"], 0)
 

@@ -277,6 +277,51 @@ class TestHole(unittest.TestCase):
         self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
         self.assertEqual(dev.erase_counts[:21], [1] * 21)
 
+    def test_the_bytes_before_the_first_block_ahead_wait_as_the_joint(self):
+        # The lost bytes end inside block 5, two blocks past the write position: the
+        # rest of block 5 (the lead) is programmed at its start, and the hole's bytes
+        # are needed up to the lost ones' end only.
+        dev = UnitNOR(24)
+        img = _image(4096 * 12 + 300)
+        at, resume = 4096 * 3 + 1500, 4096 * 5 + 700
+        w, blocks = self._gapped(dev, img, at, resume, step=900)
+        self.assertEqual((w.hole_end, w.fill_end), (4096 * 6, resume))
+        self.assertEqual(bytes(dev.mem[5 * 4096 : 6 * 4096 - 700]), img[resume : 4096 * 6])
+        self.assertEqual(w.write(img[at:resume]), resume - at)
+        self.assertEqual((w.offset, w.hole_end, w.fill_end), (len(img), 0, 0))
+        self.assertEqual(blocks, list(range(13)))
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        self.assertEqual(dev.erase_counts[:13], [1] * 5 + [2] + [1] * 7)  # 5: lead, whole
+
+    def test_the_lead_goes_when_it_cannot_end_the_hole(self):
+        # Not gathered in the block being written; dropped when the response ends before
+        # it reaches its block's end, or when another loss falls inside it.
+        dev = UnitNOR(24)
+        img = _image(4096 * 12 + 300)
+        for at, resume, ahead, loss in (
+            (4096 * 3 + 100, 4096 * 3 + 3000, None, None),  # same block: none
+            (4096 * 3 + 100, 4096 * 5 + 700, 4096 * 5 + 2000, None),  # response ends
+            (4096 * 3 + 100, 4096 * 5 + 700, 4096 * 5 + 2000, 4096 * 5 + 2500),  # a loss
+        ):
+            w = SlotWriter(dev, buffer_blocks=3)
+            w.begin(len(img))
+            _write_all(w, img[:at], 1000)
+            self.assertTrue(w.gap(resume))
+            end = (resume + 4095) // 4096 * 4096
+            if ahead is not None:
+                self.assertTrue(w.write_ahead(img[resume:ahead], resume))
+                if loss is None:
+                    w.park_tail()
+                else:
+                    self.assertTrue(w.gap(loss))
+                    for i in range(loss, len(img), 1000):
+                        self.assertTrue(w.write_ahead(img[i : i + 1000], i))
+            self.assertEqual((w.hole_end, w.fill_end), (end, end), (resume, ahead, loss))
+            _write_rest(w, img, 1000)
+            self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+            self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+
     def test_units_ahead_and_before_the_hole(self):
         dev = UnitNOR(40)
         img = _image(4096 * 40)
