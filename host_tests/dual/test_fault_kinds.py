@@ -138,6 +138,33 @@ class FaultKinds(unittest.TestCase):
             self.assertTrue(max(r["refetch"]) <= bound, r["refetch"])
             self.assertEqual(r["full_restarts"], 0)
 
+    def test_a_power_cut_right_after_the_lead_keeps_it(self):
+        # The bytes from the lost record's end to the next block (the lead) are
+        # programmed at the start of their block and journalled (a joint entry in the
+        # CRC log). Cut every flash operation from just before the hole to several blocks
+        # after it: when no block after the lead was programmed yet, the resume keeps
+        # the lead alone, checks 16 of the file's bytes at its offset, and the hole's
+        # request ends right there, not at the block's end.
+        bound = 4096 + 10240 + 64
+        alone = 0
+        for op in range(76, 92):
+            r, sn = self.scenario(
+                11, ["drop"], {"drop_body_at": [50000]}, cuts=[["op", op, None]], size=120000
+            )
+            self.assertEqual(r["cuts_fired"], 1, op)
+            self.assertTrue(max(r["refetch"]) <= bound, (op, r["refetch"]))
+            self.assertEqual(r["full_restarts"], 0)
+            kept = [int(x.split("kept ")[1].split()[0]) for x in sn.log if "ahead of a hole" in x]
+            if kept and kept[0] < 4096:
+                alone += 1
+                self.assertTrue(any("bytes ahead of the hole checked" in x for x in sn.log))
+                q = sn.sim.server.requests
+                k = [i for i, x in enumerate(q) if x["sent"] == 16][-1]
+                joint = q[k]["start"]  # the 16-byte check at the lead's offset
+                self.assertEqual(joint % 4096, (4096 - kept[0] + 64) % 4096)
+                self.assertEqual(q[k + 1]["start"] + q[k + 1]["sent"], joint, op)
+        self.assertGreater(alone, 0)
+
     def test_blocks_ahead_misplaced_by_a_lying_header_then_a_power_cut(self):
         # A record header claims one byte more than it holds (so the blocks ahead sit one
         # byte off) and the power goes before the end of the response could tell: the
@@ -148,7 +175,8 @@ class FaultKinds(unittest.TestCase):
         r, sn = self.scenario(
             5, ["short_record"], {"short_record": [3, 1]}, cuts=[["t", 5000, 500]], size=80000
         )
-        self.assertTrue(any("kept 20480 B written ahead" in x for x in sn.log))
+        # five blocks and the lead before them (22,530..24,576)
+        self.assertTrue(any("kept 22526 B written ahead" in x for x in sn.log))
         self.assertTrue(any("bytes after the hole moved by -1 B" in x for x in sn.log))
         self.assertEqual(r["statuses"], [1, 1, 2])
         self.assertEqual(r["full_restarts"], 0)
@@ -183,7 +211,8 @@ class FaultKinds(unittest.TestCase):
                 size=120000,
             )
             self.assertEqual(r["cuts_fired"], 1)
-            self.assertTrue(any("kept 83136 B written ahead" in x for x in sn.log), t)
+            # both runs, and the lead before the first (34,460..36,864)
+            self.assertTrue(any("kept 85540 B written ahead" in x for x in sn.log), t)
             self.assertTrue(max(r["refetch"]) <= bound, (t, r["refetch"]))
             self.assertEqual(r["full_restarts"], 0)
 

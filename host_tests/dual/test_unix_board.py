@@ -732,9 +732,10 @@ class TestCRCLog(unittest.TestCase):
         log = self.log
         log.reset()
         erases = self.nor.erase_ops
-        # two sectors: two areas of one sector, each 1023 entries and a marker
-        self.assertEqual(log.capacity, 1023)
-        vals = [0x11223344, 0, 0xDEADBEEF] + list(range(1020))
+        # two sectors: two areas of one sector, each 1015 entries, 4 joint entries
+        # (two words each) and a marker
+        self.assertEqual(log.capacity, 1015)
+        vals = [0x11223344, 0, 0xDEADBEEF] + list(range(1012))
         for v in vals + [1, 2]:  # the last two: past the capacity, dropped
             log.append(v)
         self.assertEqual(self.nor.erase_ops, erases)
@@ -874,7 +875,39 @@ class TestCRCLog(unittest.TestCase):
         log.reset()
         for v in range(1030):
             log.append(v)
-        self.assertEqual(log.crcs(), list(range(1024)))
+        self.assertEqual(log.crcs(), list(range(1016)))  # (and 4 joint entries)
+
+    def test_joint_entries(self):
+        # Up to four (offset, CRC) pairs after the block entries: put into the first free
+        # pair, forgotten with zeros programmed over them, kept by truncate (both
+        # layouts), untouched by the block entries and their runs.
+        for nblocks in (2, 1):
+            log = CRCLog(Partition(self.nor, 2, nblocks))
+            log.reset()
+            for v in (100, 101):
+                log.append(v)
+            self.assertEqual(log.joints(), [])
+            self.assertTrue(log.joint_put(5000, 0xABCD))
+            self.assertTrue(log.joint_put(9000, 0x1234))
+            log.put(3, 33)
+            self.assertEqual(log.joints(), [(5000, 0xABCD), (9000, 0x1234)])
+            self.assertEqual((log.crcs(), log.runs()), ([100, 101], [(3, [33])]))
+            p = log.programs
+            log.joint_drop(5000)
+            self.assertEqual(log.programs, p + 1)  # one program, no erase
+            self.assertEqual(log.joints(), [(9000, 0x1234)])
+            self.assertTrue(log.joint_put(13000, 7))  # not into the forgotten pair
+            log.truncate(1, 3)
+            again = CRCLog(Partition(self.nor, 2, nblocks))  # from flash
+            self.assertEqual(again.crcs(), [100])
+            self.assertEqual(again.runs(), [(3, [33])])
+            self.assertEqual(again.joints(), [(9000, 0x1234), (13000, 7)])
+            self.assertTrue(again.joint_put(1, 1))
+            self.assertTrue(again.joint_put(2, 2))  # the pair forgotten before truncate
+            self.assertFalse(again.joint_put(3, 3))  # all four used
+            self.assertEqual(len(again.joints()), 4)
+            again.reset()
+            self.assertEqual(again.joints(), [])
 
     def test_journal_keeps_its_crcs_in_the_log(self):
         part = Partition(self.nor, 0, 2)

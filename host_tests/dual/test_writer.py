@@ -381,6 +381,61 @@ class TestHole(unittest.TestCase):
         self.assertEqual(w2.finish(), hashlib.sha256(img).digest())
         self.assertEqual(w2.readback_digest(), hashlib.sha256(img).digest())
 
+    def test_the_joint_is_journalled_and_kept_by_a_resume(self):
+        # The lead (block 5 from 5 * 4096 + 700) is reported through on_joint; after a
+        # power cut a resume keeps it with the run after it, or alone, and the hole's
+        # bytes are needed up to it only. One that no longer matches, or that does not
+        # end where the run kept begins, is not kept.
+        from binascii import crc32
+
+        img = _image(4096 * 12 + 300)
+        at, resume = 4096 * 3 + 100, 4096 * 5 + 700
+        crcs = [crc32(img[k * 4096 : (k + 1) * 4096]) for k in range(13)]
+        lead = (resume, crc32(img[resume : 6 * 4096]))
+        for case in ("run", "alone", "altered", "elsewhere"):
+            dev = UnitNOR(24)
+            w = SlotWriter(dev, buffer_blocks=3)
+            joints = []
+            w.on_joint = lambda j, c: joints.append((j, c))
+            w.begin(len(img))
+            _write_all(w, img[:at], 1000)
+            self.assertTrue(w.gap(resume))
+            upto = len(img) if case != "alone" else 6 * 4096 + 100
+            self.assertTrue(w.write_ahead(img[resume:upto], resume))
+            self.assertEqual(joints, [lead])
+            runs = [(6, crcs[6:])] if case != "alone" else []
+            jl = [lead]
+            if case == "altered":
+                dev.mem[5 * 4096 + 10] ^= 1
+            elif case == "elsewhere":
+                runs = [(7, crcs[7:])]  # block 6 torn: the run kept starts at 7
+            w2 = SlotWriter(dev, buffer_blocks=3)
+            w2.begin(len(img))
+            self.assertEqual(w2.resume(crcs[:3]), 3 * 4096)
+            kept = w2.resume_ahead(runs, jl)
+            joint = case in ("run", "alone")
+            first = runs[0][0] * 4096 if runs else 0
+            run = len(img) - first if runs else 0
+            self.assertEqual(kept, run + (4096 * 6 - resume if joint else 0), case)
+            self.assertEqual(w2.fill_end, resume if joint else first, case)
+            _write_rest(w2, img, 1000)
+            self.assertEqual(w2.offset, len(img))
+            self.assertEqual(w2.finish(), hashlib.sha256(img).digest(), case)
+            self.assertEqual(w2.readback_digest(), hashlib.sha256(img).digest())
+
+    def test_a_joint_dropped_is_forgotten(self):
+        dev = UnitNOR(24)
+        img = _image(4096 * 12 + 300)
+        w = SlotWriter(dev, buffer_blocks=3)
+        joints = []
+        w.on_joint = lambda j, c: joints.append((j, c is not None))
+        w.begin(len(img))
+        _write_all(w, img[:1000], 1000)
+        self.assertTrue(w.gap(4096 * 2 + 5))
+        self.assertTrue(w.write_ahead(img[4096 * 2 + 5 :], 4096 * 2 + 5))
+        w.drop_ahead()
+        self.assertEqual(joints, [(4096 * 2 + 5, True), (4096 * 2 + 5, False)])
+
     def test_on_ahead_reports_each_block_written_ahead(self):
         dev = UnitNOR(8)
         img = _image(4096 * 5 + 10)

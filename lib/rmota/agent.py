@@ -797,6 +797,7 @@ class HostOTA:
         self.writer.on_erase = self._on_erase
         self.writer.on_ahead = self._on_ahead
         self.writer.on_forget = self.board.journal.crc_drop
+        self.writer.on_joint = self._on_joint
         self._slot = slot
         self.range_ok = True
         resumed = self._resume(saved, note, slot)
@@ -917,6 +918,14 @@ class HostOTA:
         # can (a raw CRC log), so a power cut before the hole is filled keeps it.
         return self.board.journal.crc_put(index, crc)
 
+    def _on_joint(self, j, crc):
+        # Bytes before a hole's first block ahead wait at the start of their block (the
+        # joint): journalled like the blocks ahead, forgotten when dropped (crc None).
+        if crc is None:
+            self.board.journal.joint_drop(j)
+        else:
+            self.board.journal.joint_put(j, crc)
+
     def _on_block(self, index, crc):
         # The writer programmed block ``index``: journal its CRC so that a resume after a
         # power cut can tell it intact. Entry k must describe block k (entries from a
@@ -987,8 +996,9 @@ class HostOTA:
             # the rest of a move): each is checked when its hole is the current one.
             if runs is None:
                 runs = j.crc_runs()
-            if runs and w.resume_ahead(runs):
-                self.log.info("kept %d B written ahead of a hole" % w.ahead)
+            joints = j.joints()
+            if (runs or joints) and w.resume_ahead(runs, joints):
+                self.log.info("kept %d B written ahead of a hole" % (w.ahead + w.joint_len))
                 self._ahead_check = True
         self.header = h
         self._hdr_raw[:] = raw
@@ -1473,6 +1483,9 @@ class HostOTA:
         w = self.writer
         h = w.hole_end
         run = w.ahead_run_end() - h
+        if run <= 0 and w.joint_len >= _OVERLAP:
+            v = yield from self._check_joint()
+            return v
         if run < 2 * _OVERLAP:
             return self._drop_run("too few to check")
         # The slot holds the file's bytes at k at k + t, lo <= t <= hi: within one
@@ -1519,34 +1532,11 @@ class HostOTA:
             if s is not None:
                 self._ahead_shift = None
             return self._drop_run("too uniform to check")
-        start = HEADER_SIZE + m
-        ok = yield from self._set_range(start, start + _OVERLAP - 1)
-        if not ok:
-            if ok is False:
-                self.range_ok = False
-            return "Range not set"
-        grab = _Grab(self._probe, self.clock)
-        c = self._cget(grab)
-        clk = self.clock
-        stall_ms = self.http_timeout_ms + 2000
-        while not c.done and clk.ticks_diff(clk.ticks_ms(), grab.last_ms) <= stall_ms:
-            yield
-        self._cget_stop()
-        yield from self._cget_tidy(c, True)
-        if c.reset:
-            return "ESP reset"
-        if c.final == b"ERROR":
-            return http_status_of(c.err_code) or "download ERROR"
-        if c.final != b"OK" or grab.bad or grab.n < _OVERLAP:
-            return "check of the bytes ahead failed"
-        self._ahead_check = None
-        if s is not None:
-            self._ahead_shift = None
-        if grab.n > _OVERLAP:
-            self.log.warn("server ignored Range: full downloads from now on")
-            self.range_ok = False
-            w.drop_ahead()
-            return "more"
+        v = yield from self._fetch_probe(HEADER_SIZE + m)
+        if v is None or v == "more":
+            self._ahead_shift = None  # the check ended (kept until one does)
+        if v is not None:
+            return v
         want = self._probe[:_OVERLAP]
         w.read_at(m, self._ovl)
         if self._ovl == want and not direct:  # in place: nowhere else within reach
@@ -1568,6 +1558,57 @@ class HostOTA:
         if w.hole_end and w.holes_after:
             self._ahead_next = w.hole_end  # the runs after the next holes: checked later
         return "more"
+
+    def _check_joint(self):
+        # What is kept ahead of the hole is a joint alone (a power cut came before any
+        # block after it was programmed): it is in place when the file's 16 bytes at its
+        # offset are the first 16 it holds, not one byte repeated (those would match
+        # whatever the shift). Returns "more" when decided, else the attempt's failure.
+        w = self.writer
+        w.joint_head(self._ovl)
+        if min(self._ovl) == max(self._ovl):
+            return self._drop_run("too uniform to check")
+        v = yield from self._fetch_probe(HEADER_SIZE + w.fill_end)
+        if v is not None:
+            return v
+        self._ahead_shift = None
+        if self._probe[:_OVERLAP] != self._ovl:
+            return self._drop_run("not found in place")
+        self.log.info("bytes ahead of the hole checked")
+        return "more"
+
+    def _fetch_probe(self, start):
+        """Fetch the file's 16 bytes at stream offset ``start`` into ``self._probe``
+        with a bounded ``Range`` (``AT+HTTPCHEAD``, then ``AT+HTTPCGET``). Returns None
+        when they came; ``"more"`` when the server sent more (it ignores Range: full
+        downloads from now on, the bytes ahead dropped); else the attempt's failure (an
+        int HTTP status, or a reason string)."""
+        ok = yield from self._set_range(start, start + _OVERLAP - 1)
+        if not ok:
+            if ok is False:
+                self.range_ok = False
+            return "Range not set"
+        grab = _Grab(self._probe, self.clock)
+        c = self._cget(grab)
+        clk = self.clock
+        stall_ms = self.http_timeout_ms + 2000
+        while not c.done and clk.ticks_diff(clk.ticks_ms(), grab.last_ms) <= stall_ms:
+            yield
+        self._cget_stop()
+        yield from self._cget_tidy(c, True)
+        if c.reset:
+            return "ESP reset"
+        if c.final == b"ERROR":
+            return http_status_of(c.err_code) or "download ERROR"
+        if c.final != b"OK" or grab.bad or grab.n < _OVERLAP:
+            return "check of the bytes ahead failed"
+        self._ahead_check = None
+        if grab.n > _OVERLAP:
+            self.log.warn("server ignored Range: full downloads from now on")
+            self.range_ok = False
+            self.writer.drop_ahead()
+            return "more"
+        return None
 
     def _drop_run(self, why):
         # The bytes ahead of the current hole cannot be placed: drop them (up to the

@@ -31,6 +31,7 @@ import struct
 _JOB = "job.json"
 _TMP = "job.tmp"
 _CRC = "blocks.crc"
+JOINTS = 4  # joint entries a CRCLog keeps (SlotWriter.on_joint)
 
 
 class Journal:
@@ -150,6 +151,26 @@ class Journal:
         if self.crclog is not None and lo < hi:
             self.crclog.drop(lo, hi)
 
+    def joint_put(self, j, crc):
+        """Record a joint (``SlotWriter.on_joint``): the image's bytes from payload
+        offset ``j`` to the end of its block wait at the start of that block, their
+        CRC-32 ``crc``. Only a ``CRCLog`` can (True when it took it)."""
+        if self.crclog is not None:
+            return self.crclog.joint_put(j, crc)
+        return False
+
+    def joint_drop(self, j):
+        """Forget joint ``j`` (it was dropped before the image reached it)."""
+        if self.crclog is not None:
+            self.crclog.joint_drop(j)
+
+    def joints(self):
+        """The joints recorded, ``[(j, crc), ...]`` oldest first (``[]`` without a CRC
+        log)."""
+        if self.crclog is not None:
+            return self.crclog.joints()
+        return []
+
     def crcs(self):
         """The recorded block CRCs, a list of ints (a torn last entry is dropped)."""
         if self.crclog is not None:
@@ -188,6 +209,12 @@ class CRCLog:
     to be 0xFFFFFFFF is one more block fetched again, no more). Appends beyond the
     area's capacity (``capacity`` entries) are dropped: the list stops there.
 
+    After the block entries come ``JOINTS`` joint entries (two words: a payload
+    offset and a CRC-32; ``joint_put``): bytes that wait at the start of their block
+    for a hole's bytes (``SlotWriter.on_joint``). One is forgotten by programming
+    zeros over it (NOR clears bits without an erase); ``truncate`` keeps the others,
+    packed.
+
     Counters: ``programs``, ``erases``."""
 
     def __init__(self, bdev):
@@ -196,9 +223,9 @@ class CRCLog:
         self.nblocks = bdev.ioctl(4, 0)
         self._half = self.nblocks // 2  # blocks per area; 0: one area, no marker
         if self._half:
-            self.capacity = self._half * self.bs // 4 - 1
+            self.capacity = self._half * self.bs // 4 - 1 - 2 * JOINTS
         else:
-            self.capacity = self.nblocks * self.bs // 4
+            self.capacity = self.nblocks * self.bs // 4 - 2 * JOINTS
         self._area = None  # the live area (0 or 1), None: markers not read yet
         self._gen = 0
         self._n = None  # entries present; None: not scanned yet
@@ -265,6 +292,42 @@ class CRCLog:
         self._write(a, e)
         self._n = None  # append() finds its place again
         return True
+
+    def _joint_words(self):
+        buf = bytearray(8 * JOINTS)
+        self._read(self._base() + 4 * self.capacity, buf)
+        return buf
+
+    def joints(self):
+        """The joint entries present, ``[(j, crc), ...]`` in the order they were put
+        (absent, forgotten and torn ones left out: a torn one holds a value that matches
+        nothing, which the writer's check of the bytes in flash rejects)."""
+        buf = self._joint_words()
+        out = []
+        for i in range(JOINTS):
+            j, crc = struct.unpack_from("<II", buf, 8 * i)
+            if j not in (0, 0xFFFFFFFF) and crc != 0xFFFFFFFF:
+                out.append((j, crc))
+        return out
+
+    def joint_put(self, j, crc):
+        """Program a joint entry into the first free pair. Returns False when all
+        ``JOINTS`` are used (the joint is then not kept across a power cut)."""
+        buf = self._joint_words()
+        for i in range(JOINTS):
+            if buf.count(b"\xff", 8 * i, 8 * i + 8) == 8:
+                e = bytearray(8)
+                struct.pack_into("<II", e, 0, j, crc & 0xFFFFFFFF)
+                self._write(self._base() + 4 * self.capacity + 8 * i, e)
+                return True
+        return False
+
+    def joint_drop(self, j):
+        """Program zeros over every entry of joint ``j``."""
+        buf = self._joint_words()
+        for i in range(JOINTS):
+            if struct.unpack_from("<I", buf, 8 * i)[0] == j:
+                self._write(self._base() + 4 * self.capacity + 8 * i, bytearray(8))
 
     def runs(self):
         """The runs of entries after the first absent one (blocks written ahead of
@@ -351,28 +414,41 @@ class CRCLog:
         positions are kept as they were, absent ones absent."""
         if n < 0:
             n = 0
-        raw = self._raw(self.capacity)
-        if ahead <= n or ahead >= self.capacity:
-            ahead = self.capacity
-        if n >= self.capacity or raw.count(b"\xff", 4 * n, 4 * ahead) == 4 * (ahead - n):
+        cap = self.capacity
+        raw = self._raw(cap + 2 * JOINTS)  # the joint entries too
+        if ahead <= n or ahead >= cap:
+            ahead = cap
+        if n >= cap or raw.count(b"\xff", 4 * n, 4 * ahead) == 4 * (ahead - n):
             return  # nothing from n on (up to ahead)
         self._n = None
         h = self._half
         mv = memoryview(raw)
+        # The joint entries in use, packed (forgotten ones free their pairs).
+        joints = bytearray(b"\xff" * 8 * JOINTS)
+        k = 0
+        for i in range(JOINTS):
+            a = 4 * cap + 8 * i
+            if struct.unpack_from("<I", raw, a)[0] not in (0, 0xFFFFFFFF):
+                joints[8 * k : 8 * k + 8] = raw[a : a + 8]
+                k += 1
         if not h:
             self._erase(0, self.nblocks)
             if n:
                 self._write(0, mv[: 4 * n])
-            if ahead < self.capacity:
-                self._write(4 * ahead, mv[4 * ahead :])
+            if ahead < cap:
+                self._write(4 * ahead, mv[4 * ahead : 4 * cap])
+            if k:
+                self._write(4 * cap, joints)
             return
         other = 1 - self._area
         self._erase(other * h, h)
         base = other * h * self.bs
         if n:
             self._write(base, mv[: 4 * n])
-        if ahead < self.capacity:
-            self._write(base + 4 * ahead, mv[4 * ahead :])
+        if ahead < cap:
+            self._write(base + 4 * ahead, mv[4 * ahead : 4 * cap])
+        if k:
+            self._write(base + 4 * cap, joints)
         gen = self._gen + 1
         struct.pack_into("<I", self._e, 0, ~gen & 0xFFFFFFFF)
         self._write(base + h * self.bs - 4, self._e)  # the new list is live from here

@@ -135,6 +135,7 @@ class SlotWriter:
         self.on_erase = None
         self.on_ahead = None
         self.on_forget = None
+        self.on_joint = None
         self.journaled = 0
         # Offset where the latest blocks written ahead joined the image (0: none): what
         # an overlap check that fails right after can drop (their position was trusted).
@@ -499,7 +500,7 @@ class SlotWriter:
             # (nothing of that block assembled yet): that hole just grows. (The lead, in
             # the block the hole now passes through, goes.)
             self._lead = 0
-            self._joint = 0
+            self._set_joint(0)
             if self._holes:
                 s0, e0 = self._holes[-1]
                 if b2 > e0:
@@ -578,7 +579,54 @@ class SlotWriter:
         else:
             self._erase_one(blk)
         self._program_raw(blk, self._ablk, self._astart - j)
+        self._set_joint(j)
+
+    def _set_joint(self, j):
+        # The joint becomes j (0: none). One that was not taken is forgotten by the
+        # journal (on_joint(old, None)); a new one is journalled with the CRC-32 of its
+        # bytes as they are in flash (on_joint(j, crc)), so a power cut keeps it.
+        old = self._joint
         self._joint = j
+        cb = self.on_joint
+        if cb is None or old == j:
+            return
+        if old:
+            cb(old, None)
+        if j:
+            cb(j, self._flash_crc(j))
+
+    def _joint_len(self, j):
+        # Bytes of the joint j: up to its block's end or the image's.
+        bs = self.block_size
+        e = (j // bs + 1) * bs
+        return (e if e < self.image_len else self.image_len) - j
+
+    def _flash_crc(self, j):
+        # CRC-32 of joint j's bytes at the start of its block (64 B at a time: a
+        # recovery path, the ring may hold bytes).
+        buf = bytearray(64)
+        mv = memoryview(buf)
+        n = self._joint_len(j)
+        blk = j // self.block_size
+        c = 0
+        off = 0
+        while off < n:
+            m = n - off if n - off < 64 else 64
+            self.bdev.readblocks(blk, mv[:m], off)
+            c = crc32(mv[:m], c)
+            off += m
+        return c
+
+    @property
+    def joint_len(self):
+        """Bytes of the current hole's end that wait at the start of their block in
+        flash (the joint, from ``fill_end`` on; 0: none)."""
+        return self._joint_len(self._joint) if self._joint else 0
+
+    def joint_head(self, buf):
+        """Read the joint's first ``len(buf)`` bytes (at most ``joint_len``) from flash
+        into ``buf``."""
+        self.bdev.readblocks(self._joint // self.block_size, buf, 0)
 
     def _program_ahead(self):
         bs = self.block_size
@@ -682,7 +730,8 @@ class SlotWriter:
         # between them. The old run's blocks outside the new one go just before the last
         # block moves (its sources are theirs), so moved and stale never join in one run.
         self._stale = (h0 // bs, new_h // bs, (last if last > h0 else h0) // bs, end // bs)
-        self._lead = self._joint = 0  # the old place's joint (gap's lead) goes
+        self._lead = 0
+        self._set_joint(0)  # the old place's joint (gap's lead) goes
         self._ahead_logged = False
         k = self._ablk
         if self._afill:  # the ring's ahead block becomes the scratch: park its bytes
@@ -695,7 +744,7 @@ class SlotWriter:
             j = h - delta
             self._copy_joint(h, j, new_end, k)
             self._drop_stale()
-            self._joint = j
+            self._set_joint(j)
             self._holes = []
             e = self.image_len
             self._hole = self._astart = self._ahead_end = self._apos = self._aerased = e
@@ -740,7 +789,7 @@ class SlotWriter:
                 self.bdev.readblocks(last // bs, self._mv[k * bs : k * bs + tail], 0)
         self._drop_stale()
         if keep:
-            self._joint = j
+            self._set_joint(j)
         self._hole = new_h
         if nxt is not None:
             if tail and delta > 0:  # parked again at its new place (read into ring k)
@@ -901,7 +950,8 @@ class SlotWriter:
         if self.on_forget is not None:
             self.on_forget(self._hole // self.block_size, nxt // self.block_size)
         self._hole = nxt
-        self._joint = self._lead = 0
+        self._lead = 0
+        self._set_joint(0)
 
     def drop_ahead(self):
         """Forget the hole and the blocks written ahead (their positions could not be
@@ -916,17 +966,25 @@ class SlotWriter:
         self._hole = 0
         self._holes = []
         self._reload = 0
-        self._joint = self._lead = 0
+        self._lead = 0
+        self._set_joint(0)
         self._ahead_logged = False
 
-    def resume_ahead(self, runs):
+    def resume_ahead(self, runs, joints=()):
         """After ``resume()``: runs of blocks were written ahead of holes and journalled
         (``runs``: a list of ``(first, [crc, ...])`` in index order, as ``on_ahead``
         reported them). Keep the blocks whose CRCs match the slot as the bytes ahead
         of holes: the first hole from ``offset`` on, one between each two runs kept (at
         most ``MAX_HOLES``); a block that differs (torn) is a hole of its own. Their
         positions are unconfirmed: the owner checks them. Entries that describe nothing
-        kept are dropped (``on_forget``). Returns the bytes kept ahead (0: no hole)."""
+        kept are dropped (``on_forget``).
+
+        ``joints``: ``(j, crc)`` pairs as ``on_joint`` reported them, the latest last.
+        The latest whose bytes in flash still match ``crc`` and that ends where the
+        first run kept begins (or, with no run kept, anywhere after ``offset``: a joint
+        alone, the hole then ends at its block's end) is the joint again, so the hole's
+        bytes are needed up to ``j`` only. Returns the bytes kept ahead, the joint's
+        included (0: no hole)."""
         bs = self.block_size
         kept = []
         total = 0
@@ -952,8 +1010,31 @@ class SlotWriter:
                 if i < len(crcs) and self.on_forget is not None:
                     self.on_forget(first + i, first + j)
                 i = j
+        jt = 0
+        if self._fill:
+            joints = ()
+        for i in range(len(joints) - 1, -1, -1):
+            j, crc = joints[i]
+            if not 0 < j < self.image_len or not j % bs or j // bs * bs < self._done:
+                continue
+            e = (j // bs + 1) * bs
+            if e > self.image_len:
+                e = self.image_len
+            if (not kept or kept[0][0] == e) and self._flash_crc(j) == crc:
+                jt = j
+                break
         if not kept:
-            return 0
+            if not jt:
+                return 0
+            # The joint alone: the hole ends at its block's end, nothing after it.
+            self._hole = self._astart = self._ahead_end = self._apos = self._aerased = e
+            self._holes = []
+            self._afill = 0
+            self._joint = jt
+            return self._joint_len(jt)
+        self._joint = jt
+        if jt:
+            total += self._joint_len(jt)
         self._hole = kept[0][0]
         self._holes = [(kept[i][1], kept[i + 1][0]) for i in range(len(kept) - 1)]
         end = kept[-1][1]
