@@ -76,6 +76,11 @@ class SlotWriter:
     blocks ``lo`` to ``hi - 1`` ahead of a hole are erased again or stop holding what
     their entries say (a move, a run dropped): the journal drops just those entries
     and keeps the other runs', so a power cut mid-move loses one block, not the run.
+    ``on_joint`` (attribute, default None): called as ``on_joint(j, crc)`` once the
+    bytes from payload offset ``j`` to its block's end (the joint: a hole's lead, or
+    what a move left before its first block) wait at the start of that block in flash,
+    ``crc`` the CRC-32 of those bytes; as ``on_joint(j, None)`` when that joint is
+    dropped before the image reached it. ``resume_ahead`` takes them back.
 
     ``crc_span`` (bytes, None: the whole block): the CRC covers only the first and the
     last ``crc_span`` bytes of a full block. A torn program leaves the block's end
