@@ -1533,7 +1533,7 @@ class HostOTA:
                 self._ahead_shift = None
             return self._drop_run("too uniform to check")
         v = yield from self._fetch_probe(HEADER_SIZE + m)
-        if v is None or v == "more":
+        if s is not None and (v is None or v == "more"):
             self._ahead_shift = None  # the check ended (kept until one does)
         if v is not None:
             return v
