@@ -225,6 +225,24 @@ class FaultKinds(unittest.TestCase):
             self.assertEqual(len(sn.sim.server.requests), 3, st)  # header, image, hole
             self.assertEqual(r["full_restarts"], 0, st)
 
+    def test_a_hole_with_erase_units(self):
+        # 8 KB erase units: the unit erased for the block being written must not take the
+        # lead's block with it (it did: a digest failure, a full restart of 40 KB).
+        sc = {
+            "seed": 1,
+            "size": 40000,
+            "kinds": ["drop"],
+            "faults": {"drop_body_at": [13000]},
+            "cuts": [],
+            "expect": 2,
+            "sim_seed": 5,
+            "settings": {"erase_unit": 8192, "rx_size": 2048},
+        }
+        r, sn = self.scenario_run(sc)
+        self.assertEqual(r["full_restarts"], 0)
+        self.assertEqual(len(sn.sim.server.requests), 3)  # header, image, hole
+        self.assertTrue(max(r["refetch"]) <= 8192 + 2048 + 64, r["refetch"])
+
     def test_an_http_error_instead_of_the_hole_keeps_the_blocks_ahead(self):
         # The hole's first request gets an error page (HTTP 500): the blocks written
         # ahead stay, the hole alone is asked for again.

@@ -322,6 +322,41 @@ class TestHole(unittest.TestCase):
             self.assertEqual(w.finish(), hashlib.sha256(img).digest())
             self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
 
+    def test_an_erase_unit_stops_before_the_joint(self):
+        # 8 KB units: the block being written (2) starts a unit whose second block (3)
+        # holds the lead; the unit is erased when block 2 is programmed. Block 3 is
+        # erased on its own after its joint was taken, not with block 2 before that.
+        dev = UnitNOR(24)
+        img = _image(4096 * 12 + 300)
+        at, resume = 4096 * 2 + 500, 4096 * 3 + 700
+        w, _ = self._gapped(dev, img, at, resume, erase_unit=8192)
+        self.assertEqual(w.fill_end, resume)
+        _write_rest(w, img, 1000)
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        self.assertNotIn((2, 2), dev.unit_calls)
+
+    def test_a_joint_in_the_block_being_written_then_dropped(self):
+        # Pre-erased; a move leaves its joint at the start of the block the write position
+        # is in (the bytes ahead two bytes off), then everything ahead is dropped: that
+        # block is erased again before it is programmed whole.
+        dev = UnitNOR(8)
+        img = _image(4254)
+        w = SlotWriter(dev, buffer_blocks=3)
+        w.begin(len(img))
+        while w.erase_ahead(len(img)):
+            pass
+        _write_all(w, img[:2995], 1000)
+        self.assertTrue(w.gap(3272))
+        self.assertTrue(w.write_ahead(img[3270:4252], 3272))  # two bytes too far on
+        w.park_tail()
+        self.assertTrue(w.shift_ahead(2))
+        self.assertEqual((w.hole_end, w.fill_end), (4096, 4094))
+        w.drop_ahead()
+        _write_rest(w, img, 1000)
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+
     def test_units_ahead_and_before_the_hole(self):
         dev = UnitNOR(40)
         img = _image(4096 * 40)

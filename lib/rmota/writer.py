@@ -175,6 +175,7 @@ class SlotWriter:
         # a block) and that block's bytes from _joint on wait at the start of it in
         # flash; write() takes them into the ring when it gets there.
         self._joint = 0
+        self._jstop = 0  # the joint while write() writes up to it
         self._stale = None  # shift_ahead: the old run's blocks outside its new place
 
     @property
@@ -272,7 +273,9 @@ class SlotWriter:
             k = j - self._done - fill
             if k:
                 self._joint = 0  # (a plain write up to it)
+                self._jstop = j
                 self.write(data[:k])
+                self._jstop = 0
                 self._joint = j
             self._take_joint()
             return k
@@ -362,7 +365,9 @@ class SlotWriter:
                 self.erases += 1
                 self._erased_to = self._done + bs
             else:
-                lim = self._hole // bs if self._hole else (self.image_len + bs - 1) // bs
+                # (an erase unit stops before the joint's block: it holds the joint)
+                stop = self._joint or self._jstop or self._hole
+                lim = stop // bs if stop else (self.image_len + bs - 1) // bs
                 self._erase_at(blk, lim)
         if n == bs and self.prog_chunk == bs:  # the steady state: one call per block
             data = self._blk[k]
@@ -823,9 +828,12 @@ class SlotWriter:
         self._program_raw(j // self.block_size, k, n)
 
     def _erase_one(self, blk):
-        # Erase one block of a move, its journal entry (if any) forgotten first.
+        # Erase one block of a move (or a joint's), its journal entry (if any)
+        # forgotten first. Programmed next: no longer erased ahead for write().
         if self.on_forget is not None:
             self.on_forget(blk, blk + 1)
+        if self._erased_to > blk * self.block_size:
+            self._erased_to = blk * self.block_size
         self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
         self.erases += 1
 
