@@ -294,6 +294,26 @@ class TestHole(unittest.TestCase):
         self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
         self.assertEqual(dev.erase_counts[:13], [1] * 5 + [2] + [1] * 7)  # 5: lead, whole
 
+    def test_a_later_hole_that_grows_leaves_the_first_hole_s_joint(self):
+        dev = UnitNOR(24)
+        img = _image(4096 * 12 + 300)
+        at, resume = 4096 * 1 + 100, 4096 * 3 + 700
+        w = SlotWriter(dev, buffer_blocks=3)
+        w.begin(len(img))
+        _write_all(w, img[:at], 1000)
+        self.assertTrue(w.gap(resume))
+        self.assertTrue(w.write_ahead(img[resume : 4096 * 6 + 10], resume))
+        self.assertTrue(w.gap(4096 * 7 + 50))  # a second hole, its bytes skipped to 8
+        self.assertTrue(w.write_ahead(img[4096 * 7 + 50 : 4096 * 7 + 60], 4096 * 7 + 50))
+        self.assertTrue(w.gap(4096 * 7 + 900))  # lost again among them: that hole grows
+        self.assertEqual((w.fill_end, w.holes_after), (resume, 1))
+        for i in range(4096 * 7 + 900, len(img), 1000):
+            self.assertTrue(w.write_ahead(img[i : i + 1000], i))
+        w.park_tail()
+        _write_rest(w, img, 1000)
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+
     def test_the_lead_goes_when_it_cannot_end_the_hole(self):
         # Not gathered in the block being written; dropped when the response ends before
         # it reaches its block's end, or when another loss falls inside it.

@@ -507,10 +507,11 @@ class SlotWriter:
             b2 = self.image_len
         if p <= self._astart:
             # Still inside the bytes skipped before the latest hole's first block ahead
-            # (nothing of that block assembled yet): that hole just grows. (The lead, in
-            # the block the hole now passes through, goes.)
-            self._lead = 0
-            self._set_joint(0)
+            # (nothing of that block assembled yet): that hole just grows. (The first
+            # hole's lead, where this loss falls, goes.)
+            if not self._holes:
+                self._lead = 0
+                self._set_joint(0)
             if self._holes:
                 s0, e0 = self._holes[-1]
                 if b2 > e0:
