@@ -314,6 +314,34 @@ class TestHole(unittest.TestCase):
         self.assertEqual(w.finish(), hashlib.sha256(img).digest())
         self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
 
+    def test_with_every_hole_used_the_tail_goes_and_the_runs_can_be_checked(self):
+        # MAX_HOLES holes after the first: the response's last bytes ahead (part of a
+        # block) cannot be parked behind another hole. They go (fetched again after
+        # the last run); left in the ring they kept find_ahead() from checking any run.
+        from rmota.writer import MAX_HOLES
+
+        dev = UnitNOR(64)
+        img = _image(4096 * 60)
+        w = SlotWriter(dev, buffer_blocks=3)
+        w.begin(len(img))
+        _write_all(w, img[:1000], 1000)
+        self.assertTrue(w.gap(4096 + 100))
+        pos = 4096 + 100
+        for i in range(MAX_HOLES):
+            end = 4096 * (3 + 3 * i) + 500  # a block and a half ahead, then a loss
+            self.assertTrue(w.write_ahead(img[pos:end], pos))
+            pos = end + 300
+            self.assertTrue(w.gap(pos))
+        self.assertEqual(w.holes_after, MAX_HOLES)
+        b = (pos + 4095) // 4096 * 4096
+        self.assertTrue(w.write_ahead(img[pos : b + 1000], pos))  # 1000 B of block b
+        self.assertFalse(w.gap(b + 1100))  # no hole left
+        self.assertEqual(w.park_tail(), 0)
+        self.assertEqual(w.find_ahead(img[3 * 4096 : 3 * 4096 + 16], 2 * 4096, 4 * 4096), 3 * 4096)
+        _write_rest(w, img, 1000)
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+
     def test_the_lead_goes_when_it_cannot_end_the_hole(self):
         # Not gathered in the block being written; dropped when the response ends before
         # it reaches its block's end, or when another loss falls inside it.
@@ -477,6 +505,22 @@ class TestHole(unittest.TestCase):
             self.assertEqual(w2.offset, len(img))
             self.assertEqual(w2.finish(), hashlib.sha256(img).digest(), case)
             self.assertEqual(w2.readback_digest(), hashlib.sha256(img).digest())
+
+    def test_joint_unique(self):
+        # The joint's first 16 bytes must occur nowhere else in it: a lead of bytes that
+        # repeat every 5 would match the file's at a shift of 5 as well.
+        for period, unique in ((None, True), (5, False)):
+            img = bytearray(_image(4096 * 12 + 300))
+            if period:
+                for i in range(4096 * 5, 4096 * 6):
+                    img[i] = i % period
+            img = bytes(img)
+            w, _ = self._gapped(UnitNOR(24), img, 4096 * 3 + 100, 4096 * 5 + 700)
+            self.assertEqual(w.joint_len, 4096 - 700)
+            head = bytearray(16)
+            w.joint_head(head)
+            self.assertEqual(bytes(head), img[4096 * 5 + 700 : 4096 * 5 + 716])
+            self.assertEqual(w.joint_unique(head), unique, period)
 
     def test_a_joint_dropped_is_forgotten(self):
         dev = UnitNOR(24)

@@ -1562,11 +1562,12 @@ class HostOTA:
     def _check_joint(self):
         # What is kept ahead of the hole is a joint alone (a power cut came before any
         # block after it was programmed): it is in place when the file's 16 bytes at its
-        # offset are the first 16 it holds, not one byte repeated (those would match
-        # whatever the shift). Returns "more" when decided, else the attempt's failure.
+        # offset are the first 16 it holds, and those occur nowhere else in it (bytes
+        # that repeat would match at another shift too). Returns "more" when decided,
+        # else the attempt's failure.
         w = self.writer
         w.joint_head(self._ovl)
-        if min(self._ovl) == max(self._ovl):
+        if min(self._ovl) == max(self._ovl) or not w.joint_unique(self._ovl):
             return self._drop_run("too uniform to check")
         v = yield from self._fetch_probe(HEADER_SIZE + w.fill_end)
         if v is not None:

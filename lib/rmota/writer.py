@@ -634,6 +634,18 @@ class SlotWriter:
         flash (the joint, from ``fill_end`` on; 0: none)."""
         return self._joint_len(self._joint) if self._joint else 0
 
+    def joint_unique(self, want):
+        """True when ``want`` (bytes-like: the joint's first bytes) occurs nowhere else
+        among the joint's bytes (read into the ring's ahead block, which must be empty:
+        False otherwise). Bytes that repeat with a shorter period would match the file's
+        at the wrong shift too."""
+        n = self.joint_len
+        if not n or self._afill:
+            return False
+        base = self._ablk * self.block_size
+        self.bdev.readblocks(self._joint // self.block_size, self._mv[base : base + n], 0)
+        return self._buf.find(want, base + 1, base + n) < 0
+
     def joint_head(self, buf):
         """Read the joint's first ``len(buf)`` bytes (at most ``joint_len``) from flash
         into ``buf``."""
@@ -858,10 +870,16 @@ class SlotWriter:
         their block as far as they go (read back and programmed whole once the image
         reaches them, like a block parked before a later hole). They are not
         journalled: a power cut loses them. Nothing more can be written ahead of this
-        hole afterwards. Returns the bytes parked."""
+        hole afterwards. With ``MAX_HOLES`` holes open already they are dropped instead
+        (fetched again after the last run; left in the ring, they kept ``find_ahead``
+        from checking any run). Returns the bytes parked."""
         self._lead = 0  # a lead still short of its block: dropped
         n = self._afill
-        if not self._hole or not n or len(self._holes) >= MAX_HOLES:
+        if not self._hole or not n:
+            return 0
+        if len(self._holes) >= MAX_HOLES:
+            self._afill = 0
+            self._apos = -1
             return 0
         bs = self.block_size
         blk = self._ahead_end // bs
