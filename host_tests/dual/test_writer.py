@@ -28,6 +28,13 @@ def _write_rest(w, img, step):
         w.write(img[w.offset : w.offset + step])
 
 
+def _complete(tc, w, img):
+    # Write the rest; the digest and the read-back must both be the image's.
+    _write_rest(w, img, 1000)
+    tc.assertEqual(w.finish(), hashlib.sha256(img).digest())
+    tc.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+
+
 class TestWriter(unittest.TestCase):
     def test_stream_in_odd_chunks_over_a_dirty_slot(self):
         dev = RAMNOR(8, fill=0x00)  # the old image left zero bits everywhere
@@ -310,9 +317,7 @@ class TestHole(unittest.TestCase):
         for i in range(4096 * 7 + 900, len(img), 1000):
             self.assertTrue(w.write_ahead(img[i : i + 1000], i))
         w.park_tail()
-        _write_rest(w, img, 1000)
-        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
-        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        _complete(self, w, img)
 
     def test_with_every_hole_used_the_tail_goes_and_the_runs_can_be_checked(self):
         # MAX_HOLES holes after the first: the response's last bytes ahead (part of a
@@ -338,9 +343,7 @@ class TestHole(unittest.TestCase):
         self.assertFalse(w.gap(b + 1100))  # no hole left
         self.assertEqual(w.park_tail(), 0)
         self.assertEqual(w.find_ahead(img[3 * 4096 : 3 * 4096 + 16], 2 * 4096, 4 * 4096), 3 * 4096)
-        _write_rest(w, img, 1000)
-        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
-        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        _complete(self, w, img)
 
     def test_the_lead_goes_when_it_cannot_end_the_hole(self):
         # Not gathered in the block being written; dropped when the response ends before
@@ -366,9 +369,7 @@ class TestHole(unittest.TestCase):
                     for i in range(loss, len(img), 1000):
                         self.assertTrue(w.write_ahead(img[i : i + 1000], i))
             self.assertEqual((w.hole_end, w.fill_end), (end, end), (resume, ahead, loss))
-            _write_rest(w, img, 1000)
-            self.assertEqual(w.finish(), hashlib.sha256(img).digest())
-            self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+            _complete(self, w, img)
 
     def test_an_erase_unit_stops_before_the_joint(self):
         # 8 KB units: the block being written (2) starts a unit whose second block (3)
@@ -379,9 +380,7 @@ class TestHole(unittest.TestCase):
         at, resume = 4096 * 2 + 500, 4096 * 3 + 700
         w, _ = self._gapped(dev, img, at, resume, erase_unit=8192)
         self.assertEqual(w.fill_end, resume)
-        _write_rest(w, img, 1000)
-        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
-        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        _complete(self, w, img)
         self.assertNotIn((2, 2), dev.unit_calls)
 
     def test_a_joint_in_the_block_being_written_then_dropped(self):
@@ -401,9 +400,7 @@ class TestHole(unittest.TestCase):
         self.assertTrue(w.shift_ahead(2))
         self.assertEqual((w.hole_end, w.fill_end), (4096, 4094))
         w.drop_ahead()
-        _write_rest(w, img, 1000)
-        self.assertEqual(w.finish(), hashlib.sha256(img).digest())
-        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest())
+        _complete(self, w, img)
 
     def test_units_ahead_and_before_the_hole(self):
         dev = UnitNOR(40)
