@@ -34,4 +34,4 @@ faults: $(STAMP)
 		$(if $(filter-out 0,$(EXHAUSTIVE)),--exhaustive)
 
 clean:
-	rm -rf $(VENV) build out .pytest_cache .hypothesis
+	rm -rf $(VENV) build out .pytest_cache .hypothesis .ruff_cache

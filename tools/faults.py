@@ -67,6 +67,8 @@ SETTINGS = None  # board settings for every scenario (--settings JSON), None: de
 def repro(runtime, args):
     """The one-line command (run from the repository root) that reproduces a case."""
     exe = os.path.join(VENV_BIN, "micropython" if runtime == "micropython" else "python")
+    if runtime == "micropython":
+        exe += " -X heapsize=16m"  # as the campaign runs it
     if SETTINGS:
         args = "--settings '%s' %s" % (json.dumps(SETTINGS), args)
     return "%s %s %s" % (exe, RUNNER, args)

@@ -581,7 +581,7 @@ class SlotWriter:
     def _program_lead(self):
         # The lead is whole (up to the first block ahead): program it at the start of
         # its block, in the hole, which the image erases again when it gets there. It is
-        # the joint from now on (not journalled: a power cut loses it).
+        # the joint from now on (journalled through on_joint).
         j = self._lead
         self._lead = 0
         blk = j // self.block_size
