@@ -509,15 +509,15 @@ class SlotWriter:
             # Still inside the bytes skipped before the latest hole's first block ahead
             # (nothing of that block assembled yet): that hole just grows. (The first
             # hole's lead, where this loss falls, goes.)
-            if not self._holes:
-                self._lead = 0
-                self._set_joint(0)
             if self._holes:
                 s0, e0 = self._holes[-1]
                 if b2 > e0:
                     self._holes[-1] = (s0, b2)
-            elif b2 > self._hole:
-                self._hole = b2
+            else:
+                self._lead = 0
+                self._set_joint(0)
+                if b2 > self._hole:
+                    self._hole = b2
             if b2 > self._astart:
                 self._ahead_end = b2
                 self._astart = b2
@@ -1118,14 +1118,12 @@ class SlotWriter:
 
     def _take_joint(self):
         # The write position reached the joint: the rest of its block is in flash at
-        # the block's start (shift_ahead); read it into the ring behind the bytes there
-        # and program the block whole (erased first: it holds those bytes).
+        # the block's start (a lead, or shift_ahead); read it into the ring behind the
+        # bytes there and program the block whole (erased first: it holds those bytes).
         j = self._joint
         self._joint = 0
         bs = self.block_size
-        n = bs - j % bs
-        if j + n > self.image_len:
-            n = self.image_len - j
+        n = self._joint_len(j)
         w = self._head * bs + self._fill
         if w >= self._cap:
             w -= self._cap
