@@ -732,10 +732,10 @@ class TestCRCLog(unittest.TestCase):
         log = self.log
         log.reset()
         erases = self.nor.erase_ops
-        # two sectors: two areas of one sector, each 1015 entries, 4 joint entries
+        # two sectors: two areas of one sector, each 1007 entries, 8 joint entries
         # (two words each) and a marker
-        self.assertEqual(log.capacity, 1015)
-        vals = [0x11223344, 0, 0xDEADBEEF] + list(range(1012))
+        self.assertEqual(log.capacity, 1007)
+        vals = [0x11223344, 0, 0xDEADBEEF] + list(range(1004))
         for v in vals + [1, 2]:  # the last two: past the capacity, dropped
             log.append(v)
         self.assertEqual(self.nor.erase_ops, erases)
@@ -875,10 +875,10 @@ class TestCRCLog(unittest.TestCase):
         log.reset()
         for v in range(1030):
             log.append(v)
-        self.assertEqual(log.crcs(), list(range(1016)))  # (and 4 joint entries)
+        self.assertEqual(log.crcs(), list(range(1008)))  # (and 8 joint entries)
 
     def test_joint_entries(self):
-        # Up to four (offset, CRC) pairs after the block entries: put into the first free
+        # Up to eight (offset, CRC) pairs after the block entries: put into the first free
         # pair, forgotten with zeros programmed over them, kept by truncate (both
         # layouts), untouched by the block entries and their runs.
         for nblocks in (2, 1):
@@ -904,10 +904,32 @@ class TestCRCLog(unittest.TestCase):
             self.assertEqual(again.joints(), [(9000, 0x1234), (13000, 7)])
             self.assertTrue(again.joint_put(1, 1))
             self.assertTrue(again.joint_put(2, 2))  # the pair forgotten before truncate
-            self.assertFalse(again.joint_put(3, 3))  # all four used
-            self.assertEqual(len(again.joints()), 4)
+            for k in range(4):
+                self.assertTrue(again.joint_put(10 + k, k))
+            self.assertFalse(again.joint_put(3, 3))  # all eight used
+            self.assertEqual(len(again.joints()), 8)
             again.reset()
             self.assertEqual(again.joints(), [])
+
+    def test_journal_keeps_parks_apart_from_joints(self):
+        # Parked blocks share the joint entries, told apart by the offset's top bit.
+        part = Partition(self.nor, 0, 2)
+        j = Journal(mount(part), crclog=self.log)
+        j.crc_reset()
+        self.assertTrue(j.joint_put(5000, 0xABCD))
+        self.assertTrue(j.park_put(5000, 0x1234))
+        self.assertTrue(j.park_put(9000, 0x5678))
+        self.assertEqual(j.joints(), [(5000, 0xABCD)])
+        self.assertEqual(j.parks(), [(5000, 0x1234), (9000, 0x5678)])
+        self.assertEqual(len(self.log.joints()), 3)
+        j.park_drop(5000)  # the joint at the same offset stays
+        self.assertEqual(j.joints(), [(5000, 0xABCD)])
+        self.assertEqual(j.parks(), [(9000, 0x5678)])
+        j.crc_truncate(0)
+        self.assertEqual(j.parks(), [(9000, 0x5678)])
+        j.crc_reset()
+        self.assertEqual((j.joints(), j.parks()), ([], []))
+        self.assertEqual(Journal(mount(part)).parks(), [])  # no CRC log: none kept
 
     def test_journal_keeps_its_crcs_in_the_log(self):
         part = Partition(self.nor, 0, 2)

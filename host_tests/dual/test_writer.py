@@ -503,6 +503,145 @@ class TestHole(unittest.TestCase):
             self.assertEqual(w2.finish(), hashlib.sha256(img).digest(), case)
             self.assertEqual(w2.readback_digest(), hashlib.sha256(img).digest())
 
+    def test_parked_blocks_are_journalled_and_kept_by_a_resume(self):
+        # The partial block parked before a later hole (7 * 4096 + 1000) and the one
+        # park_tail() parks at the response's end (10 * 4096 + 2000) are reported through
+        # on_park; after a power cut a resume keeps each with the run that ends where its
+        # block begins, or as a run of its own. One that no longer matches, or that lies
+        # in a block a run covers, is not kept.
+        from binascii import crc32
+
+        from rmota.writer import IN_ORDER
+
+        img = _image(4096 * 12 + 300)
+        at, resume = 4096 * 3 + 100, 4096 * 3 + 2100
+        p1, r2, p2 = 4096 * 7 + 1000, 4096 * 8 + 500, 4096 * 10 + 2000
+        crcs = [crc32(img[k * 4096 : (k + 1) * 4096]) for k in range(13)]
+        park1 = (p1, crc32(img[4096 * 7 : p1]))
+        park2 = (p2, crc32(img[4096 * 10 : p2]))
+        for case in ("both", "altered", "alone", "inside"):
+            dev = UnitNOR(24)
+            w = SlotWriter(dev, buffer_blocks=3)
+            parks = []
+            w.on_park = lambda t, c: parks.append((t, c))
+            w.begin(len(img))
+            _write_all(w, img[:at], 1000)
+            self.assertTrue(w.gap(resume))
+            self.assertTrue(w.write_ahead(img[resume:p1], resume))
+            self.assertTrue(w.gap(r2))
+            self.assertTrue(w.write_ahead(img[r2:p2], r2))
+            self.assertEqual(w.park_tail(), 2000)
+            # (the block before the first hole too: test_the_block_before_a_hole_is_...)
+            self.assertEqual(parks, [(at | IN_ORDER, crc32(img[4096 * 3 : at])), park1, park2])
+            runs = [(4, crcs[4:7]), (9, crcs[9:10])]
+            if case == "altered":
+                dev.mem[4096 * 7 + 10] ^= 1
+            elif case == "alone":
+                runs = runs[:1]  # block 9's entry torn: the park after it stands alone
+            elif case == "inside":
+                parks.append((4096 * 5 + 10, crc32(img[4096 * 5 : 4096 * 5 + 10])))
+            w2 = SlotWriter(dev, buffer_blocks=3)
+            w2.begin(len(img))
+            self.assertEqual(w2.resume(crcs[:3]), 3 * 4096)
+            kept = w2.resume_ahead(runs, [], parks)
+            first = 3 * 4096 if case != "altered" else 3 * 4096 - 1000
+            second = {"alone": 2000}.get(case, 4096 + 2000)
+            self.assertEqual(kept, first + 1000 + second, case)
+            self.assertEqual(w2.hole_end, 4096 * 4)
+            end = p1 if case != "altered" else 4096 * 7
+            self.assertEqual(w2.ahead_run_end(), end, case)
+            self.assertEqual(w2.ahead_at, -1)  # nothing more is written ahead
+            self.assertEqual(w2.offset, at)
+            _complete(self, w2, img)
+
+    def test_the_block_before_a_hole_is_parked_and_kept_by_a_resume(self):
+        # gap() parks the bytes of the block being written (3 * 4096 .. at) in flash and
+        # reports them IN_ORDER; a resume takes them back into the buffer, so the hole's
+        # request starts at ``at``, not at the block's start. Altered, or past the
+        # prefix kept, they are not taken; erased ahead, the block is not parked.
+        from binascii import crc32
+
+        from rmota.writer import IN_ORDER
+
+        img = _image(4096 * 12 + 300)
+        at, resume = 4096 * 3 + 2100, 4096 * 5 + 10
+        crcs = [crc32(img[k * 4096 : (k + 1) * 4096]) for k in range(13)]
+        for case in ("kept", "altered", "prefix torn", "erased ahead"):
+            dev = UnitNOR(24)
+            w = SlotWriter(dev, buffer_blocks=3)
+            parks = []
+            w.on_park = lambda t, c: parks.append((t, c))
+            w.begin(len(img))
+            if case == "erased ahead":
+                while w.erase_ahead(len(img), 4):
+                    pass
+            _write_all(w, img[:at], 1000)
+            self.assertTrue(w.gap(resume))
+            if case == "erased ahead":
+                self.assertEqual(parks, [])
+                _complete(self, w, img)
+                continue
+            self.assertEqual(parks, [(at | IN_ORDER, crc32(img[4096 * 3 : at]))])
+            if case == "altered":
+                dev.mem[4096 * 3 + 7] ^= 1
+            w2 = SlotWriter(dev, buffer_blocks=3)
+            w2.begin(len(img))
+            prefix = 2 if case == "prefix torn" else 3
+            self.assertEqual(w2.resume(crcs[:prefix]), prefix * 4096)
+            w2.resume_ahead([], [], parks)
+            self.assertEqual(w2.offset, at if case == "kept" else prefix * 4096, case)
+            self.assertEqual(w2.hole_end, 0)
+            _complete(self, w2, img)
+
+    def test_a_rewind_forgets_the_block_parked_before_a_hole(self):
+        from rmota.writer import IN_ORDER
+
+        img = _image(4096 * 8)
+        w = SlotWriter(UnitNOR(12), buffer_blocks=3)
+        parks = []
+        w.on_park = lambda t, c: parks.append((t, c is not None))
+        w.begin(len(img))
+        _write_all(w, img[: 4096 + 700], 700)
+        self.assertTrue(w.gap(4096 * 3))
+        w.rewind(4096 + 700)  # nothing dropped: it stays
+        self.assertEqual(parks, [((4096 + 700) | IN_ORDER, True)])
+        self.assertEqual(w.rewind(4096 + 100), 4096)
+        self.assertEqual(parks[1:], [((4096 + 700) | IN_ORDER, False)])
+        _complete(self, w, img)
+
+    def test_parked_blocks_dropped_or_moved_are_forgotten(self):
+        from rmota.writer import IN_ORDER
+
+        img = _image(4096 * 12 + 300)
+        for how in ("drop_run", "drop_ahead", "shift_ahead"):
+            dev = UnitNOR(24)
+            w = SlotWriter(dev, buffer_blocks=3)
+            parks = []
+            w.on_park = lambda t, c: parks.append((t, c is not None))
+            w.begin(len(img))
+            _write_all(w, img[:1000], 1000)
+            self.assertTrue(w.gap(2000))
+            # the bytes ahead sit 30 B too far on (a lying header): moved down
+            off = 30 if how == "shift_ahead" else 0
+            self.assertTrue(w.write_ahead(img[2000 - off : 4096 * 6 + 500], 2000))
+            self.assertTrue(w.gap(4096 * 7 + 10))
+            self.assertTrue(w.write_ahead(img[4096 * 7 + 10 : 4096 * 9 + 70], 4096 * 7 + 10))
+            self.assertEqual(w.park_tail(), 70)
+            t1, t2 = 4096 * 6 + 500 + off, 4096 * 9 + 70
+            self.assertEqual(parks, [(1000 | IN_ORDER, True), (t1, True), (t2, True)])
+            del parks[0]
+            if how == "shift_ahead":
+                self.assertTrue(w.shift_ahead(off))
+                # forgotten before the move, parked again at its new place
+                self.assertEqual(parks[2:], [(t1, False), (t1 - off, True)])
+                self.assertEqual(w.ahead_run_end(), t1 - off)
+                _complete(self, w, img)
+                continue
+            getattr(w, how)()
+            gone = [(t1, False)] + ([(t2, False)] if how == "drop_ahead" else [])
+            self.assertEqual(parks[2:], gone, how)
+            _complete(self, w, img)
+
     def test_joint_unique(self):
         # The joint's first 16 bytes must occur nowhere else in it: a lead of bytes that
         # repeat every 5 would match the file's at a shift of 5 as well.

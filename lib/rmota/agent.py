@@ -798,6 +798,7 @@ class HostOTA:
         self.writer.on_ahead = self._on_ahead
         self.writer.on_forget = self.board.journal.crc_drop
         self.writer.on_joint = self._on_joint
+        self.writer.on_park = self._on_park
         self._slot = slot
         self.range_ok = True
         resumed = self._resume(saved, note, slot)
@@ -926,6 +927,14 @@ class HostOTA:
         else:
             self.board.journal.joint_put(j, crc)
 
+    def _on_park(self, t, crc):
+        # A partial block ahead of a hole was parked in flash (its bytes up to t):
+        # journalled like a joint, forgotten when dropped or moved (crc None).
+        if crc is None:
+            self.board.journal.park_drop(t)
+        else:
+            self.board.journal.park_put(t, crc)
+
     def _on_block(self, index, crc):
         # The writer programmed block ``index``: journal its CRC so that a resume after a
         # power cut can tell it intact. Entry k must describe block k (entries from a
@@ -997,13 +1006,14 @@ class HostOTA:
             if runs is None:
                 runs = j.crc_runs()
             joints = j.joints()
-            if (runs or joints) and w.resume_ahead(runs, joints):
+            parks = j.parks()
+            if (runs or joints or parks) and w.resume_ahead(runs, joints, parks):
                 self.log.info("kept %d B written ahead of a hole" % (w.ahead + w.joint_len))
                 self._ahead_check = True
         self.header = h
         self._hdr_raw[:] = raw
         self.resumes += 1
-        self.log.info("resuming job", note.job_id, "at", HEADER_SIZE + kept, "of", note.size)
+        self.log.info("resuming job", note.job_id, "at", HEADER_SIZE + w.offset, "of", note.size)
         return True
 
     def _why(self, verdict):

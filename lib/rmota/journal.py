@@ -31,7 +31,8 @@ import struct
 _JOB = "job.json"
 _TMP = "job.tmp"
 _CRC = "blocks.crc"
-JOINTS = 4  # joint entries a CRCLog keeps (SlotWriter.on_joint)
+JOINTS = 8  # joint entries a CRCLog keeps (SlotWriter.on_joint and on_park)
+PARK = 0x80000000  # a joint entry's offset with this bit: a parked block (on_park)
 
 
 class Journal:
@@ -168,7 +169,24 @@ class Journal:
         """The joints recorded, ``[(j, crc), ...]`` oldest first (``[]`` without a CRC
         log)."""
         if self.crclog is not None:
-            return self.crclog.joints()
+            return [e for e in self.crclog.joints() if not e[0] & PARK]
+        return []
+
+    def park_put(self, t, crc):
+        """Record a parked partial block (``SlotWriter.on_park``): the image's bytes
+        from the start of the block holding payload offset ``t`` up to ``t`` are in
+        place, their CRC-32 ``crc``. Kept among the joint entries (``t`` with the ``PARK``
+        bit). Only a ``CRCLog`` can (True when it took it)."""
+        return self.joint_put(t | PARK, crc)
+
+    def park_drop(self, t):
+        """Forget parked block ``t`` (its bytes were dropped or moved)."""
+        self.joint_drop(t | PARK)
+
+    def parks(self):
+        """The parked blocks recorded, ``[(t, crc), ...]`` oldest first."""
+        if self.crclog is not None:
+            return [(t & 0x7FFFFFFF, c) for t, c in self.crclog.joints() if t & PARK]
         return []
 
     def crcs(self):

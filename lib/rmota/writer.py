@@ -40,6 +40,7 @@ _IOCTL_BLOCK_COUNT = 4
 _IOCTL_BLOCK_SIZE = 5
 _IOCTL_BLOCK_ERASE = 6
 MAX_HOLES = 8  # holes open at once (SlotWriter.gap)
+IN_ORDER = 0x40000000  # on_park's offset with this bit: the block being written (gap)
 
 
 class SlotWriter:
@@ -81,6 +82,15 @@ class SlotWriter:
     what a move left before its first block) wait at the start of that block in flash,
     ``crc`` the CRC-32 of those bytes; as ``on_joint(j, None)`` when that joint is
     dropped before the image reached it. ``resume_ahead`` takes them back.
+    ``on_park`` (attribute, default None): called as ``on_park(t, crc)`` once a partial
+    block ahead of a hole (its bytes from the block's start up to payload offset ``t``,
+    ``t`` not on a block boundary) was parked in flash at its place, before a later hole
+    or at the end of a response (``park_tail``), ``crc`` the CRC-32 of those bytes; as
+    ``on_park(t, None)`` when those bytes are dropped or moved. ``resume_ahead`` takes
+    them back, so a power cut keeps them. When a hole opens, the block being written is
+    parked the same way (unless it was erased ahead: it is erased again when it is
+    programmed whole), reported with ``t | IN_ORDER``: its bytes came in order, so a
+    resume takes them back into the buffer.
 
     ``crc_span`` (bytes, None: the whole block): the CRC covers only the first and the
     last ``crc_span`` bytes of a full block. A torn program leaves the block's end
@@ -141,6 +151,7 @@ class SlotWriter:
         self.on_ahead = None
         self.on_forget = None
         self.on_joint = None
+        self.on_park = None
         self.journaled = 0
         # Offset where the latest blocks written ahead joined the image (0: none): what
         # an overlap check that fails right after can drop (their position was trusted).
@@ -177,6 +188,8 @@ class SlotWriter:
         self._joint = 0
         self._jstop = 0  # the joint while write() writes up to it
         self._stale = None  # shift_ahead: the old run's blocks outside its new place
+        self._parked = []  # ends of the partial blocks parked ahead (reported to on_park)
+        self._wpark = 0  # gap(): the block being written was parked up to here (on_park)
 
     @property
     def offset(self):
@@ -209,6 +222,7 @@ class SlotWriter:
         self.image_len = image_len
         self._forget_hole()
         self.absorbed_at = 0
+        self._wpark = 0
         self._fill = 0
         self._head = 0
         self._done = 0
@@ -476,6 +490,16 @@ class SlotWriter:
         at = self._done + self._fill
         if not at < resume <= self.image_len:
             return False
+        if self._fill and self.on_park is not None and self._done >= self._erased_to:
+            # The bytes before the hole wait in the buffer for the hole's bytes: park
+            # them in their block (erased again when it is programmed whole) and
+            # journal them, so that a power cut while the hole is open keeps them.
+            blk = self._done // bs
+            self._erase(blk, blk + 1)
+            self._program_raw(blk, self._head, self._fill)
+            self._wpark = at
+            base = self._head * bs
+            self.on_park(at | IN_ORDER, crc32(self._mv[base : base + self._fill]))
         b1 = (resume + bs - 1) // bs * bs
         if b1 > self.image_len:
             b1 = self.image_len
@@ -530,6 +554,7 @@ class SlotWriter:
                     u = self._erase(blk, (self.image_len + bs - 1) // bs)
                     self._aerased = (blk + u) * bs
                 self._program_raw(blk, self._ablk, self._afill)
+                self._parked_at(blk, self._ablk, self._afill)
                 self._afill = 0
             self._holes.append((p, b2))
             self._ahead_end = b2
@@ -606,6 +631,28 @@ class SlotWriter:
         if j:
             cb(j, self._flash_crc(j))
 
+    def _parked_at(self, blk, k, n):
+        # Ring block k's n bytes were just parked at the start of slot block blk:
+        # journalled (on_park) with their CRC-32, so a power cut keeps them.
+        cb = self.on_park
+        if cb is None or not n or n >= self.block_size:
+            return
+        t = blk * self.block_size + n
+        self._parked.append(t)
+        base = k * self.block_size
+        cb(t, crc32(self._mv[base : base + n]))
+
+    def _drop_parked(self, lo, hi):
+        # The parked partial blocks ending in (lo, hi] no longer hold what their entries
+        # say (dropped or about to move): forgotten first (on_park(t, None)).
+        keep = []
+        for t in self._parked:
+            if lo < t <= hi:
+                self.on_park(t, None)
+            else:
+                keep.append(t)
+        self._parked = keep
+
     def _joint_len(self, j):
         # Bytes of the joint j: up to its block's end or the image's.
         bs = self.block_size
@@ -613,12 +660,14 @@ class SlotWriter:
         return (e if e < self.image_len else self.image_len) - j
 
     def _flash_crc(self, j):
-        # CRC-32 of joint j's bytes at the start of its block (64 B at a time: a
+        # CRC-32 of joint j's bytes at the start of its block.
+        return self._start_crc(j // self.block_size, self._joint_len(j))
+
+    def _start_crc(self, blk, n):
+        # CRC-32 of the first n bytes of slot block blk in flash (64 B at a time: a
         # recovery path, the ring may hold bytes).
         buf = bytearray(64)
         mv = memoryview(buf)
-        n = self._joint_len(j)
-        blk = j // self.block_size
         c = 0
         off = 0
         while off < n:
@@ -752,6 +801,8 @@ class SlotWriter:
         # old place, checked again like any run) with their entries, one torn block
         # between them. The old run's blocks outside the new one go just before the last
         # block moves (its sources are theirs), so moved and stale never join in one run.
+        if self._parked:
+            self._drop_parked(h0, end)  # the run's parked partial block moves
         self._stale = (h0 // bs, new_h // bs, (last if last > h0 else h0) // bs, end // bs)
         self._lead = 0
         self._set_joint(0)  # the old place's joint (gap's lead) goes
@@ -797,6 +848,8 @@ class SlotWriter:
                 self._read_span(last + delta, tail, k)
                 self._erase_one(last // bs)
                 self._program_raw(last // bs, k, tail)
+                if nxt is not None:  # parked at its new place
+                    self._parked_at(last // bs, k, tail)
             d = last - bs
             while d >= new_h:
                 if d == new_h:
@@ -818,6 +871,7 @@ class SlotWriter:
             if tail and delta > 0:  # parked again at its new place (read into ring k)
                 self._erase_one(last // bs)
                 self._program_raw(last // bs, k, tail)
+                self._parked_at(last // bs, k, tail)
             if new_end < nxt[1]:
                 self._holes[0] = (new_end, nxt[1])
             else:
@@ -868,8 +922,8 @@ class SlotWriter:
         """The response ended with a hole open and the last bytes ahead (less than a
         block) in the ring, which the hole's bytes will overwrite: program them into
         their block as far as they go (read back and programmed whole once the image
-        reaches them, like a block parked before a later hole). They are not
-        journalled: a power cut loses them. Nothing more can be written ahead of this
+        reaches them, like a block parked before a later hole), and journalled
+        (``on_park``). Nothing more can be written ahead of this
         hole afterwards. With ``MAX_HOLES`` holes open already they are dropped instead
         (fetched again after the last run; left in the ring, they kept ``find_ahead``
         from checking any run). Returns the bytes parked."""
@@ -887,6 +941,7 @@ class SlotWriter:
             u = self._erase(blk, (self.image_len + bs - 1) // bs)
             self._aerased = (blk + u) * bs
         self._program_raw(blk, self._ablk, n)
+        self._parked_at(blk, self._ablk, n)
         self._afill = 0
         t = self._ahead_end + n
         self._holes.append((t, t))  # an empty hole: only the parked block to reload
@@ -979,6 +1034,8 @@ class SlotWriter:
             self._forget_hole()
             return
         nxt = self._holes.pop(0)[1]
+        if self._parked:
+            self._drop_parked(0, nxt)
         if self.on_forget is not None:
             self.on_forget(self._hole // self.block_size, nxt // self.block_size)
         self._hole = nxt
@@ -993,6 +1050,8 @@ class SlotWriter:
     def _forget_hole(self):
         # Drop the hole; a journal that holds entries for the blocks ahead drops them
         # first (on_erase of the hole's end: entries from there on go).
+        if self._parked:
+            self._drop_parked(0, self.capacity)
         if self._hole and self._ahead_logged and self.on_erase is not None:
             self.on_erase(self._hole // self.block_size)
         self._hole = 0
@@ -1002,7 +1061,7 @@ class SlotWriter:
         self._set_joint(0)
         self._ahead_logged = False
 
-    def resume_ahead(self, runs, joints=()):
+    def resume_ahead(self, runs, joints=(), parks=()):
         """After ``resume()``: runs of blocks were written ahead of holes and journalled
         (``runs``: a list of ``(first, [crc, ...])`` in index order, as ``on_ahead``
         reported them). Keep the blocks whose CRCs match the slot as the bytes ahead
@@ -1015,8 +1074,43 @@ class SlotWriter:
         The latest whose bytes in flash still match ``crc`` and that ends where the
         first run kept begins (or, with no run kept, anywhere after ``offset``: a joint
         alone, the hole then ends at its block's end) is the joint again, so the hole's
-        bytes are needed up to ``j`` only. Returns the bytes kept ahead, the joint's
-        included (0: no hole)."""
+        bytes are needed up to ``j`` only.
+
+        ``parks``: ``(t, crc)`` pairs as ``on_park`` reported them, the latest last.
+        One whose bytes (from its block's start up to ``t``) still match ``crc`` in
+        flash ends the run kept that ends where its block begins, or is a run of its
+        own between them (past ``offset``, in a block no run kept covers). The latest
+        reported with ``IN_ORDER`` whose block is the one ``offset`` is in and whose
+        bytes match is taken back into the buffer (``offset`` moves past them).
+
+        Returns the bytes kept ahead, the joint's and the parked ones included (0: no
+        hole)."""
+        bs = self.block_size
+        b = self._done
+        wp = 0
+        ahead = []
+        for t, crc in parks:
+            if t & IN_ORDER:
+                t -= IN_ORDER
+                if (
+                    b < t < b + bs
+                    and t < self.image_len
+                    and self._start_crc(b // bs, t - b) == crc
+                ):
+                    wp = t
+            else:
+                ahead.append((t, crc))
+        total = self._resume_ahead(runs, joints, ahead)
+        if wp and self.nblocks > 1 and not self._fill:
+            # (ring block 0; the scratch block for the checks ahead is the next one)
+            self.bdev.readblocks(b // bs, self._mv[: wp - b], 0)
+            self._head = 0
+            self._fill = wp - b
+            self._ablk = 1
+            self._wpark = wp
+        return total
+
+    def _resume_ahead(self, runs, joints, parks):
         bs = self.block_size
         kept = []
         total = 0
@@ -1042,6 +1136,31 @@ class SlotWriter:
                 if i < len(crcs) and self.on_forget is not None:
                     self.on_forget(first + i, first + j)
                 i = j
+        parked = []
+        if self._fill:
+            parks = ()
+        for i in range(len(parks) - 1, -1, -1):
+            t, crc = parks[i]
+            b = t // bs * bs
+            if not 0 < t < self.image_len or not t % bs or b <= self._done:
+                continue
+            x = 0
+            while x < len(kept) and kept[x][1] < b:
+                x += 1
+            if x < len(kept) and kept[x][0] <= b:
+                if kept[x][1] != b:
+                    continue  # in a block a run kept (or a later park) covers
+            elif len(kept) > MAX_HOLES:
+                continue
+            if self._start_crc(b // bs, t - b) != crc:
+                continue
+            if x < len(kept) and kept[x][1] == b:
+                kept[x] = (kept[x][0], t)
+            else:
+                kept.insert(x, (b, t))
+            total += t - b
+            parked.append(t)
+        self._parked = parked
         jt = 0
         if self._fill:
             joints = ()
@@ -1072,6 +1191,10 @@ class SlotWriter:
         end = kept[-1][1]
         self._ahead_end = end
         self._apos = end
+        if end % bs and end < self.image_len:
+            # The last run ends in a parked block, as after park_tail().
+            self._holes.append((end, end))
+            self._apos = -1
         self._afill = 0
         self._aerased = (end + bs - 1) // bs * bs
         self._ahead_logged = True
@@ -1103,6 +1226,8 @@ class SlotWriter:
                 self.on_block(blk, self._block_crc(k, data, n))
         if nxt:
             self._reload = nxt[0]
+            if nxt[0] in self._parked:  # (its entry stays true until the block is erased)
+                self._parked.remove(nxt[0])
             self._erased_to = self._done  # the parked block is programmed: erase it again
             if nxt[1] > nxt[0]:
                 self._hole = nxt[1]
@@ -1167,6 +1292,9 @@ class SlotWriter:
             return self._done + self._fill
         bs = self.block_size
         keep = offset // bs * bs
+        if self._wpark > keep:  # the bytes it parked are dropped
+            self.on_park(self._wpark | IN_ORDER, None)
+            self._wpark = 0
         if keep > self._done:
             keep = self._done
         if keep <= self.absorbed_at:
