@@ -908,6 +908,19 @@ class TestCRCLog(unittest.TestCase):
                 self.assertTrue(again.joint_put(10 + k, k))
             self.assertFalse(again.joint_put(3, 3))  # all eight used
             self.assertEqual(len(again.joints()), 8)
+            # With none free but one forgotten, the list is written again (one erase;
+            # the blocks' and the other joints' entries all stay).
+            again.joint_drop(10)
+            e = again.erases
+            self.assertTrue(again.joint_put(3, 3))
+            self.assertEqual(again.erases, e + 1)
+            after = CRCLog(Partition(self.nor, 2, nblocks))
+            self.assertEqual((after.crcs(), after.runs()), ([100], [(3, [33])]))
+            self.assertEqual(
+                after.joints(),
+                [(9000, 0x1234), (13000, 7), (1, 1), (2, 2), (11, 1), (12, 2), (13, 3), (3, 3)],
+            )
+            self.assertFalse(after.joint_put(4, 4))  # none forgotten: no rewrite
             again.reset()
             self.assertEqual(again.joints(), [])
 

@@ -329,9 +329,22 @@ class CRCLog:
         return out
 
     def joint_put(self, j, crc):
-        """Program a joint entry into the first free pair. Returns False when all
-        ``JOINTS`` are used (the joint is then not kept across a power cut)."""
+        """Program a joint entry into the first free pair. With none free but some
+        forgotten, the list is written again first (as ``truncate`` does: an erase),
+        which frees them. Returns False when all ``JOINTS`` are in use (the joint is
+        then not kept across a power cut)."""
         buf = self._joint_words()
+        free = gone = 0
+        for i in range(JOINTS):
+            v = struct.unpack_from("<I", buf, 8 * i)[0]
+            if v == 0:
+                gone += 1
+            elif v == 0xFFFFFFFF and buf.count(b"\xff", 8 * i, 8 * i + 8) == 8:
+                free += 1
+        if gone and not free:
+            cap = self.capacity
+            self._rewrite(self._raw(cap + 2 * JOINTS), cap, cap)
+            buf = self._joint_words()
         for i in range(JOINTS):
             if buf.count(b"\xff", 8 * i, 8 * i + 8) == 8:
                 e = bytearray(8)
@@ -438,6 +451,13 @@ class CRCLog:
             ahead = cap
         if n >= cap or raw.count(b"\xff", 4 * n, 4 * ahead) == 4 * (ahead - n):
             return  # nothing from n on (up to ahead)
+        self._rewrite(raw, n, ahead)
+
+    def _rewrite(self, raw, n, ahead):
+        # Write the list again with entries [0, n) and [ahead, capacity) of ``raw`` and
+        # the joint entries in use, packed, into the other area (then its marker), or in
+        # place with one area.
+        cap = self.capacity
         self._n = None
         h = self._half
         mv = memoryview(raw)
