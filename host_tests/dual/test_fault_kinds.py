@@ -637,6 +637,42 @@ class FaultKinds(unittest.TestCase):
             r = faultrun.Scenario(sc, self.flash).run()
             self.assertEqual((r["violations"], r["final"]), ([], 2), g)
 
+    def test_a_run_with_repeating_bytes_where_the_window_fits_is_checked_at_its_edge(self):
+        # Three records lost, then a power cut before the check: the run kept ahead of
+        # the first hole is a block and a parked block (8,192..16,224), 4 KB of it the
+        # bytes DE AD BE EF over and over. A window of half the run fits it in one place
+        # only, inside those bytes: the check used to drop the run as "too uniform" and
+        # fetch the whole image again (found by an adversarial run). It now tries places
+        # over the whole run, the window clipped to it.
+        orig = faultrun.payload_bytes
+
+        def patterned(n, seed):
+            b = bytearray(orig(n, seed))
+            for i in range(10378, 10378 + 4096):
+                b[i] = (0xDE, 0xAD, 0xBE, 0xEF)[(i - 10378) % 4]
+            return bytes(b)
+
+        sc = {
+            "seed": 51180,
+            "size": 30000,
+            "kinds": ["drop"],
+            "faults": {"drop_body_at": [4465, 20320, 22865]},
+            "cuts": [["t", 2700, 1000]],
+            "expect": 2,
+            "sim_seed": 529062671,
+            "settings": {"erase_unit": 8192},
+        }
+        faultrun.payload_bytes = patterned
+        try:
+            r, sn = self.scenario_run(sc)
+        finally:
+            faultrun.payload_bytes = orig
+        self.assertEqual(r["cuts_fired"], 1)
+        self.assertTrue(any("kept 11100 B written ahead" in x for x in sn.log), sn.log)
+        self.assertTrue(any("bytes ahead of the hole checked" in x for x in sn.log), sn.log)
+        self.assertEqual(r["full_restarts"], 0)
+        self.assertTrue(max(r["refetch"]) <= 8192 + 10240 + 64, r["refetch"])
+
     def test_a_run_of_equal_bytes_does_not_pass_for_in_place(self):
         # Bytes ahead misplaced by 5 where the image holds 40 KB of 0xFF: 16 bytes
         # inside the run would match in place as well as anywhere; the check takes a

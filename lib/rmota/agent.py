@@ -1531,13 +1531,20 @@ class HostOTA:
                 if 0 <= k <= w.image_len - _OVERLAP and w.find_ahead(self._ovl, h, h + run) == x:
                     m = k
                     break
-            else:
-                w.read_at(k, self._ovl)
-                if w.find_ahead(self._ovl, k + lo, k + hi + _OVERLAP) == k:
-                    m = k
-                    break
+            elif self._once_within(k, lo, hi):
+                m = k
+                break
             if not span:
                 break
+        if m is None and not direct:
+            # None there (a short run, or bytes that repeat where the window fits): try
+            # places spread over the whole run, their window clipped to it (a shift
+            # that takes the file's bytes out of the run is then not found: dropped).
+            for i in range(8):
+                k = h + (run - _OVERLAP) * i // 7
+                if self._once_within(k, lo, hi):
+                    m = k
+                    break
         if m is None:
             if s is not None:
                 self._ahead_shift = None
@@ -1568,6 +1575,13 @@ class HostOTA:
         if w.hole_end and w.holes_after:
             self._ahead_next = w.hole_end  # the runs after the next holes: checked later
         return "more"
+
+    def _once_within(self, k, lo, hi):
+        # The slot's 16 bytes at payload offset k occur once within k + lo .. k + hi
+        # (+ 16) among the bytes ahead of the hole (SlotWriter.find_ahead).
+        w = self.writer
+        w.read_at(k, self._ovl)
+        return w.find_ahead(self._ovl, k + lo, k + hi + _OVERLAP) == k
 
     def _check_joint(self):
         # What is kept ahead of the hole is a joint alone (a power cut came before any
