@@ -87,10 +87,11 @@ class SlotWriter:
     ``t`` not on a block boundary) was parked in flash at its place, before a later hole
     or at the end of a response (``park_tail``), ``crc`` the CRC-32 of those bytes; as
     ``on_park(t, None)`` when those bytes are dropped or moved. ``resume_ahead`` takes
-    them back, so a power cut keeps them. When a hole opens, the block being written is
-    parked the same way (unless it was erased ahead: it is erased again when it is
-    programmed whole), reported with ``t | IN_ORDER``: its bytes came in order, so a
-    resume takes them back into the buffer.
+    them back, so a power cut keeps them. When a hole opens, the whole pages
+    (``prog_align``) of the block being written are programmed at their place the same
+    way and reported with ``t | IN_ORDER`` (its bytes came in order, so a resume takes
+    them back into the buffer); the rest of that block is programmed when it fills, no
+    page twice and without erasing it again.
 
     ``crc_span`` (bytes, None: the whole block): the CRC covers only the first and the
     last ``crc_span`` bytes of a full block. A torn program leaves the block's end
@@ -190,6 +191,7 @@ class SlotWriter:
         self._stale = None  # shift_ahead: the old run's blocks outside its new place
         self._parked = []  # ends of the partial blocks parked ahead (reported to on_park)
         self._wpark = 0  # gap(): the block being written was parked up to here (on_park)
+        self._wprog = 0  # bytes of the block being written programmed already (gap)
 
     @property
     def offset(self):
@@ -223,6 +225,7 @@ class SlotWriter:
         self._forget_hole()
         self.absorbed_at = 0
         self._wpark = 0
+        self._wprog = 0
         self._fill = 0
         self._head = 0
         self._done = 0
@@ -242,6 +245,8 @@ class SlotWriter:
         if stop and end > stop // bs * bs:
             end = stop // bs * bs  # blocks from the hole's end on: written ahead
         nxt = (self._done + bs - 1) // bs * bs  # the next block to be programmed
+        if self._wprog:
+            nxt = self._done + bs  # (pages of the block being written are parked in it)
         if self._erased_to < nxt:
             self._erased_to = nxt
         k = 0
@@ -270,6 +275,8 @@ class SlotWriter:
             self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
             u = 1
         self.erases += u
+        if blk * self.block_size <= self._done < (blk + u) * self.block_size:
+            self._wprog = 0  # the block being written: pages parked in it are gone
         return u
 
     def write(self, data):
@@ -374,6 +381,7 @@ class SlotWriter:
         blk = self._done // bs
         dev = self.bdev
         if self._done >= self._erased_to:  # else erased ahead (erase_ahead, a unit)
+            self._wprog = 0  # (nothing of it is programmed once it is erased)
             if self._unit == 1 and blk >= self.journaled:  # the steady state
                 dev.ioctl(_IOCTL_BLOCK_ERASE, blk)
                 self.erases += 1
@@ -383,7 +391,7 @@ class SlotWriter:
                 stop = self._joint or self._jstop or self._hole
                 lim = stop // bs if stop else (self.image_len + bs - 1) // bs
                 self._erase_at(blk, lim)
-        if n == bs and self.prog_chunk == bs:  # the steady state: one call per block
+        if n == bs and self.prog_chunk == bs and not self._wprog:  # the steady state
             data = self._blk[k]
             dev.writeblocks(blk, data, 0)
             self.programs += 1
@@ -398,7 +406,8 @@ class SlotWriter:
             if self._hole and self._done >= self._hole:
                 self._absorb(k)
             return
-        self._program_raw(blk, k, n)
+        self._program_raw(blk, k, n, self._wprog)
+        self._wprog = 0
         base = k * bs
         data = self._blk[k] if n == bs else self._mv[base : base + n]
         self._sha.update(data)
@@ -408,9 +417,10 @@ class SlotWriter:
         if self._hole and self._done >= self._hole:
             self._absorb(k)
 
-    def _program_raw(self, blk, k, n):
+    def _program_raw(self, blk, k, n, start=0):
         # Program ring block k holding n bytes into slot block blk (erased), the tail
-        # padded with 0xFF to prog_align, prog_chunk bytes per call.
+        # padded with 0xFF to prog_align, prog_chunk bytes per call; from byte ``start``
+        # on (a multiple of prog_align: the bytes before it are programmed already).
         bs = self.block_size
         a = self.prog_align
         padded = (n + a - 1) // a * a
@@ -419,7 +429,15 @@ class SlotWriter:
             self._buf[base + j] = 0xFF
         pc = self.prog_chunk
         per = self._per
-        c = 0
+        c = start // pc
+        if start % pc:  # up to the next prog_chunk boundary first
+            e = (c + 1) * pc
+            if e > padded:
+                e = padded
+            if start < e:
+                self.bdev.writeblocks(blk, self._mv[base + start : base + e], start)
+                self.programs += 1
+            c += 1
         while c * pc < padded:
             off = c * pc
             if off + pc <= padded:
@@ -490,16 +508,21 @@ class SlotWriter:
         at = self._done + self._fill
         if not at < resume <= self.image_len:
             return False
-        if self._fill and self.on_park is not None and self._done >= self._erased_to:
+        pf = self._fill // self.prog_align * self.prog_align
+        if pf > self._wprog and self.on_park is not None:
             # The bytes before the hole wait in the buffer for the hole's bytes: park
-            # them in their block (erased again when it is programmed whole) and
-            # journal them, so that a power cut while the hole is open keeps them.
+            # their whole pages in their block (the rest of it is programmed when it
+            # fills, no page twice) and journal them, so that a power cut while the
+            # hole is open keeps them. Erased ahead already, or erased now (once).
             blk = self._done // bs
-            self._erase(blk, blk + 1)
-            self._program_raw(blk, self._head, self._fill)
-            self._wpark = at
+            if self._done >= self._erased_to:
+                self._erase(blk, blk + 1)
+                self._erased_to = self._done + bs
+            self._program_raw(blk, self._head, pf, self._wprog)
+            self._wprog = pf
+            self._wpark = self._done + pf
             base = self._head * bs
-            self.on_park(at | IN_ORDER, crc32(self._mv[base : base + self._fill]))
+            self.on_park(self._wpark | IN_ORDER, crc32(self._mv[base : base + pf]))
         b1 = (resume + bs - 1) // bs * bs
         if b1 > self.image_len:
             b1 = self.image_len
@@ -901,6 +924,8 @@ class SlotWriter:
             self.on_forget(blk, blk + 1)
         if self._erased_to > blk * self.block_size:
             self._erased_to = blk * self.block_size
+        if blk * self.block_size == self._done:
+            self._wprog = 0  # (the block being written: its parked pages go)
         self.bdev.ioctl(_IOCTL_BLOCK_ERASE, blk)
         self.erases += 1
 
@@ -1295,6 +1320,10 @@ class SlotWriter:
         if self._wpark > keep:  # the bytes it parked are dropped
             self.on_park(self._wpark | IN_ORDER, None)
             self._wpark = 0
+        if self._wprog:  # their pages are programmed: erase the block again
+            self._wprog = 0
+            if self._erased_to > self._done:
+                self._erased_to = self._done
         if keep > self._done:
             keep = self._done
         if keep <= self.absorbed_at:
@@ -1323,6 +1352,7 @@ class SlotWriter:
         self._fill = 0
         self._head = 0
         self._erased_to = 0
+        self._wprog = 0
         kept = self._crc_run(0, crcs, self._sha)
         self._done = kept
         self.rehashed += kept
