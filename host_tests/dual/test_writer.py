@@ -481,6 +481,18 @@ class TestHole(unittest.TestCase):
         self.assertEqual(w2.finish(), hashlib.sha256(img).digest())
         self.assertEqual(w2.readback_digest(), hashlib.sha256(img).digest())
 
+    def _reporting(self, callback, img, at, resume):
+        # A writer whose ``callback`` (on_joint, on_park) records its calls, the image
+        # written up to ``at`` and a hole opened there up to ``resume``.
+        dev = UnitNOR(24)
+        w = SlotWriter(dev, buffer_blocks=3)
+        got = []
+        setattr(w, callback, lambda t, c: got.append((t, c)))
+        w.begin(len(img))
+        _write_all(w, img[:at], 1000)
+        self.assertTrue(w.gap(resume))
+        return dev, w, got
+
     def test_the_joint_is_journalled_and_kept_by_a_resume(self):
         # The lead (block 5 from 5 * 4096 + 700) is reported through on_joint; after a
         # power cut a resume keeps it with the run after it, or alone, and the hole's
@@ -493,13 +505,7 @@ class TestHole(unittest.TestCase):
         crcs = [crc32(img[k * 4096 : (k + 1) * 4096]) for k in range(13)]
         lead = (resume, crc32(img[resume : 6 * 4096]))
         for case in ("run", "alone", "altered", "elsewhere"):
-            dev = UnitNOR(24)
-            w = SlotWriter(dev, buffer_blocks=3)
-            joints = []
-            w.on_joint = lambda j, c: joints.append((j, c))
-            w.begin(len(img))
-            _write_all(w, img[:at], 1000)
-            self.assertTrue(w.gap(resume))
+            dev, w, joints = self._reporting("on_joint", img, at, resume)
             upto = len(img) if case != "alone" else 6 * 4096 + 100
             self.assertTrue(w.write_ahead(img[resume:upto], resume))
             self.assertEqual(joints, [lead])
@@ -540,13 +546,7 @@ class TestHole(unittest.TestCase):
         park1 = (p1, crc32(img[4096 * 7 : p1]))
         park2 = (p2, crc32(img[4096 * 10 : p2]))
         for case in ("both", "altered", "alone", "inside"):
-            dev = UnitNOR(24)
-            w = SlotWriter(dev, buffer_blocks=3)
-            parks = []
-            w.on_park = lambda t, c: parks.append((t, c))
-            w.begin(len(img))
-            _write_all(w, img[:at], 1000)
-            self.assertTrue(w.gap(resume))
+            dev, w, parks = self._reporting("on_park", img, at, resume)
             self.assertTrue(w.write_ahead(img[resume:p1], resume))
             self.assertTrue(w.gap(r2))
             self.assertTrue(w.write_ahead(img[r2:p2], r2))
