@@ -675,6 +675,44 @@ class FaultKinds(unittest.TestCase):
         self.assertEqual(r["full_restarts"], 0)
         self.assertTrue(max(r["refetch"]) <= 8192 + 10240 + 64, r["refetch"])
 
+    def test_a_misplaced_run_of_repeating_bytes_is_not_taken_for_in_place(self):
+        # A header lied by 16 B and three records were lost in a 4.8 KB image whose
+        # bytes repeat DE AD BE EF: a check whose window was clipped at the run's edge
+        # found the file's 16 bytes "in place" (the pattern repeats every 4 B), kept
+        # the run 16 B off, and the SHA-256 failed: a full restart (found by an
+        # adversarial run). Windows stay whole inside the run: it is dropped instead.
+        orig = faultrun.payload_bytes
+
+        def patterned(n, seed):
+            b = bytearray(orig(n, seed))
+            for a, ln, p in (
+                (220, 9000, b"\xde\xad\xbe\xef"),
+                (1623, 64, b"\xff"),
+                (4812, 300, b"\0"),
+            ):
+                for i in range(a, min(n, a + ln)):
+                    b[i] = p[(i - a) % len(p)]
+            return bytes(b)
+
+        sc = {
+            "seed": 1119,
+            "size": 4857,
+            "kinds": ["drop", "short_record"],
+            "faults": {"drop_body_at": [586, 1636, 2992], "short_record": [1, -16]},
+            "cuts": [],
+            "expect": 2,
+            "sim_seed": 652433821,
+            "settings": {"flash_mode": "pre_erase"},
+        }
+        faultrun.payload_bytes = patterned
+        try:
+            r, sn = self.scenario_run(sc)
+        finally:
+            faultrun.payload_bytes = orig
+        self.assertFalse(any("SHA-256" in x for x in sn.log), sn.log)
+        self.assertEqual(r["full_restarts"], 0)
+        self.assertTrue(max(r["refetch"]) <= 4096 + 10240 + 64, r["refetch"])
+
     def test_a_run_of_equal_bytes_does_not_pass_for_in_place(self):
         # Bytes ahead misplaced by 5 where the image holds 40 KB of 0xFF: 16 bytes
         # inside the run would match in place as well as anywhere; the check takes a

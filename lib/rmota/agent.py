@@ -57,6 +57,7 @@ def _pick(arg, settings, name, default):
 
 _PROBE = 64  # bytes of each attempt checked before anything is written
 _OVERLAP = 16  # bytes already written that a resumed attempt asks for again
+_NARROW_MIN = 1024  # the narrowest window (each way, bytes) the check of the bytes ahead tries
 # What follows a download's last record on the wire: its CRLF, then the final result.
 _FRAMING = b"\r\n\r\nOK\r\n"
 _INFO_MAX = 80  # AT+RMOTARESULT builds JSON in a 256-byte buffer: keep <info> short
@@ -1536,15 +1537,21 @@ class HostOTA:
                 break
             if not span:
                 break
-        if m is None and not direct:
-            # None there (a short run, or bytes that repeat where the window fits): try
-            # places spread over the whole run, their window clipped to it (a shift
-            # that takes the file's bytes out of the run is then not found: dropped).
+        r = hi // 2
+        while m is None and s is None and r >= _NARROW_MIN:
+            # None there (bytes that repeat where the whole window fits, e.g. a short
+            # run): a narrower window leaves room for more places, still whole inside
+            # the run (a window clipped at the run's edge says nothing: a misplaced
+            # run of repeating bytes would pass for in place). A shift beyond it is not
+            # found: the run is dropped, as before.
+            span = run - 2 * r - _OVERLAP
             for i in range(8):
-                k = h + (run - _OVERLAP) * i // 7
-                if self._once_within(k, lo, hi):
+                k = h + r + span * i // 7
+                if self._once_within(k, -r, r):
                     m = k
+                    lo, hi = -r, r
                     break
+            r //= 2
         if m is None:
             if s is not None:
                 self._ahead_shift = None

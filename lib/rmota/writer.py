@@ -397,6 +397,8 @@ class SlotWriter:
             self.programs += 1
             self._sha.update(data)
             self._done += bs
+            if self._wpark:
+                self._drop_wpark()
             cb = self.on_block
             if cb is not None:
                 if self.crc_span:
@@ -412,6 +414,8 @@ class SlotWriter:
         data = self._blk[k] if n == bs else self._mv[base : base + n]
         self._sha.update(data)
         self._done += n
+        if self._wpark:
+            self._drop_wpark()
         if self.on_block is not None:
             self.on_block(blk, self._block_crc(k, data, n))
         if self._hole and self._done >= self._hole:
@@ -664,6 +668,14 @@ class SlotWriter:
         self._parked.append(t)
         base = k * self.block_size
         cb(t, crc32(self._mv[base : base + n]))
+
+    def _drop_wpark(self):
+        # The pages of the block being written parked by gap() are forgotten: their
+        # block was programmed whole, or its bytes were dropped (rewind), so that a
+        # resume never takes back bytes of an attempt that was dropped.
+        if self.on_park is not None:
+            self.on_park(self._wpark | IN_ORDER, None)
+        self._wpark = 0
 
     def _drop_parked(self, lo, hi):
         # The parked partial blocks ending in (lo, hi] no longer hold what their entries
@@ -1318,8 +1330,7 @@ class SlotWriter:
         bs = self.block_size
         keep = offset // bs * bs
         if self._wpark > keep:  # the bytes it parked are dropped
-            self.on_park(self._wpark | IN_ORDER, None)
-            self._wpark = 0
+            self._drop_wpark()
         if self._wprog:  # their pages are programmed: erase the block again
             self._wprog = 0
             if self._erased_to > self._done:
