@@ -642,39 +642,30 @@ class TestHole(unittest.TestCase):
         self.assertEqual(bytes(dev.mem[4096 : 4096 + 512]), img[4096 : 4096 + 512])
         _complete(self, w, img)
 
-    def test_the_block_parked_before_a_hole_is_forgotten_once_programmed(self):
+    def test_the_block_parked_before_a_hole_is_forgotten_programmed_or_rewound(self):
         # Its entry goes when the block is programmed whole, so the entries do not pile
         # up and a later rewind (an attempt's bytes dropped) never leaves an older one
-        # behind that a resume would take back (found by an adversarial run).
+        # behind that a resume would take back (found by an adversarial run); and when a
+        # rewind drops its bytes.
         from rmota.writer import IN_ORDER
 
         img = _image(4096 * 8)
-        w = SlotWriter(UnitNOR(12), buffer_blocks=3)
-        parks = []
-        w.on_park = lambda t, c: parks.append((t, c is not None))
-        w.begin(len(img))
-        _write_all(w, img[: 4096 + 700], 700)
-        self.assertTrue(w.gap(4096 * 2 + 100))
-        _write_rest(w, img[: 4096 * 2], 1000)  # the hole: block 1 is programmed
-        t = (4096 + 512) | IN_ORDER
-        self.assertEqual(parks, [(t, True), (t, False)])
-        _complete(self, w, img)
-
-    def test_a_rewind_forgets_the_block_parked_before_a_hole(self):
-        from rmota.writer import IN_ORDER
-
-        img = _image(4096 * 8)
-        w = SlotWriter(UnitNOR(12), buffer_blocks=3)
-        parks = []
-        w.on_park = lambda t, c: parks.append((t, c is not None))
-        w.begin(len(img))
-        _write_all(w, img[: 4096 + 700], 700)
-        self.assertTrue(w.gap(4096 * 3))
-        w.rewind(4096 + 700)  # nothing dropped: it stays
-        self.assertEqual(parks, [((4096 + 512) | IN_ORDER, True)])
-        self.assertEqual(w.rewind(4096 + 100), 4096)
-        self.assertEqual(parks[1:], [((4096 + 512) | IN_ORDER, False)])
-        _complete(self, w, img)  # (block 1 is erased again before it is programmed)
+        t = (4096 + 512) | IN_ORDER  # whole pages only
+        for case in ("programmed", "rewound"):
+            w = SlotWriter(UnitNOR(12), buffer_blocks=3)
+            parks = []
+            w.on_park = lambda t, c: parks.append((t, c is not None))
+            w.begin(len(img))
+            _write_all(w, img[: 4096 + 700], 700)
+            self.assertTrue(w.gap(4096 * 2 + 100))
+            if case == "programmed":
+                _write_rest(w, img[: 4096 * 2], 1000)  # the hole: block 1 is programmed
+            else:
+                w.rewind(4096 + 700)  # nothing dropped: it stays
+                self.assertEqual(parks, [(t, True)])
+                self.assertEqual(w.rewind(4096 + 100), 4096)
+            self.assertEqual(parks, [(t, True), (t, False)], case)
+            _complete(self, w, img)  # (rewound: block 1 is erased again first)
 
     def test_parked_blocks_dropped_or_moved_are_forgotten(self):
         from rmota.writer import IN_ORDER
