@@ -38,6 +38,24 @@ class FaultKinds(unittest.TestCase):
         self.assertEqual(r["final"], sc["expect"])
         return r, sn
 
+    def scenario_patterned(self, sc, spans):
+        # self.scenario_run(sc) with image bytes that repeat ``pattern`` over ``length``
+        # bytes from ``start``, for each (start, length, pattern) of ``spans``.
+        orig = faultrun.payload_bytes
+
+        def patterned(n, seed):
+            b = bytearray(orig(n, seed))
+            for a, ln, p in spans:
+                for i in range(a, min(n, a + ln)):
+                    b[i] = p[(i - a) % len(p)]
+            return bytes(b)
+
+        faultrun.payload_bytes = patterned
+        try:
+            return self.scenario_run(sc)
+        finally:
+            faultrun.payload_bytes = orig
+
     def scenario_spelling(self, word, every, *args, **kw):
         # self.scenario() with image bytes that spell `word` every `every` bytes.
         orig = faultrun.payload_bytes
@@ -644,16 +662,8 @@ class FaultKinds(unittest.TestCase):
         # the first hole is a block and a parked block (8,192..16,224), 4 KB of it the
         # bytes DE AD BE EF over and over. A window of half the run fits it in one place
         # only, inside those bytes: the check used to drop the run as "too uniform" and
-        # fetch the whole image again (found by an adversarial run). It now tries places
-        # over the whole run, the window clipped to it.
-        orig = faultrun.payload_bytes
-
-        def patterned(n, seed):
-            b = bytearray(orig(n, seed))
-            for i in range(10378, 10378 + 4096):
-                b[i] = (0xDE, 0xAD, 0xBE, 0xEF)[(i - 10378) % 4]
-            return bytes(b)
-
+        # fetch the whole image again (found by an adversarial run). It now tries
+        # narrower windows, each whole inside the run, with room for places outside them.
         sc = {
             "seed": 51180,
             "size": 30000,
@@ -664,11 +674,7 @@ class FaultKinds(unittest.TestCase):
             "sim_seed": 529062671,
             "settings": {"erase_unit": 8192},
         }
-        faultrun.payload_bytes = patterned
-        try:
-            r, sn = self.scenario_run(sc)
-        finally:
-            faultrun.payload_bytes = orig
+        r, sn = self.scenario_patterned(sc, [(10378, 4096, b"\xde\xad\xbe\xef")])
         self.assertEqual(r["cuts_fired"], 1)
         self.assertTrue(any("kept 11100 B written ahead" in x for x in sn.log), sn.log)
         self.assertTrue(any("bytes ahead of the hole checked" in x for x in sn.log), sn.log)
@@ -681,19 +687,6 @@ class FaultKinds(unittest.TestCase):
         # found the file's 16 bytes "in place" (the pattern repeats every 4 B), kept
         # the run 16 B off, and the SHA-256 failed: a full restart (found by an
         # adversarial run). Windows stay whole inside the run: it is dropped instead.
-        orig = faultrun.payload_bytes
-
-        def patterned(n, seed):
-            b = bytearray(orig(n, seed))
-            for a, ln, p in (
-                (220, 9000, b"\xde\xad\xbe\xef"),
-                (1623, 64, b"\xff"),
-                (4812, 300, b"\0"),
-            ):
-                for i in range(a, min(n, a + ln)):
-                    b[i] = p[(i - a) % len(p)]
-            return bytes(b)
-
         sc = {
             "seed": 1119,
             "size": 4857,
@@ -704,11 +697,8 @@ class FaultKinds(unittest.TestCase):
             "sim_seed": 652433821,
             "settings": {"flash_mode": "pre_erase"},
         }
-        faultrun.payload_bytes = patterned
-        try:
-            r, sn = self.scenario_run(sc)
-        finally:
-            faultrun.payload_bytes = orig
+        spans = [(220, 9000, b"\xde\xad\xbe\xef"), (1623, 64, b"\xff"), (4812, 300, b"\0")]
+        r, sn = self.scenario_patterned(sc, spans)
         self.assertFalse(any("SHA-256" in x for x in sn.log), sn.log)
         self.assertEqual(r["full_restarts"], 0)
         self.assertTrue(max(r["refetch"]) <= 4096 + 10240 + 64, r["refetch"])
