@@ -671,7 +671,7 @@ class TestHole(unittest.TestCase):
         from rmota.writer import IN_ORDER
 
         img = _image(4096 * 12 + 300)
-        for how in ("drop_run", "drop_ahead", "shift_ahead"):
+        for how in ("drop_run", "drop_ahead", "shift_ahead", "filled"):
             dev = UnitNOR(24)
             w = SlotWriter(dev, buffer_blocks=3)
             parks = []
@@ -694,6 +694,14 @@ class TestHole(unittest.TestCase):
                 self.assertEqual(parks[2:], [(t1, False), (t1 - off, True)])
                 self.assertEqual(w.ahead_run_end(), t1 - off)
                 _complete(self, w, img)
+                continue
+            if how == "filled":
+                # each entry goes once the image reaches its block (its bytes are then
+                # the buffer's), so the journal's entries do not pile up
+                _complete(self, w, img)
+                self.assertEqual(
+                    [p for p in parks[2:] if p[0] < IN_ORDER], [(t1, False), (t2, False)]
+                )
                 continue
             getattr(w, how)()
             gone = [(t1, False)] + ([(t2, False)] if how == "drop_ahead" else [])

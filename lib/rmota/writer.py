@@ -681,9 +681,11 @@ class SlotWriter:
         # The parked partial blocks ending in (lo, hi] no longer hold what their entries
         # say (dropped or about to move): forgotten first (on_park(t, None)).
         keep = []
+        cb = self.on_park
         for t in self._parked:
             if lo < t <= hi:
-                self.on_park(t, None)
+                if cb is not None:
+                    cb(t, None)
             else:
                 keep.append(t)
         self._parked = keep
@@ -1263,8 +1265,8 @@ class SlotWriter:
                 self.on_block(blk, self._block_crc(k, data, n))
         if nxt:
             self._reload = nxt[0]
-            if nxt[0] in self._parked:  # (its entry stays true until the block is erased)
-                self._parked.remove(nxt[0])
+            if nxt[0] in self._parked:  # its bytes are the buffer's now: entry forgotten
+                self._drop_parked(nxt[0] - 1, nxt[0])
             self._erased_to = self._done  # the parked block is programmed: erase it again
             if nxt[1] > nxt[0]:
                 self._hole = nxt[1]
