@@ -606,6 +606,39 @@ class TestLostRecordPosition(unittest.TestCase):
                 step,
             )
 
+    def test_a_damaged_header_right_after_a_record_that_went_wrong(self):
+        # A record goes wrong (its header lies by +1, -1 or by enough to swallow the
+        # next header, or a payload byte is lost), and the next record's header comes
+        # damaged: a length digit altered, a claim over rx size, or its "+HTTPCGET:"
+        # altered. No whole record tells where the damaged one began, but its header's
+        # line does, in the replayed bytes or in the lines after them: it is measured
+        # to the next header (it used to end the attempt: 32-44 KB fetched again).
+        body = bytes(range(12))
+        bads = (b"+HTTPCGET:1x,", b"+HTTPCGET:12;", b"+HTTPCGET:92,", b"+HTTPCGXT:12,")
+        bads += (b"xHTTPCGET:12,",)
+        for bad in bads:
+            wrongs = (
+                (b"+HTTPCGET:7,ABCDEF", 7),
+                (b"+HTTPCGET:5,ABCDEF", 5),
+                (b"+HTTPCGET:6,ABCEF", 6),
+                (b"+HTTPCGET:%d,ABCDEF" % (10 + len(bad)), 10 + len(bad)),
+            )
+            for wrong, claim in wrongs:
+                data = b"+HTTPCGET:3,abc\r\n" + wrong + b"\r\n" + bad + body
+                data += b"\r\n+HTTPCGET:3,xyz\r\n"
+                for step in (1, 5, len(data)):
+                    ev = self._run_split(data, step, new_response=True)
+                    self.assertEqual(
+                        [e for e in ev if e[0] != "line"],
+                        [
+                            ("record", b"abc"),
+                            ("frame", "record not ended by CRLF", claim),
+                            ("frame", "record header damaged", 12),
+                            ("record", b"xyz"),
+                        ],
+                        (bad, wrong, step),
+                    )
+
     def test_the_first_record_of_a_response_damaged(self):
         # Where the response began (new_response(), when the command was sent) stands
         # for the last whole record; the ESP's text lines before the record move it.

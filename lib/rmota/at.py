@@ -162,9 +162,12 @@ class ATParser:
     CR, a piece of ``+HTTPCGET:`` or a near miss of it) mark a damaged record. When the
     next header starts, it is reported as a frame error ``"record header damaged"``
     with ``lost`` the one length that fits between (``-1``: none); a URC in between
-    makes it that much too long, which the caller's position check finds. A record
-    whose CR came but not its LF, with the next header right after, was whole and is
-    delivered. While a damaged record's bytes are parsed, or a record that did not end
+    makes it that much too long, which the caller's position check finds. Right after
+    a record that went wrong (see Resynchronisation), where no whole record tells where
+    the next begins, a damaged header whose line begins with ``+HTTPCGET:`` or a piece
+    of it is measured from that line's start, among the replayed bytes or after them.
+    A record whose CR came but not its LF, with the next header right after, was whole
+    and is delivered. While a damaged record's bytes are parsed, or a record that did not end
     in CRLF while bytes kept coming is replayed, ``doubtful()`` is True: a final result
     or ``ready`` among them may be image bytes (``ATLink`` holds it).
 
@@ -446,42 +449,47 @@ class ATParser:
                 r = self._record_header(start_n)
                 if r == -2:  # malformed record header
                     self._n = 0
-                    if not self._damage():
+                    if not self._damage(False, 0, self._at(i - start_n)):
                         self._frame_error("bad record length")
                     self._state = _LINE if j >= 0 and not over else _SKIP
                     i = j + 1 if j >= 0 and not over else e
                     continue
                 if r >= 0:  # r = bytes of this segment used up to the comma
-                    if not self._replaying:
-                        self._doubt = False
-                    if self._damaged and not self._replaying:
-                        self._damaged_before(self._base + i - start_n)
+                    if self._damaged:
+                        self._damaged_before(self._at(i - start_n))
                     i += r
                     self._n = 0
                     if self._need > self._rmax:
                         self._need = 0
-                        if not self._damage(False, r + start_n - 1 - _REC_PREFIX_LEN):
+                        d = r + start_n - 1 - _REC_PREFIX_LEN
+                        if not self._damage(False, d, self._at(i - r - start_n)):
                             self._frame_error("record length over rx size")
                         self._state = _LINE
                     else:
                         self._have = 0
                         self._state = _PAYLOAD if self._need else _TRAIL_CR
+                    if not self._replaying:  # (after _damage, which asks whether it was)
+                        self._doubt = False
                     continue
             if over:
                 self.overflows += 1
+                k = self._n
                 self._n = 0
-                if not self._damage(True):
+                if not self._begins_damaged(self._at(i - start_n), k) and not self._damage(True):
                     self._frame_error("line too long", None if self._replaying else -1)
                 self._state = _SKIP
                 i = e
                 continue
             if j < 0:
                 return
+            at = self._at(i - start_n)  # where the line began
             i = j + 1
             ln = self._n
             if ln and self._line[ln - 1] == _CR:
                 ln -= 1
             self._n = 0
+            if ln and self._begins_damaged(at, ln):
+                continue
             if ln and not self._replaying and (self._mark is not None or self._doubt):
                 # ESP output moves where a damaged record would start; other bytes are a
                 # record's whose header came damaged, or the rest of one that went wrong
@@ -522,20 +530,54 @@ class ATParser:
         self.handler.on_record(self._rmv[: self._have])
         self._have = 0
 
-    def _damage(self, long_line=False, digits=0):
+    def _at(self, i):
+        # The live stream offset of index ``i`` of the buffer being fed (a replay's
+        # bytes are the live ones [_replay_at - _replay_n, _replay_at)); None in a replay
+        # with no known place.
+        if not self._replaying:
+            return self._base + i
+        if self._replay_at is None:
+            return None
+        return self._replay_at - (self._replay_n - i)
+
+    def _begins_damaged(self, at, n):
+        # Right after a record that went wrong (among its replayed bytes, or in the
+        # lines after them) no whole record tells where the next one begins, but a line
+        # that begins with a piece of "+HTTPCGET:" (a byte of it altered, lost or
+        # doubled) does: the record whose header came damaged begins at live offset
+        # ``at``. True when the line ``_line[:n]`` was taken as that.
+        if self._mark is not None or at is None or not self._expect:
+            return False
+        if not (self._replaying or self._doubt) or not _header_piece(self._line, n):
+            return False
+        self._mark = at
+        self._damaged = True
+        self._dmg_digits = 0
+        self.junk += 1
+        return True
+
+    def _damage(self, long_line=False, digits=0, start=None):
         # Bytes after a whole record that are not ESP output (a record header that does
         # not parse, a line too long): a record whose header came damaged. When where
         # that record began is known, its length is told from where the next header
         # starts (_damaged_before); True then, and the frame error waits until then.
         # ``digits``: the header parsed but claimed more than rx_size (a lie, or a digit
         # altered): its length field's size on the wire, which tells the length exactly.
-        if self._replaying:
+        # ``start``: live offset where the line began, for a header whose prefix came
+        # whole (only its length field is wrong): the damaged record begins there. That
+        # is known also where _mark is not, right after a record that went wrong: among
+        # its replayed bytes (a lying header swallowed this one), or in the lines after
+        # them (_doubt). Otherwise the attempt ended there (32-44 KB fetched again).
+        if self._replaying and (start is None or self._replay_at is None):
             return False
         if self._mark is None:
             if long_line and self._doubt:  # the rest of a record that went wrong
                 self.junk += 1
                 return True
-            return False
+            if start is None or not self._expect or not (self._replaying or self._doubt):
+                return False
+            self._mark = start
+            self._damaged = False
         if not self._damaged:  # (later pieces of the same record keep what it told)
             self._dmg_digits = digits
         self._damaged = True
