@@ -901,6 +901,9 @@ class FaultKinds(unittest.TestCase):
             (2048, 40000, {"short_record": [3, -1], "damage_record": [4, 10, 57]}),
             (2048, 40000, {"short_record": [3, -300], "damage_record": [4, 9, 120]}),
             (2048, 40000, {"drop_body_at": [2053], "damage_record": [3, 11, 58]}),
+            # the lie claims over rx size (measured to the next header), and that next
+            # header claims over rx size too: two damaged records in a row
+            (2048, 40000, {"short_record": [3, 1500], "damage_record": [4, 11, 57]}),
         ]
         for rx, size, f in cases:
             settings = {"rx_size": rx} if rx else None
@@ -912,6 +915,21 @@ class FaultKinds(unittest.TestCase):
             self.assertEqual(r["statuses"], [1, 2], f)
             self.assertEqual(r["full_restarts"], 0, f)
             self.assertTrue(max(r["refetch"]) <= bound, (f, r["refetch"]))
+
+    def test_a_run_moved_by_two_lost_records_is_checked_at_their_sum(self):
+        # A lying header (300 B fewer) and, two records on, a lost first length digit
+        # (2,000 B fewer): the bytes after the second hole sit 2,300 B early, more than
+        # one record's reach (2 KB records). The response's end tells that sum, and the
+        # check looks that far: the run is moved, not dropped (19.7 KB per
+        # interruption before).
+        f = {"short_record": [2, -300], "damage_record": [4, 10, -1]}
+        kinds = ["damaged_header", "short_record"]
+        r, sn = self.scenario(5, kinds, f, size=40000, settings={"rx_size": 2048})
+        self.assertEqual(len(self.fired(sn, "damage_record")), 1)
+        self.assertTrue(any("bytes after the hole moved by 2300 B" in x for x in sn.log))
+        self.assertEqual(r["statuses"], [1, 2])
+        self.assertEqual(r["full_restarts"], 0)
+        self.assertTrue(max(r["refetch"]) <= 4096 + 2048 + 64, r["refetch"])
 
     def test_a_header_that_lost_its_first_length_digit(self):
         # "+HTTPCGET:6980," arrives as "+HTTPCGET:980,": a header claiming thousands of

@@ -639,6 +639,33 @@ class TestLostRecordPosition(unittest.TestCase):
                         (bad, wrong, step),
                     )
 
+    def test_two_damaged_headers_in_a_row(self):
+        # The header after a damaged record's bytes comes damaged too: each record is
+        # measured from where its own header began (the second used to end the attempt,
+        # or the two were measured as one).
+        one = b"\x00\x01\x02\r\n\x05"
+        two = b"\x10\x11\x12\x13"
+        firsts = (b"+HTTPCGXT:6,", b"+HTTPCGET:6;", b"+HTTPCGET:99,", b"xHTTPCGET:6,")
+        seconds = (b"+HTTPCGXT:4,", b"+HTTPCGET:4x,", b"+HTTPCGET:98,", b"+HTTPCGE:4,")
+        for a in firsts:
+            for b in seconds:
+                data = b"+HTTPCGET:3,abc\r\n" + a + one + b"\r\n" + b + two
+                data += b"\r\n+HTTPCGET:3,xyz\r\n"
+                # (a byte doubled or lost in the second header: its length one off)
+                n2 = 4 + len(b) - 12 if b"CGE:" in b or b"4x" in b else 4
+                for step in (1, 5, len(data)):
+                    ev = self._run_split(data, step, new_response=True)
+                    self.assertEqual(
+                        [e for e in ev if e[0] != "line"],
+                        [
+                            ("record", b"abc"),
+                            ("frame", "record header damaged", 6),
+                            ("frame", "record header damaged", n2),
+                            ("record", b"xyz"),
+                        ],
+                        (a, b, step),
+                    )
+
     def test_the_first_record_of_a_response_damaged(self):
         # Where the response began (new_response(), when the command was sent) stands
         # for the last whole record; the ESP's text lines before the record move it.

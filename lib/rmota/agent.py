@@ -1484,7 +1484,8 @@ class HostOTA:
         1). Before the hole is fetched, fetch the file's 16 bytes at a point inside
         them (``rx_size`` bytes in, the most one lying header can move them, or the
         middle) with a bounded ``Range``, and look for them within that distance in
-        the slot: found in place, the bytes ahead stay; found once elsewhere, they are
+        the slot (or as far as where the response ended off, which two lost records in
+        one run can put beyond it): found in place, the bytes ahead stay; found once elsewhere, they are
         moved there (``SlotWriter.shift_ahead``); not found, or found more than once
         (a run of equal bytes), they are dropped. With later holes only the run up to
         the next one is checked and moved; each later run is checked once its hole is
@@ -1505,38 +1506,51 @@ class HostOTA:
         # (the response's end told how far the run after the last hole is off)
         # (Kept until a check ends: a check that fails is tried again with it.)
         s = None if w.holes_after else self._ahead_shift
+        rx = self.rx_size
         direct = False
-        if s is not None and -self.rx_size <= s <= self.rx_size and abs(s) + _OVERLAP < run:
+        wide = False
+        if s is not None and abs(s) + _OVERLAP < run:
+            # Beyond one record's reach too: more than one lost record in the run (a
+            # lie and a lost length digit) moved it by their sum. The window is wide;
+            # with no place in it, the usual one (within one record's reach) is tried.
             lo = s if s < 0 else 0
             hi = s if s > 0 else 0
-        elif s and -self.rx_size <= s <= self.rx_size:
+            wide = not -rx <= s <= rx
+        elif s and -rx <= s <= rx:
             # The run is shorter than that lie (a length digit lost: thousands of bytes
             # fewer claimed): no file bytes lie inside it both in place and moved. Test
             # that one shift: the slot's 16 bytes at x are the file's at x - s.
             direct = True
             lo = hi = s
         else:
-            lo = -min(self.rx_size, (run - _OVERLAP) // 2)
+            lo = -min(rx, (run - _OVERLAP) // 2)
             hi = -lo
         # The file's bytes [m, m + 16) are ahead whatever the shift. Take m where the
         # slot's 16 bytes occur once within reach (not in a run of equal bytes, which
         # would match in place and elsewhere alike): up to 8 places spread over them.
         # (direct: m = x - s, where the slot's 16 bytes at x occur once in the run.)
         m = None
-        span = run - (hi - lo) - _OVERLAP  # where m may go, after h - lo
-        for i in range(8):
-            k = h - lo + span * i // 7
-            if direct:
-                x = k + s
-                w.read_at(x, self._ovl)
-                if 0 <= k <= w.image_len - _OVERLAP and w.find_ahead(self._ovl, h, h + run) == x:
+        while True:
+            span = run - (hi - lo) - _OVERLAP  # where m may go, after h - lo
+            for i in range(8):
+                k = h - lo + span * i // 7
+                if direct:
+                    x = k + s
+                    w.read_at(x, self._ovl)
+                    if 0 <= k <= w.image_len - _OVERLAP:
+                        if w.find_ahead(self._ovl, h, h + run) == x:
+                            m = k
+                            break
+                elif self._once_within(k, lo, hi):
                     m = k
                     break
-            elif self._once_within(k, lo, hi):
-                m = k
+                if not span:
+                    break
+            if m is not None or not wide:
                 break
-            if not span:
-                break
+            wide = False
+            lo = -min(rx, (run - _OVERLAP) // 2)
+            hi = -lo
         r = hi // 2
         while m is None and s is None and r >= _NARROW_MIN:
             # None there (bytes that repeat where the whole window fits, e.g. a short

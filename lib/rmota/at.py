@@ -545,11 +545,14 @@ class ATParser:
         # lines after them) no whole record tells where the next one begins, but a line
         # that begins with a piece of "+HTTPCGET:" (a byte of it altered, lost or
         # doubled) does: the record whose header came damaged begins at live offset
-        # ``at``. True when the line ``_line[:n]`` was taken as that.
-        if self._mark is not None or at is None or not self._expect:
+        # ``at``. So does it in a damaged record's bytes: the next header came damaged
+        # too. True when the line ``_line[:n]`` was taken as that.
+        if at is None or not self._expect or not _header_piece(self._line, n):
             return False
-        if not (self._replaying or self._doubt) or not _header_piece(self._line, n):
-            return False
+        if self._damaged:  # a damaged record before it ends here (two in a row)
+            self._damaged_before(at)
+        elif self._mark is not None or not (self._replaying or self._doubt):
+            return False  # (after a whole record: _damage's, from _mark)
         self._mark = at
         self._damaged = True
         self._dmg_digits = 0
@@ -564,10 +567,11 @@ class ATParser:
         # ``digits``: the header parsed but claimed more than rx_size (a lie, or a digit
         # altered): its length field's size on the wire, which tells the length exactly.
         # ``start``: live offset where the line began, for a header whose prefix came
-        # whole (only its length field is wrong): the damaged record begins there. That
-        # is known also where _mark is not, right after a record that went wrong: among
-        # its replayed bytes (a lying header swallowed this one), or in the lines after
-        # them (_doubt). Otherwise the attempt ended there (32-44 KB fetched again).
+        # whole (only its length field is wrong): the damaged record begins there, and
+        # a damaged record before it (two in a row) ends there. That is known also
+        # where _mark is not, right after a record that went wrong: among its replayed
+        # bytes (a lying header swallowed this one), or in the lines after them
+        # (_doubt). Without it the attempt ended there (32-44 KB fetched again).
         if self._replaying and (start is None or self._replay_at is None):
             return False
         if self._mark is None:
@@ -578,6 +582,8 @@ class ATParser:
                 return False
             self._mark = start
             self._damaged = False
+        elif start is not None and self._damaged:
+            self._damaged_before(start)  # the damaged record before it ends here
         if not self._damaged:  # (later pieces of the same record keep what it told)
             self._dmg_digits = digits
         self._damaged = True
@@ -590,7 +596,7 @@ class ATParser:
         # L payload bytes, CRLF. Report it lost with the one L that fits (-1: none).
         span = at - self._mark
         self._damaged = False
-        self._mark = None
+        self._mark = at  # (the next record begins here: its header may be damaged too)
         lost = -1
         d = self._dmg_digits
         self._dmg_digits = 0
