@@ -640,30 +640,46 @@ class TestLostRecordPosition(unittest.TestCase):
                     )
 
     def test_two_damaged_headers_in_a_row(self):
-        # The header after a damaged record's bytes comes damaged too: each record is
-        # measured from where its own header began (the second used to end the attempt,
-        # or the two were measured as one).
+        # After a damaged record's bytes, the next header parses but claims more than
+        # rx size: it ends the damaged record, and its own record is measured from its
+        # start by its digits (it used to give no length: the attempt ended).
         one = b"\x00\x01\x02\r\n\x05"
         two = b"\x10\x11\x12\x13"
-        firsts = (b"+HTTPCGXT:6,", b"+HTTPCGET:6;", b"+HTTPCGET:99,", b"xHTTPCGET:6,")
-        seconds = (b"+HTTPCGXT:4,", b"+HTTPCGET:4x,", b"+HTTPCGET:98,", b"+HTTPCGE:4,")
-        for a in firsts:
-            for b in seconds:
-                data = b"+HTTPCGET:3,abc\r\n" + a + one + b"\r\n" + b + two
-                data += b"\r\n+HTTPCGET:3,xyz\r\n"
-                # (a byte doubled or lost in the second header: its length one off)
-                n2 = 4 + len(b) - 12 if b"CGE:" in b or b"4x" in b else 4
+        for a in (b"+HTTPCGXT:6,", b"+HTTPCGET:6;", b"+HTTPCGET:99,", b"xHTTPCGET:6,"):
+            data = b"+HTTPCGET:3,abc\r\n" + a + one + b"\r\n+HTTPCGET:98," + two
+            data += b"\r\n+HTTPCGET:3,xyz\r\n"
+            for step in (1, 5, len(data)):
+                ev = self._run_split(data, step, new_response=True)
+                self.assertEqual(
+                    [e for e in ev if e[0] != "line"],
+                    [
+                        ("record", b"abc"),
+                        ("frame", "record header damaged", 6),
+                        ("frame", "record header damaged", 4),
+                        ("record", b"xyz"),
+                    ],
+                    (a, step),
+                )
+
+    def test_a_line_that_spells_a_header_inside_a_damaged_record(self):
+        # Image bytes in a damaged record's payload that make a line beginning with
+        # "+HTTPCGET:" and no length (or a piece of it) are that record's bytes: the
+        # record is measured whole, not cut there into pieces of wrong lengths.
+        for spelled in (b"+HTTPCGET:x", b"+HTTPCGXT:", b"+HTTPCGET:1;"):
+            body = b"\x00\x01\n" + spelled + b"\x02\x03\x04"
+            for bad in (b"+HTTPCGXT:%d," % len(body), b"+HTTPCGET:%dx," % len(body)):
+                data = b"+HTTPCGET:3,abc\r\n" + bad + body + b"\r\n+HTTPCGET:3,xyz\r\n"
+                n = len(body) + (1 if b"x," in bad else 0)  # (a byte more in its header)
                 for step in (1, 5, len(data)):
                     ev = self._run_split(data, step, new_response=True)
                     self.assertEqual(
                         [e for e in ev if e[0] != "line"],
                         [
                             ("record", b"abc"),
-                            ("frame", "record header damaged", 6),
-                            ("frame", "record header damaged", n2),
+                            ("frame", "record header damaged", n),
                             ("record", b"xyz"),
                         ],
-                        (a, b, step),
+                        (spelled, bad, step),
                     )
 
     def test_the_first_record_of_a_response_damaged(self):

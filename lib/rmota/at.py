@@ -545,14 +545,13 @@ class ATParser:
         # lines after them) no whole record tells where the next one begins, but a line
         # that begins with a piece of "+HTTPCGET:" (a byte of it altered, lost or
         # doubled) does: the record whose header came damaged begins at live offset
-        # ``at``. So does it in a damaged record's bytes: the next header came damaged
-        # too. True when the line ``_line[:n]`` was taken as that.
-        if at is None or not self._expect or not _header_piece(self._line, n):
+        # ``at``. True when the line ``_line[:n]`` was taken as that. (Not inside a
+        # damaged record's bytes: image bytes spell such lines too, and would cut the
+        # record into pieces of wrong lengths. Nor after a whole record: _mark tells.)
+        if self._mark is not None or at is None or not self._expect:
             return False
-        if self._damaged:  # a damaged record before it ends here (two in a row)
-            self._damaged_before(at)
-        elif self._mark is not None or not (self._replaying or self._doubt):
-            return False  # (after a whole record: _damage's, from _mark)
+        if not (self._replaying or self._doubt) or not _header_piece(self._line, n):
+            return False
         self._mark = at
         self._damaged = True
         self._dmg_digits = 0
@@ -567,11 +566,12 @@ class ATParser:
         # ``digits``: the header parsed but claimed more than rx_size (a lie, or a digit
         # altered): its length field's size on the wire, which tells the length exactly.
         # ``start``: live offset where the line began, for a header whose prefix came
-        # whole (only its length field is wrong): the damaged record begins there, and
-        # a damaged record before it (two in a row) ends there. That is known also
-        # where _mark is not, right after a record that went wrong: among its replayed
-        # bytes (a lying header swallowed this one), or in the lines after them
-        # (_doubt). Without it the attempt ended there (32-44 KB fetched again).
+        # whole (only its length field is wrong): the damaged record begins there. That
+        # is known also where _mark is not, right after a record that went wrong: among
+        # its replayed bytes (a lying header swallowed this one), or in the lines after
+        # them (_doubt). Without it the attempt ended there (32-44 KB fetched again).
+        # Inside a damaged record's bytes it is one more piece of them (image bytes
+        # spell such lines too); a header that parses ends that record (_damaged_before).
         if self._replaying and (start is None or self._replay_at is None):
             return False
         if self._mark is None:
@@ -582,8 +582,6 @@ class ATParser:
                 return False
             self._mark = start
             self._damaged = False
-        elif start is not None and self._damaged:
-            self._damaged_before(start)  # the damaged record before it ends here
         if not self._damaged:  # (later pieces of the same record keep what it told)
             self._dmg_digits = digits
         self._damaged = True
