@@ -609,10 +609,13 @@ class TestLostRecordPosition(unittest.TestCase):
     def test_a_damaged_header_right_after_a_record_that_went_wrong(self):
         # A record goes wrong (its header lies by +1, -1 or by enough to swallow the
         # next header, or a payload byte is lost), and the next record's header comes
-        # damaged: a length digit altered, a claim over rx size, or its "+HTTPCGET:"
-        # altered. No whole record tells where the damaged one began, but its header's
-        # line does, in the replayed bytes or in the lines after them: it is measured
-        # to the next header (it used to end the attempt: 32-44 KB fetched again).
+        # damaged with "+HTTPCGET:" whole: a length digit altered, the comma altered, or
+        # a claim over rx size. No whole record tells where the damaged one began, but
+        # its line, right after the CR LF that ends the record before it, does, in the
+        # replayed bytes or in the lines after them: it is measured to the next header
+        # (it used to end the attempt: 17-44 KB fetched again). With "+HTTPCGET:" itself
+        # damaged the line is not taken for a header (image bytes spell such pieces):
+        # nothing is reported for it, as before, and the next record is delivered.
         body = bytes(range(12))
         bads = (b"+HTTPCGET:1x,", b"+HTTPCGET:12;", b"+HTTPCGET:92,", b"+HTTPCGXT:12,")
         bads += (b"xHTTPCGET:12,",)
@@ -623,20 +626,39 @@ class TestLostRecordPosition(unittest.TestCase):
                 (b"+HTTPCGET:6,ABCEF", 6),
                 (b"+HTTPCGET:%d,ABCDEF" % (10 + len(bad)), 10 + len(bad)),
             )
+            measured = bad.startswith(b"+HTTPCGET:")
             for wrong, claim in wrongs:
                 data = b"+HTTPCGET:3,abc\r\n" + wrong + b"\r\n" + bad + body
                 data += b"\r\n+HTTPCGET:3,xyz\r\n"
+                want = [("record", b"abc"), ("frame", "record not ended by CRLF", claim)]
+                if measured:
+                    want.append(("frame", "record header damaged", 12))
+                want.append(("record", b"xyz"))
                 for step in (1, 5, len(data)):
+                    ev = self._run_split(data, step, new_response=True)
+                    self.assertEqual([e for e in ev if e[0] != "line"], want, (bad, wrong, step))
+
+    def test_image_bytes_that_spell_a_header_after_a_record_that_went_wrong(self):
+        # The bytes of a record whose header lied hold a line "+HTTPCGET:" and no length
+        # (image bytes): after a lone LF it is more of that record; after a CR LF it is
+        # taken for a damaged header, and dropped when no length fits before the next
+        # header. Either way nothing more is reported and the next record is delivered
+        # (it used to end the attempt).
+        for sep in (b"\n", b"\r\n"):
+            payload = b"abcde" + sep + b"+HTTPCGET:\x00"
+            for claim in (len(payload) - 8, len(payload) - 2):
+                data = b"+HTTPCGET:3,abc\r\n+HTTPCGET:%d," % claim + payload
+                data += b"\r\n+HTTPCGET:3,xyz\r\n"
+                for step in (1, 4, len(data)):
                     ev = self._run_split(data, step, new_response=True)
                     self.assertEqual(
                         [e for e in ev if e[0] != "line"],
                         [
                             ("record", b"abc"),
                             ("frame", "record not ended by CRLF", claim),
-                            ("frame", "record header damaged", 12),
                             ("record", b"xyz"),
                         ],
-                        (bad, wrong, step),
+                        (sep, claim, step),
                     )
 
     def test_two_damaged_headers_in_a_row(self):

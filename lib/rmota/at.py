@@ -164,8 +164,11 @@ class ATParser:
     with ``lost`` the one length that fits between (``-1``: none); a URC in between
     makes it that much too long, which the caller's position check finds. Right after
     a record that went wrong (see Resynchronisation), where no whole record tells where
-    the next begins, a damaged header whose line begins with ``+HTTPCGET:`` or a piece
-    of it is measured from that line's start, among the replayed bytes or after them.
+    the next begins, a damaged header whose line begins with ``+HTTPCGET:`` whole,
+    right after a CR LF, is measured from that line's start, among the replayed bytes
+    or after them; image bytes spell such lines too, so one that does not follow a CR
+    LF, or whose length does not fit, is taken as more of the record that went wrong
+    (nothing reported).
     A record whose CR came but not its LF, with the next header right after, was whole
     and is delivered. While a damaged record's bytes are parsed, or a record that did not end
     in CRLF while bytes kept coming is replayed, ``doubtful()`` is True: a final result
@@ -213,6 +216,11 @@ class ATParser:
         self._mark = None
         self._damaged = False
         self._dmg_digits = 0  # _damage(): the length field's digits of a header too long
+        # _mark was only guessed (_damage's start, right after a record
+        # that went wrong): a length that does not fit then means the guess was wrong.
+        self._guess = False
+        self._lcrlf = False  # the line being read began right after CR LF
+        self._tail = 0  # the last two bytes fed live (CR LF: 0x0D0A), for the next line
         # Until the next record header, the lines may be image bytes: the rest of a
         # record that did not end in CRLF or stopped arriving (its header claimed too
         # few bytes, or the ESP paused). _expect: this response has records.
@@ -259,6 +267,7 @@ class ATParser:
         self._have = 0
         self._state = _LINE
         self._mark = None
+        self._guess = False
         self._damaged = False
         self._doubt = False
 
@@ -274,6 +283,7 @@ class ATParser:
         line) and where the next header starts; for other commands only once a whole
         record came."""
         self._mark = self._base if records else None
+        self._guess = False
         self._damaged = False
         self._doubt = False
         self._expect = records
@@ -363,6 +373,10 @@ class ATParser:
             self._feed(buf, n)
         finally:
             self._base += n
+            if n >= 2:
+                self._tail = buf[n - 2] << 8 | buf[n - 1]
+            elif n:
+                self._tail = (self._tail & 0xFF) << 8 | buf[0]
 
     def _feed(self, buf, n):
         if buf is not self._fbuf:  # the link feeds the same buffer every time
@@ -443,6 +457,14 @@ class ATParser:
             if over:  # copy what fits: it may still be a record header
                 e = i + self._cap - self._n
             start_n = self._n
+            if not start_n:  # a line begins: right after CR LF? (a record's trailer)
+                if i >= 2:
+                    self._lcrlf = buf[i - 2] == _CR and buf[i - 1] == _LF
+                else:  # (a replay's first bytes follow its record's header)
+                    t = self._tail if not self._replaying else 0
+                    if i:
+                        t = (t & 0xFF) << 8 | buf[0]
+                    self._lcrlf = t == 0x0D0A
             self._line[start_n : start_n + e - i] = mv[i:e]
             self._n = start_n + e - i
             if self._n >= _REC_PREFIX_LEN and self._line[0] == 43:  # '+'
@@ -473,23 +495,19 @@ class ATParser:
                     continue
             if over:
                 self.overflows += 1
-                k = self._n
                 self._n = 0
-                if not self._begins_damaged(self._at(i - start_n), k) and not self._damage(True):
+                if not self._damage(True):
                     self._frame_error("line too long", None if self._replaying else -1)
                 self._state = _SKIP
                 i = e
                 continue
             if j < 0:
                 return
-            at = self._at(i - start_n)  # where the line began
             i = j + 1
             ln = self._n
             if ln and self._line[ln - 1] == _CR:
                 ln -= 1
             self._n = 0
-            if ln and self._begins_damaged(at, ln):
-                continue
             if ln and not self._replaying and (self._mark is not None or self._doubt):
                 # ESP output moves where a damaged record would start; other bytes are a
                 # record's whose header came damaged, or the rest of one that went wrong
@@ -519,6 +537,7 @@ class ATParser:
         self._state = _LINE
         self.records += 1
         if self._expect:
+            self._guess = False
             if not self._replaying:
                 self._mark = self._base + i
                 self._damaged = False
@@ -540,24 +559,6 @@ class ATParser:
             return None
         return self._replay_at - (self._replay_n - i)
 
-    def _begins_damaged(self, at, n):
-        # Right after a record that went wrong (among its replayed bytes, or in the
-        # lines after them) no whole record tells where the next one begins, but a line
-        # that begins with a piece of "+HTTPCGET:" (a byte of it altered, lost or
-        # doubled) does: the record whose header came damaged begins at live offset
-        # ``at``. True when the line ``_line[:n]`` was taken as that. (Not inside a
-        # damaged record's bytes: image bytes spell such lines too, and would cut the
-        # record into pieces of wrong lengths. Nor after a whole record: _mark tells.)
-        if self._mark is not None or at is None or not self._expect:
-            return False
-        if not (self._replaying or self._doubt) or not _header_piece(self._line, n):
-            return False
-        self._mark = at
-        self._damaged = True
-        self._dmg_digits = 0
-        self.junk += 1
-        return True
-
     def _damage(self, long_line=False, digits=0, start=None):
         # Bytes after a whole record that are not ESP output (a record header that does
         # not parse, a line too long): a record whose header came damaged. When where
@@ -567,11 +568,14 @@ class ATParser:
         # altered): its length field's size on the wire, which tells the length exactly.
         # ``start``: live offset where the line began, for a header whose prefix came
         # whole (only its length field is wrong): the damaged record begins there. That
-        # is known also where _mark is not, right after a record that went wrong: among
-        # its replayed bytes (a lying header swallowed this one), or in the lines after
-        # them (_doubt). Without it the attempt ended there (32-44 KB fetched again).
-        # Inside a damaged record's bytes it is one more piece of them (image bytes
-        # spell such lines too); a header that parses ends that record (_damaged_before).
+        # is guessed also where _mark is not known, right after a record that went
+        # wrong (among its replayed bytes: a lying header swallowed this one; or in the
+        # lines after them, _doubt), when the line follows a CR LF; it used to end the
+        # attempt (17-44 KB fetched again). Image bytes spell such lines too: one that
+        # does not follow a CR LF is more of the record that went wrong, and a guess
+        # whose length does not fit is dropped (_damaged_before). Inside a damaged
+        # record's bytes it is one more piece of them; a header that parses ends that
+        # record (_damaged_before).
         if self._replaying and (start is None or self._replay_at is None):
             return False
         if self._mark is None:
@@ -580,7 +584,13 @@ class ATParser:
                 return True
             if start is None or not self._expect or not (self._replaying or self._doubt):
                 return False
+            if not self._lcrlf:
+                # Image bytes that spell a header (a real one follows the CR LF that
+                # ends the record before it): more of the record that went wrong.
+                self.junk += 1
+                return True
             self._mark = start
+            self._guess = True
             self._damaged = False
         if not self._damaged:  # (later pieces of the same record keep what it told)
             self._dmg_digits = digits
@@ -592,7 +602,11 @@ class ATParser:
         # A whole record header starts at live offset ``at``; the bytes since _mark were
         # one record whose header came damaged: ``+HTTPCGET:`` and d digits and a comma,
         # L payload bytes, CRLF. Report it lost with the one L that fits (-1: none).
+        # With _mark only guessed, a length that does not fit means the guess was wrong
+        # (image bytes that spell a header piece): nothing is reported, as before.
         span = at - self._mark
+        guess = self._guess
+        self._guess = False
         self._damaged = False
         self._mark = at  # (the next record begins here: its header may be damaged too)
         lost = -1
@@ -600,17 +614,19 @@ class ATParser:
         self._dmg_digits = 0
         if d:
             k = span - _REC_PREFIX_LEN - d - 3
-            self._frame_error("record header damaged", k if 0 < k <= self._rmax else -1)
-            return
-        d = 1
-        p = 10
-        while d <= 5:
-            k = span - _REC_PREFIX_LEN - d - 3
-            if k > 0 and k <= self._rmax and p // 10 <= k < p:
-                lost = k if lost < 0 else -1
-            d += 1
-            p *= 10
-        self._frame_error("record header damaged", lost)
+            if 0 < k <= self._rmax:
+                lost = k
+        else:
+            d = 1
+            p = 10
+            while d <= 5:
+                k = span - _REC_PREFIX_LEN - d - 3
+                if k > 0 and k <= self._rmax and p // 10 <= k < p:
+                    lost = k if lost < 0 else -1
+                d += 1
+                p *= 10
+        if lost >= 0 or not guess:
+            self._frame_error("record header damaged", lost)
 
     def _record_header(self, start_n):
         """Check whether the line buffer holds a ``+HTTPCGET:<digits>,`` record header.
