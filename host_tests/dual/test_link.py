@@ -546,6 +546,13 @@ class TestLostRecordPosition(unittest.TestCase):
             p.feed(data[a : a + step])
         return h.events
 
+    def _check_steps(self, data, steps, want, msg):
+        # Fed ``steps`` bytes at a time (and whole) after new_response(), the parser's
+        # events other than lines are ``want``.
+        for step in steps + (len(data),):
+            ev = self._run_split(data, step, new_response=True)
+            self.assertEqual([e for e in ev if e[0] != "line"], want, (msg, step))
+
     def test_a_damaged_record_header_is_told_by_where_the_next_begins(self):
         # One byte of a record header came altered (its payload binary or text, longer
         # or shorter than a line): the record is reported lost with the length that
@@ -634,9 +641,7 @@ class TestLostRecordPosition(unittest.TestCase):
                 if measured:
                     want.append(("frame", "record header damaged", 12))
                 want.append(("record", b"xyz"))
-                for step in (1, 5, len(data)):
-                    ev = self._run_split(data, step, new_response=True)
-                    self.assertEqual([e for e in ev if e[0] != "line"], want, (bad, wrong, step))
+                self._check_steps(data, (1, 5), want, (bad, wrong))
 
     def test_image_bytes_that_spell_a_header_after_a_record_that_went_wrong(self):
         # The bytes of a record whose header lied hold a line "+HTTPCGET:" and no length
@@ -649,17 +654,8 @@ class TestLostRecordPosition(unittest.TestCase):
             for claim in (len(payload) - 8, len(payload) - 2):
                 data = b"+HTTPCGET:3,abc\r\n+HTTPCGET:%d," % claim + payload
                 data += b"\r\n+HTTPCGET:3,xyz\r\n"
-                for step in (1, 4, len(data)):
-                    ev = self._run_split(data, step, new_response=True)
-                    self.assertEqual(
-                        [e for e in ev if e[0] != "line"],
-                        [
-                            ("record", b"abc"),
-                            ("frame", "record not ended by CRLF", claim),
-                            ("record", b"xyz"),
-                        ],
-                        (sep, claim, step),
-                    )
+                want = [("record", b"abc"), ("frame", "record not ended by CRLF", claim)]
+                self._check_steps(data, (1, 4), want + [("record", b"xyz")], (sep, claim))
 
     def test_two_damaged_headers_in_a_row(self):
         # After a damaged record's bytes, the next header parses but claims more than
@@ -670,18 +666,8 @@ class TestLostRecordPosition(unittest.TestCase):
         for a in (b"+HTTPCGXT:6,", b"+HTTPCGET:6;", b"+HTTPCGET:99,", b"xHTTPCGET:6,"):
             data = b"+HTTPCGET:3,abc\r\n" + a + one + b"\r\n+HTTPCGET:98," + two
             data += b"\r\n+HTTPCGET:3,xyz\r\n"
-            for step in (1, 5, len(data)):
-                ev = self._run_split(data, step, new_response=True)
-                self.assertEqual(
-                    [e for e in ev if e[0] != "line"],
-                    [
-                        ("record", b"abc"),
-                        ("frame", "record header damaged", 6),
-                        ("frame", "record header damaged", 4),
-                        ("record", b"xyz"),
-                    ],
-                    (a, step),
-                )
+            lost = [("frame", "record header damaged", 6), ("frame", "record header damaged", 4)]
+            self._check_steps(data, (1, 5), [("record", b"abc")] + lost + [("record", b"xyz")], a)
 
     def test_a_line_that_spells_a_header_inside_a_damaged_record(self):
         # Image bytes in a damaged record's payload that make a line beginning with
@@ -692,17 +678,8 @@ class TestLostRecordPosition(unittest.TestCase):
             for bad in (b"+HTTPCGXT:%d," % len(body), b"+HTTPCGET:%dx," % len(body)):
                 data = b"+HTTPCGET:3,abc\r\n" + bad + body + b"\r\n+HTTPCGET:3,xyz\r\n"
                 n = len(body) + (1 if b"x," in bad else 0)  # (a byte more in its header)
-                for step in (1, 5, len(data)):
-                    ev = self._run_split(data, step, new_response=True)
-                    self.assertEqual(
-                        [e for e in ev if e[0] != "line"],
-                        [
-                            ("record", b"abc"),
-                            ("frame", "record header damaged", n),
-                            ("record", b"xyz"),
-                        ],
-                        (spelled, bad, step),
-                    )
+                want = [("record", b"abc"), ("frame", "record header damaged", n)]
+                self._check_steps(data, (1, 5), want + [("record", b"xyz")], (spelled, bad))
 
     def test_the_first_record_of_a_response_damaged(self):
         # Where the response began (new_response(), when the command was sent) stands
