@@ -1485,13 +1485,13 @@ class HostOTA:
         them (``rx_size`` bytes in, the most one lying header can move them, or the
         middle) with a bounded ``Range``, and look for them within that distance in
         the slot (or as far as where the response ended off, which two lost records in
-        one run can put beyond it): found in place, the bytes ahead stay; found once elsewhere, they are
-        moved there (``SlotWriter.shift_ahead``); not found, or found more than once
-        (a run of equal bytes), they are dropped. With later holes only the run up to
-        the next one is checked and moved; each later run is checked once its hole is
-        the current one (``_ahead_next``), the last within where the response ended
-        off. Returns ``"more"`` when decided, else the attempt's failure (an int HTTP
-        status, or a reason string)."""
+        one run can put beyond it): found in place, the bytes ahead stay; found once
+        elsewhere, they are moved there (``SlotWriter.shift_ahead``); not found, or
+        found more than once (a run of equal bytes), they are dropped. With later holes
+        only the run up to the next one is checked and moved; each later run is
+        checked once its hole is the current one (``_ahead_next``), the last within
+        where the response ended off. Returns ``"more"`` when decided, else the
+        attempt's failure (an int HTTP status, or a reason string)."""
         w = self.writer
         h = w.hole_end
         run = w.ahead_run_end() - h

@@ -168,11 +168,11 @@ class ATParser:
     right after a CR LF, is measured from that line's start, among the replayed bytes
     or after them; image bytes spell such lines too, so one that does not follow a CR
     LF, or whose length does not fit, is taken as more of the record that went wrong
-    (nothing reported).
-    A record whose CR came but not its LF, with the next header right after, was whole
-    and is delivered. While a damaged record's bytes are parsed, or a record that did not end
-    in CRLF while bytes kept coming is replayed, ``doubtful()`` is True: a final result
-    or ``ready`` among them may be image bytes (``ATLink`` holds it).
+    (nothing reported). A record whose CR came but not its LF, with the next header
+    right after, was whole and is delivered. While a damaged record's bytes are
+    parsed, or a record that did not end in CRLF while bytes kept coming is replayed,
+    ``doubtful()`` is True: a final result or ``ready`` among them may be image bytes
+    (``ATLink`` holds it).
 
     ``line_max`` (bytes) caps a line; ``record_max`` (bytes) caps a record's payload and
     should be the largest rx size the host asks ``AT+HTTPCGET`` for (ESP-AT allows up
