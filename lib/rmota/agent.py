@@ -1508,14 +1508,9 @@ class HostOTA:
         s = None if w.holes_after else self._ahead_shift
         rx = self.rx_size
         direct = False
-        wide = False
         if s is not None and abs(s) + _OVERLAP < run:
-            # Beyond one record's reach too: more than one lost record in the run (a
-            # lie and a lost length digit) moved it by their sum. The window is wide;
-            # with no place in it, the usual one (within one record's reach) is tried.
             lo = s if s < 0 else 0
             hi = s if s > 0 else 0
-            wide = not -rx <= s <= rx
         elif s and -rx <= s <= rx:
             # The run is shorter than that lie (a length digit lost: thousands of bytes
             # fewer claimed): no file bytes lie inside it both in place and moved. Test
@@ -1529,28 +1524,14 @@ class HostOTA:
         # slot's 16 bytes occur once within reach (not in a run of equal bytes, which
         # would match in place and elsewhere alike): up to 8 places spread over them.
         # (direct: m = x - s, where the slot's 16 bytes at x occur once in the run.)
-        m = None
-        while True:
-            span = run - (hi - lo) - _OVERLAP  # where m may go, after h - lo
-            for i in range(8):
-                k = h - lo + span * i // 7
-                if direct:
-                    x = k + s
-                    w.read_at(x, self._ovl)
-                    if 0 <= k <= w.image_len - _OVERLAP:
-                        if w.find_ahead(self._ovl, h, h + run) == x:
-                            m = k
-                            break
-                elif self._once_within(k, lo, hi):
-                    m = k
-                    break
-                if not span:
-                    break
-            if m is not None or not wide:
-                break
-            wide = False
+        m = self._place_ahead(h, run, lo, hi, s if direct else None)
+        if m is None and not -rx <= lo <= hi <= rx:
+            # Beyond one record's reach (more than one lost record in the run, a lie
+            # and a lost length digit, moved it by their sum) no place was found: try
+            # the usual window, within one record's reach.
             lo = -min(rx, (run - _OVERLAP) // 2)
             hi = -lo
+            m = self._place_ahead(h, run, lo, hi, None)
         r = hi // 2
         while m is None and s is None and r >= _NARROW_MIN:
             # None there (bytes that repeat where the whole window fits, e.g. a short
@@ -1596,6 +1577,26 @@ class HostOTA:
         if w.hole_end and w.holes_after:
             self._ahead_next = w.hole_end  # the runs after the next holes: checked later
         return "more"
+
+    def _place_ahead(self, h, run, lo, hi, s):
+        # Up to 8 places m spread over the run [h, h + run) of bytes ahead, the first
+        # where the slot's 16 bytes at m occur once within m + lo .. m + hi (+ 16); with
+        # ``s`` (a direct test of that one shift), where the slot's 16 bytes at m + s
+        # occur once in the run. None: no such place.
+        w = self.writer
+        span = run - (hi - lo) - _OVERLAP  # where m may go, after h - lo
+        for i in range(8):
+            k = h - lo + span * i // 7
+            if s is not None:
+                x = k + s
+                w.read_at(x, self._ovl)
+                if 0 <= k <= w.image_len - _OVERLAP and w.find_ahead(self._ovl, h, h + run) == x:
+                    return k
+            elif self._once_within(k, lo, hi):
+                return k
+            if not span:
+                return None
+        return None
 
     def _once_within(self, k, lo, hi):
         # The slot's 16 bytes at payload offset k occur once within k + lo .. k + hi
