@@ -300,6 +300,10 @@ class HostOTA:
         self._ahead_check = None
         self._ahead_next = None
         self._ahead_shift = None
+        # _placed_at: the hole_end whose bytes ahead (one run) the journal says sit at
+        # their place (their response ended where it should, or a check found them):
+        # a resume after a power cut keeps them without a check (_placed).
+        self._placed_at = 0
         self._overlap_fails = 0
         self.bytes_received = 0
         self.bytes_refetched = 0
@@ -952,6 +956,7 @@ class HostOTA:
         j = self.board.journal
         j.crc_reset()
         self.writer.journaled = 0
+        self._placed_at = 0
         j.save(
             {
                 "stage": "download",
@@ -981,6 +986,7 @@ class HostOTA:
         except (ImageError, ValueError, KeyError, TypeError):
             return False
         self.writer.begin(h.image_len)
+        self._placed_at = saved.get("placed") or 0
         j = self.board.journal
         crcs = j.crcs()
         w = self.writer
@@ -1010,7 +1016,13 @@ class HostOTA:
             parks = j.parks()
             if (runs or joints or parks) and w.resume_ahead(runs, joints, parks):
                 self.log.info("kept %d B written ahead of a hole" % (w.ahead + w.joint_len))
-                self._ahead_check = True
+                if self._placed_at == w.hole_end and not w.holes_after:
+                    # Their place was confirmed before the power cut, and every block
+                    # of them kept matches its CRC: no check (bytes that repeat with a
+                    # short period could not be checked again).
+                    self.log.info("bytes ahead of the hole at their place (journal)")
+                else:
+                    self._ahead_check = True
         self.header = h
         self._hdr_raw[:] = raw
         self.resumes += 1
@@ -1301,6 +1313,8 @@ class HostOTA:
                 att.confirmed = True
                 self._ahead_check = None
                 self._ahead_next = None
+                if w.hole_end and not w.holes_after:
+                    self._placed(w.hole_end)
             elif att.unverified and (
                 http_status_of(c.err_code) or (c.final == b"OK" and att.received >= note.size)
             ):
@@ -1576,6 +1590,8 @@ class HostOTA:
                 return self._drop_run("not found in place")
         if w.hole_end and w.holes_after:
             self._ahead_next = w.hole_end  # the runs after the next holes: checked later
+        elif w.hole_end:
+            self._placed(w.hole_end)
         return "more"
 
     def _place_ahead(self, h, run, lo, hi, s):
@@ -1622,7 +1638,22 @@ class HostOTA:
         if self._probe[:_OVERLAP] != self._ovl:
             return self._drop_run("not found in place")
         self.log.info("bytes ahead of the hole checked")
+        if w.hole_end and not w.holes_after:
+            self._placed(w.hole_end)
         return "more"
+
+    def _placed(self, h):
+        # Journal that the bytes ahead of the hole ending at payload offset ``h`` (one
+        # run, no later hole) sit at their place; 0: nothing is known any more. One
+        # record save (atomic), only when the value changes: a few times per hole.
+        if h == self._placed_at:
+            return
+        j = self.board.journal
+        d = j.load()
+        if d and d.get("stage") == "download":
+            d["placed"] = h
+            j.save(d)
+        self._placed_at = h
 
     def _fetch_probe(self, start):
         """Fetch the file's 16 bytes at stream offset ``start`` into ``self._probe``
@@ -1795,9 +1826,14 @@ class HostOTA:
             att.pos = resume
             return True
         if w.hole_end:  # among the bytes written ahead of a hole: another hole
-            if att.pos - HEADER_SIZE != w.ahead_at or not w.gap(resume - HEADER_SIZE):
+            if att.pos - HEADER_SIZE != w.ahead_at:
                 return False  # (a loss while a hole is being filled: retry that)
-        elif att.pos > acc or not w.gap(resume - HEADER_SIZE):
+        elif att.pos > acc:
+            return False
+        # Before any flash operation of the new hole: what the journal says of the place
+        # of bytes ahead of a hole (_placed) no longer holds.
+        self._placed(0)
+        if not w.gap(resume - HEADER_SIZE):
             return False
         att.gapped = True
         att.gaps += 1
