@@ -1646,9 +1646,9 @@ class HostOTA:
         # Journal that the bytes ahead of the hole ending at payload offset ``h`` (one
         # run, no later hole) sit at their place; 0: nothing is known any more. One
         # record save (atomic), only when the value changes: a few times per hole.
-        if h == self._placed_at:
-            return
         j = self.board.journal
+        if h == self._placed_at or getattr(j, "crclog", None) is None:
+            return  # (without a raw CRC log nothing ahead of a hole is journalled)
         d = j.load()
         if d and d.get("stage") == "download":
             d["placed"] = h
