@@ -309,6 +309,10 @@ class HostOTA:
         self.bytes_refetched = 0
         self.errors = 0
         self.last_error = None
+        # Cycles ended because the link failed in a way a retry may cure (LinkError: the
+        # ESP answered nothing to AT, busy or powered off): not agent errors.
+        self.link_failures = 0
+        self._link_run = 0  # such failures in a row (the back-off grows with them)
         self._gen = None
         self._idle = False
         self._retry_at = None
@@ -410,10 +414,30 @@ class HostOTA:
         except StopIteration:
             self._gen = None
             self._idle = True
+        except LinkError as e:
+            self._gen = None
+            self._link_failed(e)
         except Exception as e:
             self._gen = None
             self._fault(e)
         return n
+
+    def _link_failed(self, e):
+        # The cycle ended on a LinkError: the ESP did not answer AT through _init_esp's
+        # back-off (busy for minutes, held in reset, powered off). A state of the ESP,
+        # not a defect: a warning, and a new cycle (the journal carries the job on) after
+        # a back-off that doubles with each such cycle in a row, up to backoff_max_ms.
+        self.link_failures += 1
+        self.link.sink = None
+        self.link.record_hold_ms = 0
+        ms = self._backoff(self._link_run)
+        self._link_run += 1
+        self._retry_at = self.clock.ticks_ms() + ms
+        self.state = "link down"
+        try:
+            self.log.warn("link down (%s): next cycle in %d ms" % (e, ms))
+        except Exception:
+            pass
 
     def _fault(self, e):
         self.errors += 1
@@ -569,6 +593,7 @@ class HostOTA:
                 self.log.warn("ESP echoes commands again: it rebooted unseen")
                 self._esp_forgot()
             if c.ok:
+                self._link_run = 0
                 break
             if c.final is None and not c.busy and i >= 1:
                 # Nothing at all: the ESP may be waiting for data after a prompt - up to
