@@ -1203,6 +1203,12 @@ class HostOTA:
         acc = self._accepted()
         w = self.writer
         mode = self.flash_mode
+        if self._placed_at and self._placed_at != w.hole_end:
+            # That hole was filled or dropped: the journal forgets it here, between
+            # responses (a record save while the ESP sends would overflow a fast UART).
+            # A hole opened later in a response ends past it (the write position is past
+            # a filled hole), so the resume never takes the old word for a new hole.
+            self._placed(0)
         if self._ahead_next is not None and w.hole_end != self._ahead_next:
             # the run checked last is in: the next hole is current, check its run too
             self._ahead_next = None
@@ -1855,9 +1861,6 @@ class HostOTA:
                 return False  # (a loss while a hole is being filled: retry that)
         elif att.pos > acc:
             return False
-        # Before any flash operation of the new hole: what the journal says of the place
-        # of bytes ahead of a hole (_placed) no longer holds.
-        self._placed(0)
         if not w.gap(resume - HEADER_SIZE):
             return False
         att.gapped = True
