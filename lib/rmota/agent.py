@@ -428,23 +428,25 @@ class HostOTA:
         # not a defect: a warning, and a new cycle (the journal carries the job on) after
         # a back-off that doubles with each such cycle in a row, up to backoff_max_ms.
         self.link_failures += 1
-        self.link.sink = None
-        self.link.record_hold_ms = 0
         ms = self._backoff(self._link_run)
         self._link_run += 1
-        self._retry_at = self.clock.ticks_ms() + ms
-        self.state = "link down"
+        self._end_cycle(ms, "link down")
         try:
             self.log.warn("link down (%s): next cycle in %d ms" % (e, ms))
         except Exception:
             pass
 
-    def _fault(self, e):
-        self.errors += 1
+    def _end_cycle(self, ms, state):
+        # The cycle's generator is gone: records go nowhere, none is held, and the next
+        # cycle starts in ``ms`` (poll()).
         self.link.sink = None
         self.link.record_hold_ms = 0
-        self._retry_at = self.clock.ticks_ms() + self.backoff_ms
-        self.state = "error"
+        self._retry_at = self.clock.ticks_ms() + ms
+        self.state = state
+
+    def _fault(self, e):
+        self.errors += 1
+        self._end_cycle(self.backoff_ms, "error")
         try:  # reporting must not raise out of poll() either (a full disk, no memory)
             self.last_error = repr(e)
             self.log.error("agent error:", self.last_error)
@@ -1344,8 +1346,7 @@ class HostOTA:
                 att.confirmed = True
                 self._ahead_check = None
                 self._ahead_next = None
-                if w.hole_end and not w.holes_after:
-                    self._placed(w.hole_end)
+                self._placed(w.hole_end)
             elif att.unverified and (
                 http_status_of(c.err_code) or (c.final == b"OK" and att.received >= note.size)
             ):
@@ -1621,8 +1622,7 @@ class HostOTA:
                 return self._drop_run("not found in place")
         if w.hole_end and w.holes_after:
             self._ahead_next = w.hole_end  # the runs after the next holes: checked later
-        elif w.hole_end:
-            self._placed(w.hole_end)
+        self._placed(w.hole_end)
         return "more"
 
     def _place_ahead(self, h, run, lo, hi, s):
@@ -1669,15 +1669,17 @@ class HostOTA:
         if self._probe[:_OVERLAP] != self._ovl:
             return self._drop_run("not found in place")
         self.log.info("bytes ahead of the hole checked")
-        if w.hole_end and not w.holes_after:
-            self._placed(w.hole_end)
+        self._placed(w.hole_end)
         return "more"
 
     def _placed(self, h):
-        # Journal that the bytes ahead of the hole ending at payload offset ``h`` (one
-        # run, no later hole) sit at their place; 0: nothing is known any more. One
-        # record save (atomic), only when the value changes: a few times per hole.
+        # Journal that the bytes ahead of the hole ending at payload offset ``h`` sit at
+        # their place (only while they are one run: no later hole); 0: nothing is known
+        # any more. One record save (atomic), only when the value changes: a few times
+        # per hole, always between responses.
         j = self.board.journal
+        if h and self.writer.holes_after:
+            return
         if h == self._placed_at or getattr(j, "crclog", None) is None:
             return  # (without a raw CRC log nothing ahead of a hole is journalled)
         d = j.load()
@@ -1857,11 +1859,9 @@ class HostOTA:
             att.pos = resume
             return True
         if w.hole_end:  # among the bytes written ahead of a hole: another hole
-            if att.pos - HEADER_SIZE != w.ahead_at:
+            if att.pos - HEADER_SIZE != w.ahead_at or not w.gap(resume - HEADER_SIZE):
                 return False  # (a loss while a hole is being filled: retry that)
-        elif att.pos > acc:
-            return False
-        if not w.gap(resume - HEADER_SIZE):
+        elif att.pos > acc or not w.gap(resume - HEADER_SIZE):
             return False
         att.gapped = True
         att.gaps += 1
