@@ -484,7 +484,8 @@ class Scenario:
         if "mangle_final" in f:
             kw["mangle_final"] = f["mangle_final"].encode()
         if "short_record" in f:
-            kw["short_record"] = {f["short_record"][0]: f["short_record"][1]}
+            sr = f["short_record"]  # [index, extra], or a list of them
+            kw["short_record"] = dict(sr if sr and isinstance(sr[0], list) else [sr])
         if "damage_record" in f:
             kw["damage_record"] = {f["damage_record"][0]: f["damage_record"][1:]}
         if "lose_record" in f:

@@ -5,6 +5,7 @@ import unittest
 
 from ramnor import RAMNOR
 from rmota.errors import ImageError
+from rmota.journal import CRCLog, Journal
 from rmota.writer import SlotWriter
 
 
@@ -888,6 +889,65 @@ class TestRewindDropsTheHole(unittest.TestCase):
             self.assertEqual(w.hole_end, 8192 if keep else 0)
 
 
+class _PowerCut(Exception):
+    pass
+
+
+class _Power:
+    """A supply shared by flash devices: power goes (``_PowerCut``, the operation not
+    done) before erase or program number ``cut_at`` (None: never), counted in ``ops``
+    over all of them."""
+
+    def __init__(self):
+        self.ops = 0
+        self.cut_at = None
+
+    def op(self):
+        if self.ops == self.cut_at:
+            raise _PowerCut()
+        self.ops += 1
+
+
+class _CutNOR(UnitNOR):
+    """UnitNOR on a ``_Power``: each erase and program counts, and may not happen."""
+
+    def __init__(self, blocks, power):
+        UnitNOR.__init__(self, blocks)
+        self.power = power
+
+    def writeblocks(self, blk, buf, off=0):
+        self.power.op()
+        UnitNOR.writeblocks(self, blk, buf, off)
+
+    def ioctl(self, op, arg):
+        if op == 6:
+            self.power.op()
+        return UnitNOR.ioctl(self, op, arg)
+
+    def erase_blocks(self, blk, count):
+        self.power.op()
+        return UnitNOR.erase_blocks(self, blk, count)
+
+
+def _journal_to(w, j):
+    # The agent's journal hooks (HostOTA._on_block etc.) on journal ``j``.
+    def on_block(index, crc):
+        if index == w.journaled:
+            j.crc_append(crc)
+            w.journaled = index + 1
+
+    def on_erase(index):
+        j.crc_truncate(index)
+        w.journaled = min(w.journaled, index)
+
+    w.on_block = on_block
+    w.on_erase = on_erase
+    w.on_ahead = j.crc_put
+    w.on_forget = j.crc_drop
+    w.on_joint = lambda t, crc: j.joint_drop(t) if crc is None else j.joint_put(t, crc)
+    w.on_park = lambda t, crc: j.park_drop(t) if crc is None else j.park_put(t, crc)
+
+
 class TestMisplacedAhead(unittest.TestCase):
     """shift_ahead(), park_tail(), find_ahead(), drop_run(): bytes written ahead of a
     hole at the wrong place (a lost record's header claimed a wrong length, issue 4 case
@@ -1112,6 +1172,96 @@ class TestMisplacedAhead(unittest.TestCase):
             w.park_tail()
             _write_rest(w, img, 500)
             self.assertEqual(w.finish(), hashlib.sha256(img).digest(), d2)
+
+    def test_a_power_cut_mid_move_never_joins_moved_and_unmoved_bytes(self):
+        # Two runs ahead of holes, journalled as the agent does (a raw CRC log); the
+        # first moves, and the power goes before each erase or program of the move in
+        # turn. A resume keeps runs whose bytes all sit at one shift: in place, or
+        # where they were written. (Moving up, the first run's tail was parked at its
+        # new place next to the block below it, not moved yet: the two came back as one
+        # run, one check moved both by the same 7 B, and the image failed its SHA-256.)
+        # Each run then takes its turn as the agent's would, and the image completes.
+        # Moved up by more than the hole between the runs (4101 B against 2500 B), the
+        # first run reaches the second, which is off too: they must stay apart (they
+        # were joined, as if the second were the rest of a move already in place).
+        img = _image(4096 * 14 + 77)
+        for d1 in (-7, -(4096 + 5), 9):
+            cut = 0
+            tried = 0
+            while True:
+                dev, w, j = self._journalled_two_runs(img, d1)
+                dev.power.cut_at = dev.power.ops + cut
+                try:
+                    self.assertTrue(w.shift_ahead(d1))
+                    cut = None  # the move ended before that many flash operations
+                except _PowerCut:
+                    tried += 1
+                    dev.power.cut_at = None
+                    w = self._power_on(dev, j, img)
+                dev.power.cut_at = None
+                why = "d1 %d cut %r" % (d1, cut)
+                self._complete_run_by_run(w, dev, img, d1, why)
+                if cut is None:
+                    break
+                cut += 1
+            self.assertGreater(tried, 4, d1)
+
+    def _complete_run_by_run(self, w, dev, img, d1, why):
+        # What the agent does, with the file itself for the 16-byte check: each run
+        # ahead of the current hole, once the write position reaches that hole, must
+        # hold the file's bytes at one shift, in place (kept) or at d1 (moved, dropped
+        # when the move cannot be done); then the hole is written up to it. The image
+        # then completes, digest and read-back.
+        checked = None
+        while w.offset < len(img):
+            a, b = w.hole_end, w.ahead_run_end()
+            if a and b > a and checked != a:
+                held = bytes(dev.mem[a:b])
+                self.assertTrue(held == img[a:b] or held == img[a - d1 : b - d1], why)
+                if held != img[a:b] and not w.shift_ahead(d1):
+                    w.drop_run()
+                    continue
+                checked = w.hole_end
+            end = w.hole_end if w.hole_end > w.offset else len(img)
+            w.write(img[w.offset : min(w.offset + 500, end)])
+        self.assertEqual(w.finish(), hashlib.sha256(img).digest(), why)
+        self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest(), why)
+
+    def _power_on(self, dev, j, img):
+        # What the agent's resume does with the slot and the journal read from flash.
+        j = Journal(None, CRCLog(j.crclog.bdev))
+        w = SlotWriter(dev, buffer_blocks=2)
+        _journal_to(w, j)
+        w.begin(len(img))
+        crcs = j.crcs()
+        w.journaled = len(crcs)
+        self.assertEqual(w.resume(crcs), 4096)
+        w.resume_ahead(j.crc_runs(), j.joints(), j.parks())
+        return w
+
+    def _journalled_two_runs(self, img, d1):
+        # _two_runs (the second run at the same shift), with the agent's journal hooks
+        # on a raw CRC log; the slot and the log can lose power before any erase or
+        # program.
+        power = _Power()
+        dev = _CutNOR(24, power)
+        w = SlotWriter(dev, buffer_blocks=2)
+        j = Journal(None, CRCLog(_CutNOR(2, power)))
+        j.crc_reset()  # (a download's start)
+        _journal_to(w, j)
+        w.begin(len(img))
+        at, mid = 5096, 4096 * 6 + 1500
+        _write_all(w, img[:at], 700)
+        self.assertTrue(w.gap(at + 5000 + d1))
+        for i in range(at + 5000, mid, 900):
+            self.assertTrue(w.write_ahead(img[i : min(i + 900, mid)], i + d1))
+        self.assertTrue(w.gap(mid + 2500 + d1))
+        end = len(img) - max(0, d1)
+        for i in range(mid + 2500, end, 900):
+            self.assertTrue(w.write_ahead(img[i : min(i + 900, end)], i + d1))
+        w.park_tail()
+        self.assertEqual(w.holes_after, 1)
+        return dev, w, j
 
     def test_drop_run_keeps_the_runs_after_it(self):
         img = _image(4096 * 14 + 77)

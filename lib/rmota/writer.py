@@ -777,9 +777,12 @@ class SlotWriter:
         the next hole, whose partial last block is parked in flash again at its new
         place (the next hole then begins where they end; the runs after it are checked
         and moved when their turn comes). Moving up must leave the next hole's first
-        block ahead alone; moved up into the next run, the bytes that pass its start
-        repeat it (the rest of a move a power cut stopped): the two runs join. The
-        later runs' journal entries stay.
+        block ahead alone. Moved up into the next run, the bytes that pass its start
+        either repeat it (the rest of a move a power cut stopped): the two runs join;
+        or they do not (that run is off too): the run stops one byte short of it, so
+        the two stay apart. The later runs' journal entries stay. Moving up, the
+        tail is parked at its new place only after the block below it (not moved yet)
+        lost its entry: a power cut never joins moved and unmoved bytes in one run.
 
         Each block moved costs one erase and its programs (a recovery path: a few
         memoryview slices are allocated). Returns True when moved; False, nothing
@@ -826,10 +829,17 @@ class SlotWriter:
         if nxt is not None and new_end > nxt[1]:
             if delta > 0:
                 return False
-            # Moved up into the next run: what runs past its start repeats its bytes
-            # (the rest of a move that a power cut stopped, already in place): the two
-            # runs join.
-            new_end = nxt[1]
+            # Moved up into the next run. When what runs past its start repeats its
+            # bytes (the rest of a move that a power cut stopped, already in place),
+            # the two runs join. Otherwise the next run is off as well (checked when
+            # its turn comes): this one stops a byte short of it, a hole of its own,
+            # so that the two stay apart (joined, they passed for one run in place).
+            if self._same(nxt[1], nxt[1] + delta, new_end - nxt[1]):
+                new_end = nxt[1]
+            else:
+                new_end = nxt[1] - 1
+                if new_end <= new_h:
+                    return False
         last = new_end // bs * bs  # whole blocks [new_h, last), the tail [last, new_end)
         if nxt is None:
             self._holes = []
@@ -886,6 +896,11 @@ class SlotWriter:
                 self._erase_one(last // bs)
                 self._program_raw(last // bs, k, tail)
                 if nxt is not None:  # parked at its new place
+                    if last - bs >= h0 and self.on_forget is not None:
+                        # The block below, not moved yet, is forgotten first: journalled
+                        # next to it, it would join the moved tail in one run after a
+                        # power cut, and one check would move both by the same shift.
+                        self.on_forget(last // bs - 1, last // bs)
                     self._parked_at(last // bs, k, tail)
             d = last - bs
             while d >= new_h:
@@ -919,6 +934,24 @@ class SlotWriter:
         self._afill = tail if last >= new_h else 0
         self._apos = new_end
         self._aerased = self._ahead_end  # the block after the whole ones: erase it first
+        return True
+
+    def _same(self, a, b, n):
+        # True when the slot's n bytes at payload offsets a and b are equal (64 B at a
+        # time: a recovery path).
+        x = bytearray(64)
+        y = bytearray(64)
+        while n > 0:
+            if n < 64:
+                x = bytearray(n)
+                y = bytearray(n)
+            self.read_at(a, x)
+            self.read_at(b, y)
+            if x != y:
+                return False
+            a += len(x)
+            b += len(x)
+            n -= len(x)
         return True
 
     def _copy_joint(self, h, j, new_h, k):
