@@ -1173,38 +1173,38 @@ class TestMisplacedAhead(unittest.TestCase):
             _write_rest(w, img, 500)
             self.assertEqual(w.finish(), hashlib.sha256(img).digest(), d2)
 
-    def test_a_power_cut_mid_move_never_joins_moved_and_unmoved_bytes(self):
-        # Two runs ahead of holes, journalled as the agent does (a raw CRC log); the
-        # first moves, and the power goes before each erase or program of the move in
-        # turn. A resume keeps runs whose bytes all sit at one shift: in place, or
-        # where they were written. (Moving up, the first run's tail was parked at its
-        # new place next to the block below it, not moved yet: the two came back as one
-        # run, one check moved both by the same 7 B, and the image failed its SHA-256.)
-        # Each run then takes its turn as the agent's would, and the image completes.
-        # Moved up by more than the hole between the runs (4101 B against 2500 B), the
-        # first run reaches the second, which is off too: they must stay apart (they
-        # were joined, as if the second were the rest of a move already in place).
+    def test_a_power_cut_anywhere_in_the_recovery_of_two_runs(self):
+        # Two runs ahead of holes, journalled as the agent does (a raw CRC log); each run
+        # takes its turn as the agent's would (checked, moved or kept, its hole written)
+        # and the image completes. The power goes before each erase or program of the
+        # slot and of the log in turn, from the first move to the last block; after the
+        # resume, every run kept must hold the file's bytes at one shift, and the image
+        # must complete. Three faults this found:
+        # - moving up, the first run's tail was parked at its new place next to the
+        #   block below it, not moved yet: the two came back as one run, one check moved
+        #   both by the same 7 B, and the image failed its SHA-256;
+        # - moved up by more than the hole between the runs (4101 B against 2500 B), the
+        #   first run reached the second, which is off too, and the two were joined as
+        #   if the second were the rest of a move already in place;
+        # - moving the last run down, the image's last (partial) block kept its entry:
+        #   a power cut before the block was written again made the resume keep the
+        #   whole image, and it failed its SHA-256.
         img = _image(4096 * 14 + 77)
-        for d1 in (-7, -(4096 + 5), 9):
+        for d1 in (-7, -(4096 + 5), 9, 4096 + 300):
             cut = 0
-            tried = 0
             while True:
                 dev, w, j = self._journalled_two_runs(img, d1)
                 dev.power.cut_at = dev.power.ops + cut
+                why = "d1 %d cut %d" % (d1, cut)
                 try:
-                    self.assertTrue(w.shift_ahead(d1))
-                    cut = None  # the move ended before that many flash operations
+                    self._complete_run_by_run(w, dev, img, d1, why)
+                    break  # it ended before that many flash operations
                 except _PowerCut:
-                    tried += 1
                     dev.power.cut_at = None
                     w = self._power_on(dev, j, img)
-                dev.power.cut_at = None
-                why = "d1 %d cut %r" % (d1, cut)
-                self._complete_run_by_run(w, dev, img, d1, why)
-                if cut is None:
-                    break
+                    self._complete_run_by_run(w, dev, img, d1, why)
                 cut += 1
-            self.assertGreater(tried, 4, d1)
+            self.assertGreater(cut, 40, d1)  # cut points tried
 
     def _complete_run_by_run(self, w, dev, img, d1, why):
         # What the agent does, with the file itself for the 16-byte check: each run
@@ -1228,15 +1228,24 @@ class TestMisplacedAhead(unittest.TestCase):
         self.assertEqual(w.readback_digest(), hashlib.sha256(img).digest(), why)
 
     def _power_on(self, dev, j, img):
-        # What the agent's resume does with the slot and the journal read from flash.
+        # What the agent's resume (HostOTA._resume) does with the slot and the journal
+        # read from flash: the prefix whose entries match, an entry that does not (the
+        # last append, torn) dropped, then the runs ahead of holes.
         j = Journal(None, CRCLog(j.crclog.bdev))
         w = SlotWriter(dev, buffer_blocks=2)
         _journal_to(w, j)
         w.begin(len(img))
         crcs = j.crcs()
         w.journaled = len(crcs)
-        self.assertEqual(w.resume(crcs), 4096)
-        w.resume_ahead(j.crc_runs(), j.joints(), j.parks())
+        nk = w.resume(crcs) // 4096
+        runs = j.crc_runs()
+        if nk < len(crcs) and w.offset < len(img):
+            if nk + 1 < len(crcs):
+                runs.insert(0, (nk + 1, crcs[nk + 1 :]))
+            j.crc_truncate(nk, runs[0][0] if runs else 0)
+            w.journaled = nk
+        if w.offset == 4096 * w.journaled:
+            w.resume_ahead(runs, j.joints(), j.parks())
         return w
 
     def _journalled_two_runs(self, img, d1):

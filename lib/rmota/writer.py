@@ -850,7 +850,14 @@ class SlotWriter:
         # block moves (its sources are theirs), so moved and stale never join in one run.
         if self._parked:
             self._drop_parked(h0, end)  # the run's parked partial block moves
-        self._stale = (h0 // bs, new_h // bs, (last if last > h0 else h0) // bs, end // bs)
+        # (the old run's last block counts when partial: the image's last block has an
+        # entry too, which would otherwise outlive the move and pass for the new one)
+        self._stale = (
+            h0 // bs,
+            new_h // bs,
+            (last if last > h0 else h0) // bs,
+            (end + bs - 1) // bs,
+        )
         self._lead = 0
         self._set_joint(0)  # the old place's joint (gap's lead) goes
         self._ahead_logged = False
