@@ -189,6 +189,7 @@ class SlotWriter:
         self._joint = 0
         self._jstop = 0  # the joint while write() writes up to it
         self._stale = None  # shift_ahead: the old run's blocks outside its new place
+        self._stale_last = 0  # shift_ahead: the image's last block, entry kept (_report)
         self._parked = []  # ends of the partial blocks parked ahead (reported to on_park)
         self._wpark = 0  # gap(): the block being written was parked up to here (on_park)
         self._wprog = 0  # bytes of the block being written programmed already (gap)
@@ -229,6 +230,7 @@ class SlotWriter:
         self._fill = 0
         self._head = 0
         self._done = 0
+        self._stale_last = 0
         self._sha = hashlib.sha256()
 
     def erase_ahead(self, upto, max_blocks=1):
@@ -399,6 +401,8 @@ class SlotWriter:
             self._done += bs
             if self._wpark:
                 self._drop_wpark()
+            if self._stale_last:
+                self._drop_stale_last(blk)
             cb = self.on_block
             if cb is not None:
                 if self.crc_span:
@@ -416,6 +420,8 @@ class SlotWriter:
         self._done += n
         if self._wpark:
             self._drop_wpark()
+        if self._stale_last:
+            self._drop_stale_last(blk)
         if self.on_block is not None:
             self.on_block(blk, self._block_crc(k, data, n))
         if self._hole and self._done >= self._hole:
@@ -850,14 +856,14 @@ class SlotWriter:
         # block moves (its sources are theirs), so moved and stale never join in one run.
         if self._parked:
             self._drop_parked(h0, end)  # the run's parked partial block moves
-        # (the old run's last block counts when partial: the image's last block has an
-        # entry too, which would otherwise outlive the move and pass for the new one)
-        self._stale = (
-            h0 // bs,
-            new_h // bs,
-            (last if last > h0 else h0) // bs,
-            (end + bs - 1) // bs,
-        )
+        self._stale = (h0 // bs, new_h // bs, (last if last > h0 else h0) // bs, end // bs)
+        if delta > 0 and nxt is None and end % bs and end // bs > last // bs:
+            # The old run's last block, partial (the image's last: it has an entry),
+            # lies past the new place: it keeps its bytes until the image reaches it,
+            # and its entry still describes them (a power cut before then keeps them as
+            # a run, checked like any). The entry goes just before the block in front
+            # of it joins the entries in order, where it would pass for the image's.
+            self._stale_last = end // bs
         self._lead = 0
         self._set_joint(0)  # the old place's joint (gap's lead) goes
         self._ahead_logged = False
@@ -942,6 +948,16 @@ class SlotWriter:
         self._apos = new_end
         self._aerased = self._ahead_end  # the block after the whole ones: erase it first
         return True
+
+    def _drop_stale_last(self, blk):
+        # Block blk is about to be reported in order: the image's last block, whose
+        # entry a move down left describing its old bytes, loses it first when blk is
+        # the block in front of it (else the entries in order would reach it).
+        b = self._stale_last
+        if blk + 1 >= b:
+            self._stale_last = 0
+            if self.on_forget is not None:
+                self.on_forget(b, b + 1)
 
     def _same(self, a, b, n):
         # True when the slot's n bytes at payload offsets a and b are equal (64 B at a
@@ -1301,6 +1317,8 @@ class SlotWriter:
             self._sha.update(data)
             self.rehashed += n
             self._done += n
+            if self._stale_last:
+                self._drop_stale_last(blk)
             if self.on_block is not None:
                 self.on_block(blk, self._block_crc(k, data, n))
         if nxt:
@@ -1406,6 +1424,7 @@ class SlotWriter:
         self._head = 0
         self._erased_to = 0
         self._wprog = 0
+        self._stale_last = 0
         kept = self._crc_run(0, crcs, self._sha)
         self._done = kept
         self.rehashed += kept
