@@ -808,6 +808,45 @@ class TestCRCLog(unittest.TestCase):
                     again.bdev.nor.close()
                     self.assertIn(got, (before, old[:4]), (second, k, byte))
 
+    def test_move_puts_one_entry_and_drops_others_in_one_step(self):
+        # SlotWriter.on_moved: a block moved ahead of a hole is journalled and the next
+        # block's entry (not moved yet) dropped together. Every flash operation of it
+        # cut in turn, at a byte inside: the list read after is the old one or the new.
+        old = [100, 101]
+        for k in range(8):
+            for byte in (0, 2):
+                self.nor.close()
+                self.nor = CuttableNOR(self.path, 4 * 4096, create=True)
+                log = CRCLog(Partition(self.nor, 2, 2))
+                log.reset()
+                for v in old:
+                    log.append(v)
+                for i in (6, 7, 8):
+                    self.assertTrue(log.put(i, 200 + i))
+                self.nor.cut_at(self.nor.op_count + k, byte)
+                try:
+                    self.assertTrue(log.move(5, 205, 6, 7))
+                except _Cut:
+                    pass
+                again = CRCLog(Partition(NORFlash(self.path, 4 * 4096), 2, 2))
+                got = (again.crcs(), again.runs())
+                again.bdev.nor.close()
+                before = (old, [(6, [206, 207, 208])])
+                after = (old, [(5, [205]), (7, [207, 208])])
+                self.assertIn(got, (before, after), (k, byte))
+        self.nor.close()
+        self.nor = CuttableNOR(self.path, 4 * 4096, create=True)
+        log = CRCLog(Partition(self.nor, 2, 2))
+        log.reset()
+        ops = (log.programs, log.erases)
+        self.assertTrue(log.move(3, 33, 4, 5))  # nothing to drop: one program
+        self.assertEqual((log.programs - ops[0], log.erases - ops[1]), (1, 0))
+        self.assertTrue(log.move(3, 33, 4, 5))  # holds it already
+        self.assertTrue(log.put(4, 44))
+        self.assertFalse(log.move(3, 34, 4, 5))  # holds another value: only the drop
+        self.assertEqual(log.runs(), [(3, [33])])
+        self.assertFalse(Journal(None).crc_move(3, 33, 4, 5))  # no raw CRC log
+
     def test_a_torn_append_reads_as_a_value_that_matches_no_block(self):
         log = self.log
         log.reset()

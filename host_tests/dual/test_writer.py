@@ -944,6 +944,7 @@ def _journal_to(w, j):
     w.on_erase = on_erase
     w.on_ahead = j.crc_put
     w.on_forget = j.crc_drop
+    w.on_moved = j.crc_move
     w.on_joint = lambda t, crc: j.joint_drop(t) if crc is None else j.joint_put(t, crc)
     w.on_park = lambda t, crc: j.park_drop(t) if crc is None else j.park_put(t, crc)
 

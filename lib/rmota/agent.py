@@ -829,6 +829,7 @@ class HostOTA:
         self.writer.on_erase = self._on_erase
         self.writer.on_ahead = self._on_ahead
         self.writer.on_forget = self.board.journal.crc_drop
+        self.writer.on_moved = self.board.journal.crc_move
         self.writer.on_joint = self._on_joint
         self.writer.on_park = self._on_park
         self._slot = slot

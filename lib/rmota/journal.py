@@ -152,6 +152,15 @@ class Journal:
         if self.crclog is not None and lo < hi:
             self.crclog.drop(lo, hi)
 
+    def crc_move(self, index, crc, lo, hi):
+        """Record the CRC-32 of block ``index`` (moved ahead of a hole) and forget blocks
+        ``lo`` to ``hi - 1`` (the next to move, not moved yet) in one step, so that a
+        power cut leaves both or neither (``SlotWriter.on_moved``). Only a ``CRCLog``
+        can: True when it took the entry."""
+        if self.crclog is not None:
+            return self.crclog.move(index, crc, lo, hi)
+        return False
+
     def joint_put(self, j, crc):
         """Record a joint (``SlotWriter.on_joint``): the image's bytes from payload
         offset ``j`` to the end of its block wait at the start of that block, their
@@ -452,6 +461,27 @@ class CRCLog:
         if n >= cap or raw.count(b"\xff", 4 * n, 4 * ahead) == 4 * (ahead - n):
             return  # nothing from n on (up to ahead)
         self._rewrite(raw, n, ahead)
+
+    def move(self, index, crc, lo, hi):
+        """Put entry ``index`` (absent, or holding ``crc`` already) and drop entries
+        ``lo`` to ``hi - 1`` (``index`` outside them) in one rewrite (``truncate``'s: the
+        old list or the new one after a cut, with two areas); a single ``put`` when
+        those are absent already. Returns True when entry ``index`` holds ``crc`` now."""
+        cap = self.capacity
+        if hi > cap:
+            hi = cap
+        raw = self._raw(cap + 2 * JOINTS)
+        if lo >= hi or raw.count(b"\xff", 4 * lo, 4 * hi) == 4 * (hi - lo):
+            return self.put(index, crc)
+        ok = False
+        if 0 <= index < cap and not lo <= index < hi:
+            v = struct.unpack_from("<I", raw, 4 * index)[0]
+            crc &= 0xFFFFFFFF
+            ok = v in (crc, 0xFFFFFFFF)
+            if ok:
+                struct.pack_into("<I", raw, 4 * index, crc)
+        self._rewrite(raw, lo, hi)
+        return ok
 
     def _rewrite(self, raw, n, ahead):
         # Write the list again with entries [0, n) and [ahead, capacity) of ``raw`` and

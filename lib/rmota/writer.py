@@ -77,6 +77,10 @@ class SlotWriter:
     blocks ``lo`` to ``hi - 1`` ahead of a hole are erased again or stop holding what
     their entries say (a move, a run dropped): the journal drops just those entries
     and keeps the other runs', so a power cut mid-move loses one block, not the run.
+    ``on_moved`` (attribute, default None): called as ``on_moved(index, crc, lo, hi)``
+    once block ``index`` was moved (``shift_ahead``): journal its entry and drop those
+    of blocks ``lo`` to ``hi - 1`` (the next to move) in one step; True when the journal
+    took the entry. Without it: ``on_forget(lo, hi)``, then ``on_ahead(index, crc)``.
     ``on_joint`` (attribute, default None): called as ``on_joint(j, crc)`` once the
     bytes from payload offset ``j`` to its block's end (the joint: a hole's lead, or
     what a move left before its first block) wait at the start of that block in flash,
@@ -151,6 +155,7 @@ class SlotWriter:
         self.on_erase = None
         self.on_ahead = None
         self.on_forget = None
+        self.on_moved = None
         self.on_joint = None
         self.on_park = None
         self.journaled = 0
@@ -1114,10 +1119,17 @@ class SlotWriter:
         blk = dst // bs
         self._erase_one(blk)
         self._program_raw(blk, k, n)
+        crc = self._block_crc(k, self._blk[k], n)
+        if self.on_moved is not None and nxt >= 0:
+            # (both in one step: a power cut between them lost this block's entry with
+            # the next one's, two blocks fetched again instead of the one being moved)
+            if self.on_moved(blk, crc, nxt // bs, nxt // bs + 1):
+                self._ahead_logged = True
+            return
         if self.on_forget is not None and nxt >= 0:
             self.on_forget(nxt // bs, nxt // bs + 1)
         cb = self.on_ahead
-        if cb is not None and cb(blk, self._block_crc(k, self._blk[k], n)):
+        if cb is not None and cb(blk, crc):
             self._ahead_logged = True
 
     def drop_run(self):
