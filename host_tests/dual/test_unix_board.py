@@ -780,6 +780,23 @@ class TestCRCLog(unittest.TestCase):
             log.truncate(3, 3)  # ahead <= n: everything from n on goes
             self.assertEqual(log.runs(), [])
 
+    def _fresh_log(self, entries):
+        # A new flash file, the log reset and ``entries`` appended.
+        self.nor.close()
+        self.nor = CuttableNOR(self.path, 4 * 4096, create=True)
+        log = CRCLog(Partition(self.nor, 2, 2))
+        log.reset()
+        for v in entries:
+            log.append(v)
+        return log
+
+    def _read_back(self):
+        # (entries in order, runs after them) as a new CRCLog reads them from flash.
+        again = CRCLog(Partition(NORFlash(self.path, 4 * 4096), 2, 2))
+        got = (again.crcs(), again.runs())
+        again.bdev.nor.close()
+        return got
+
     def test_a_cut_anywhere_in_a_truncate_leaves_the_old_list_or_the_new(self):
         # The kept entries go to the other area, then its marker: every flash operation
         # of truncate (and of a second one, back to the first area) cut in turn, each
@@ -788,12 +805,7 @@ class TestCRCLog(unittest.TestCase):
         for second in (False, True):
             for k in range(8):
                 for byte in (0, 1, 3):
-                    self.nor.close()
-                    self.nor = CuttableNOR(self.path, 4 * 4096, create=True)
-                    log = CRCLog(Partition(self.nor, 2, 2))
-                    log.reset()
-                    for v in old:
-                        log.append(v)
+                    log = self._fresh_log(old)
                     before = old
                     if second:
                         log.truncate(8)
@@ -803,9 +815,7 @@ class TestCRCLog(unittest.TestCase):
                         log.truncate(4)
                     except _Cut:
                         pass
-                    again = CRCLog(Partition(NORFlash(self.path, 4 * 4096), 2, 2))
-                    got = again.crcs()
-                    again.bdev.nor.close()
+                    got = self._read_back()[0]
                     self.assertIn(got, (before, old[:4]), (second, k, byte))
 
     def test_move_puts_one_entry_and_drops_others_in_one_step(self):
@@ -815,12 +825,7 @@ class TestCRCLog(unittest.TestCase):
         old = [100, 101]
         for k in range(8):
             for byte in (0, 2):
-                self.nor.close()
-                self.nor = CuttableNOR(self.path, 4 * 4096, create=True)
-                log = CRCLog(Partition(self.nor, 2, 2))
-                log.reset()
-                for v in old:
-                    log.append(v)
+                log = self._fresh_log(old)
                 for i in (6, 7, 8):
                     self.assertTrue(log.put(i, 200 + i))
                 self.nor.cut_at(self.nor.op_count + k, byte)
@@ -828,16 +833,11 @@ class TestCRCLog(unittest.TestCase):
                     self.assertTrue(log.move(5, 205, 6, 7))
                 except _Cut:
                     pass
-                again = CRCLog(Partition(NORFlash(self.path, 4 * 4096), 2, 2))
-                got = (again.crcs(), again.runs())
-                again.bdev.nor.close()
+                got = self._read_back()
                 before = (old, [(6, [206, 207, 208])])
                 after = (old, [(5, [205]), (7, [207, 208])])
                 self.assertIn(got, (before, after), (k, byte))
-        self.nor.close()
-        self.nor = CuttableNOR(self.path, 4 * 4096, create=True)
-        log = CRCLog(Partition(self.nor, 2, 2))
-        log.reset()
+        log = self._fresh_log([])
         ops = (log.programs, log.erases)
         self.assertTrue(log.move(3, 33, 4, 5))  # nothing to drop: one program
         self.assertEqual((log.programs - ops[0], log.erases - ops[1]), (1, 0))

@@ -194,7 +194,7 @@ class SlotWriter:
         self._joint = 0
         self._jstop = 0  # the joint while write() writes up to it
         self._stale = None  # shift_ahead: the old run's blocks outside its new place
-        self._stale_last = 0  # shift_ahead: the image's last block, entry kept (_report)
+        self._stale_last = 0  # shift_ahead: the image's last block, entry kept for now
         self._parked = []  # ends of the partial blocks parked ahead (reported to on_park)
         self._wpark = 0  # gap(): the block being written was parked up to here (on_park)
         self._wprog = 0  # bytes of the block being written programmed already (gap)
