@@ -1249,10 +1249,11 @@ class TestMisplacedAhead(unittest.TestCase):
             w.resume_ahead(runs, j.joints(), j.parks())
         return w
 
-    def _journalled_two_runs(self, img, d1):
+    def _journalled_two_runs(self, img, d1, mid=4096 * 6 + 1500, upto=None):
         # _two_runs (the second run at the same shift), with the agent's journal hooks
         # on a raw CRC log; the slot and the log can lose power before any erase or
-        # program.
+        # program. mid None: one run only; upto: the response broke off at the file's
+        # offset upto (else it ran to the image's end).
         power = _Power()
         dev = _CutNOR(24, power)
         w = SlotWriter(dev, buffer_blocks=2)
@@ -1260,18 +1261,63 @@ class TestMisplacedAhead(unittest.TestCase):
         j.crc_reset()  # (a download's start)
         _journal_to(w, j)
         w.begin(len(img))
-        at, mid = 5096, 4096 * 6 + 1500
+        at = 5096
         _write_all(w, img[:at], 700)
         self.assertTrue(w.gap(at + 5000 + d1))
-        for i in range(at + 5000, mid, 900):
-            self.assertTrue(w.write_ahead(img[i : min(i + 900, mid)], i + d1))
-        self.assertTrue(w.gap(mid + 2500 + d1))
-        end = len(img) - max(0, d1)
-        for i in range(mid + 2500, end, 900):
+        start = at + 5000
+        if mid is not None:
+            for i in range(at + 5000, mid, 900):
+                self.assertTrue(w.write_ahead(img[i : min(i + 900, mid)], i + d1))
+            self.assertTrue(w.gap(mid + 2500 + d1))
+            start = mid + 2500
+        end = len(img) - max(0, d1) if upto is None else upto
+        for i in range(start, end, 900):
             self.assertTrue(w.write_ahead(img[i : min(i + 900, end)], i + d1))
         w.park_tail()
-        self.assertEqual(w.holes_after, 1)
+        self.assertEqual(w.holes_after, 0 if mid is None else 1)
         return dev, w, j
+
+    def test_a_power_cut_in_a_move_up_keeps_the_moved_tail(self):
+        # Moving up, the run's last partial block goes to its new place first and is
+        # journalled there at once (the image's last block, or parked where the
+        # response broke off): a power cut anywhere in the rest of the move keeps it.
+        # (It waited in the ring for park_tail() after the move: a cut lost it, and
+        # with 2 KB records the 2,720 B fetched again went over the bound of one erase
+        # block plus one chunk per interruption.)
+        img = _image(4096 * 14 + 77)
+        for d1, upto in ((-7, None), (-(4096 + 5), None), (-7, 4096 * 11 + 1000)):
+            end = len(img) if upto is None else upto  # where the moved run ends
+            dev, w, j = self._journalled_two_runs(img, d1, None, upto)
+            marks = []
+            for name in ("on_ahead", "on_park", "on_moved"):
+                setattr(w, name, self._marked(getattr(w, name), dev.power, marks))
+            self.assertTrue(w.shift_ahead(d1))
+            # (the tail's entry: parked up to its end, or the image's last block's)
+            tail = [ops for t, ops in marks if t in (end, (end - 1) // 4096)]
+            self.assertEqual(len(tail), 1, "the tail journalled in the move, %d" % d1)
+            first, stop = tail[0], dev.power.ops  # from the tail's entry to the end
+            self.assertGreater(stop - first, 20, d1)  # the blocks below still to move
+            for cut in range(first, stop):
+                why = "d1 %d cut %d" % (d1, cut)
+                dev, w, j = self._journalled_two_runs(img, d1, None, upto)
+                dev.power.cut_at = cut
+                self.assertRaises(_PowerCut, w.shift_ahead, d1)
+                dev.power.cut_at = None
+                w = self._power_on(dev, j, img)
+                self.assertEqual(w.hole_end + w.ahead, end, why)  # the tail kept
+                self._complete_run_by_run(w, dev, img, d1, why)
+
+    @staticmethod
+    def _marked(hook, power, marks):
+        # ``hook`` that notes (its first argument, the flash operations done) once it
+        # journalled an entry.
+        def call(t, crc, *more):
+            r = hook(t, crc, *more)
+            if crc is not None:
+                marks.append((t, power.ops))
+            return r
+
+        return call
 
     def test_drop_run_keeps_the_runs_after_it(self):
         img = _image(4096 * 14 + 77)

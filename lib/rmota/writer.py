@@ -782,7 +782,10 @@ class SlotWriter:
         boundary at or after its new start; the bytes ahead that fall in the block it
         ends in wait at that block's start in flash (copied there, unless the move was
         up by less than a block: then they are there already), up to ``fill_end``, and
-        ``write()`` takes them; the last partial block stays in the ring.
+        ``write()`` takes them. The last partial block: moving down, it stays in the
+        ring (``park_tail()`` parks it); moving up, it goes to its new place first and
+        is journalled there at once (parked, or the image's last block), so that a
+        power cut in the rest of the move keeps it.
 
         With later holes (``holes_after``), only the current run moves: the bytes up to
         the next hole, whose partial last block is parked in flash again at its new
@@ -913,13 +916,26 @@ class SlotWriter:
                 self._read_span(last + delta, tail, k)
                 self._erase_one(last // bs)
                 self._program_raw(last // bs, k, tail)
-                if nxt is not None:  # parked at its new place
-                    if last - bs >= h0 and self.on_forget is not None:
-                        # The block below, not moved yet, is forgotten first: journalled
-                        # next to it, it would join the moved tail in one run after a
-                        # power cut, and one check would move both by the same shift.
-                        self.on_forget(last // bs - 1, last // bs)
-                    self._parked_at(last // bs, k, tail)
+                # Journalled at its new place (parked, or the image's last block), so
+                # that a power cut mid-move keeps it. The block below, not moved yet,
+                # is forgotten first (in the same journal step when it can): journalled
+                # next to it, it would join the moved tail in one run after a power
+                # cut, and one check would move both by the same shift.
+                t = last // bs
+                lo = t - 1 if last - bs >= h0 else t
+                if new_end == self.image_len and self.on_moved is not None:
+                    crc = crc32(self._mv[k * bs : k * bs + tail])
+                    if self.on_moved(t, crc, lo, t):
+                        self._ahead_logged = True
+                else:
+                    if lo < t and self.on_forget is not None:
+                        self.on_forget(lo, t)
+                    if new_end < self.image_len:
+                        self._parked_at(t, k, tail)
+                    elif self.on_ahead is not None:
+                        crc = crc32(self._mv[k * bs : k * bs + tail])
+                        if self.on_ahead(t, crc):
+                            self._ahead_logged = True
             d = last - bs
             while d >= new_h:
                 if d == new_h:
@@ -931,8 +947,6 @@ class SlotWriter:
                 # which the hole's bytes pass through first: copy them. (By less, block
                 # h is their own block: they are in place.)
                 self._copy_joint(h, j, new_h, k)
-            if tail and nxt is None:
-                self.bdev.readblocks(last // bs, self._mv[k * bs : k * bs + tail], 0)
         self._drop_stale()
         if keep:
             self._set_joint(j)
@@ -948,6 +962,18 @@ class SlotWriter:
                 self._holes.pop(0)
             return True
         self._astart = new_h
+        if tail and delta < 0:
+            # The tail is in flash at its new place already: the image's last block, or
+            # parked as by park_tail() (nothing more is written ahead of this hole).
+            self._ahead_end = new_end
+            self._afill = 0
+            self._aerased = last + bs
+            if new_end < self.image_len:
+                self._holes = [(new_end, new_end)]
+                self._apos = -1
+            else:
+                self._apos = new_end
+            return True
         self._ahead_end = last if last > new_h else new_h
         self._afill = tail if last >= new_h else 0
         self._apos = new_end
