@@ -1042,8 +1042,9 @@ class HostOTA:
                 runs = j.crc_runs()
             joints = j.joints()
             parks = j.parks()
-            if (runs or joints or parks) and w.resume_ahead(runs, joints, parks):
-                self.log.info("kept %d B written ahead of a hole" % (w.ahead + w.joint_len))
+            n = w.resume_ahead(runs, joints, parks) if runs or joints or parks else 0
+            if n:
+                self.log.info("kept %d B written ahead of a hole" % n)
                 if self._placed_at == w.hole_end and not w.holes_after:
                     # Their place was confirmed before the power cut, and every block
                     # of them kept matches its CRC: no check (bytes that repeat with a
@@ -1655,10 +1656,11 @@ class HostOTA:
 
     def _check_joint(self):
         # What is kept ahead of the hole is a joint alone (a power cut came before any
-        # block after it was programmed): it is in place when the file's 16 bytes at its
-        # offset are the first 16 it holds, and those occur nowhere else in it (bytes
-        # that repeat would match at another shift too). Returns "more" when decided,
-        # else the attempt's failure.
+        # block after it was programmed), or one with a hole after it (blocks torn in a
+        # move; the runs after are checked when their turn comes): it is in place when
+        # the file's 16 bytes at its offset are the first 16 it holds, and those occur
+        # nowhere else in it (bytes that repeat would match at another shift too).
+        # Returns "more" when decided, else the attempt's failure.
         w = self.writer
         w.joint_head(self._ovl)
         if min(self._ovl) == max(self._ovl) or not w.joint_unique(self._ovl):
@@ -1670,6 +1672,8 @@ class HostOTA:
         if self._probe[:_OVERLAP] != self._ovl:
             return self._drop_run("not found in place")
         self.log.info("bytes ahead of the hole checked")
+        if w.holes_after:
+            self._ahead_next = w.hole_end  # the runs after the next holes: checked later
         self._placed(w.hole_end)
         return "more"
 

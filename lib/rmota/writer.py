@@ -901,6 +901,11 @@ class SlotWriter:
             # Moving down, they are at the start of block h, which the first block moved
             # overwrites: copy them first.
             self._copy_joint(h, j, new_h, k)
+        elif keep and -delta < bs:
+            # Moving up by less than a block, they are in place already, in a block no
+            # move touches: journalled now, so that a power cut in the move keeps them
+            # (the resume takes a joint with torn blocks between it and the runs).
+            self._set_joint(j)
         if delta > 0:
             d = new_h
             while d < last:
@@ -1207,7 +1212,10 @@ class SlotWriter:
         The latest whose bytes in flash still match ``crc`` and that ends where the
         first run kept begins (or, with no run kept, anywhere after ``offset``: a joint
         alone, the hole then ends at its block's end) is the joint again, so the hole's
-        bytes are needed up to ``j`` only.
+        bytes are needed up to ``j`` only. One that ends before the first run kept
+        begins (the blocks between torn in a move) is kept too: those blocks are then
+        a hole of their own after it (``hole_end`` is the joint's block end, and
+        ``ahead_run_end()`` the same).
 
         ``parks``: ``(t, crc)`` pairs as ``on_park`` reported them, the latest last.
         One whose bytes (from its block's start up to ``t``) still match ``crc`` in
@@ -1304,7 +1312,9 @@ class SlotWriter:
             e = (j // bs + 1) * bs
             if e > self.image_len:
                 e = self.image_len
-            if (not kept or kept[0][0] == e) and self._flash_crc(j) == crc:
+            if (
+                not kept or kept[0][0] == e or (kept[0][0] > e and len(kept) <= MAX_HOLES)
+            ) and self._flash_crc(j) == crc:
                 jt = j
                 break
         if not kept:
@@ -1317,10 +1327,15 @@ class SlotWriter:
             self._joint = jt
             return self._joint_len(jt)
         self._joint = jt
-        if jt:
-            total += self._joint_len(jt)
         self._hole = kept[0][0]
         self._holes = [(kept[i][1], kept[i + 1][0]) for i in range(len(kept) - 1)]
+        if jt:
+            total += self._joint_len(jt)
+            if e < self._hole:
+                # Blocks between the joint and the first run kept are missing (torn in
+                # a move): a hole of their own after it, the joint's block its run.
+                self._holes.insert(0, (e, self._hole))
+                self._hole = e
         end = kept[-1][1]
         self._ahead_end = end
         self._apos = end
