@@ -862,6 +862,8 @@ class SlotWriter:
         # old place, checked again like any run) with their entries, one torn block
         # between them. The old run's blocks outside the new one go just before the last
         # block moves (its sources are theirs), so moved and stale never join in one run.
+        self._lead = 0
+        self._set_joint(0)  # the old place's joint (gap's lead) goes, before the run's
         if self._parked:
             self._drop_parked(h0, end)  # the run's parked partial block moves
         self._stale = (h0 // bs, new_h // bs, (last if last > h0 else h0) // bs, end // bs)
@@ -872,9 +874,9 @@ class SlotWriter:
             # a run, checked like any). The entry goes just before the block in front
             # of it joins the entries in order, where it would pass for the image's.
             self._stale_last = end // bs
-        self._lead = 0
-        self._set_joint(0)  # the old place's joint (gap's lead) goes
-        self._ahead_logged = False
+        # (_ahead_logged stays: the later runs' entries, and this run's not moved yet,
+        # are still in the journal; a move that journals no block must not hide them
+        # from a drop later)
         k = self._ablk
         if self._afill:  # the ring's ahead block becomes the scratch: park its bytes
             blk = self._ahead_end // bs
@@ -1172,13 +1174,13 @@ class SlotWriter:
             self._forget_hole()
             return
         nxt = self._holes.pop(0)[1]
+        self._lead = 0
+        self._set_joint(0)  # first: a joint must not outlive the run after it
         if self._parked:
             self._drop_parked(0, nxt)
         if self.on_forget is not None:
             self.on_forget(self._hole // self.block_size, nxt // self.block_size)
         self._hole = nxt
-        self._lead = 0
-        self._set_joint(0)
 
     def drop_ahead(self):
         """Forget the hole and the blocks written ahead (their positions could not be
@@ -1187,7 +1189,10 @@ class SlotWriter:
 
     def _forget_hole(self):
         # Drop the hole; a journal that holds entries for the blocks ahead drops them
-        # first (on_erase of the hole's end: entries from there on go).
+        # first (on_erase of the hole's end: entries from there on go), the joint
+        # before them (a joint must not outlive the runs after it).
+        self._lead = 0
+        self._set_joint(0)
         if self._parked:
             self._drop_parked(0, self.capacity)
         if self._hole and self._ahead_logged and self.on_erase is not None:
@@ -1195,8 +1200,6 @@ class SlotWriter:
         self._hole = 0
         self._holes = []
         self._reload = 0
-        self._lead = 0
-        self._set_joint(0)
         self._ahead_logged = False
 
     def resume_ahead(self, runs, joints=(), parks=()):
@@ -1317,6 +1320,12 @@ class SlotWriter:
             ) and self._flash_crc(j) == crc:
                 jt = j
                 break
+        if self.on_joint is not None:
+            # The others describe nothing kept: forgotten, so that none is taken later
+            # once the runs it stood before have moved or gone.
+            for j, crc in joints:
+                if j != jt:
+                    self.on_joint(j, None)
         if not kept:
             if not jt:
                 return 0
