@@ -1581,7 +1581,6 @@ class HostOTA:
             hi = -lo
             m = self._place_ahead(h, run, lo, hi, None)
         r = hi // 2
-        narrowed = False
         while m is None and s is None and r >= _NARROW_MIN:
             # None there (bytes that repeat where the whole window fits, e.g. a short
             # run): a narrower window leaves room for more places, still whole inside
@@ -1594,7 +1593,6 @@ class HostOTA:
                 if self._once_within(k, -r, r):
                     m = k
                     lo, hi = -r, r
-                    narrowed = True
                     break
             r //= 2
         if m is None:
@@ -1618,58 +1616,16 @@ class HostOTA:
                 # nothing after it told its length). Look within one record's reach.
                 r = self.rx_size
                 at = w.find_ahead(want, m - r, m + r + _OVERLAP)
-            if at is None and s is None and not narrowed:
-                v = yield from self._check_sides(h, run, lo, hi)
-                if v != "moved":
-                    return v if v is not None else self._drop_run("not found in place")
-            elif at is not None and at != m and w.shift_ahead(at - m):
-                self._moved(m, at)
+            if at is not None and at != m and w.shift_ahead(at - m):
+                self.log.warn("bytes after the hole moved by %d B" % (m - at))
+                self.relocations += 1
+                w.park_tail()
             else:
                 return self._drop_run("not found in place")
         if w.hole_end and w.holes_after:
             self._ahead_next = w.hole_end  # the runs after the next holes: checked later
         self._placed(w.hole_end)
         return "more"
-
-    def _check_sides(self, h, run, lo, hi):
-        """The file's 16 bytes fetched at a place inside the run of bytes ahead of the
-        hole (``h`` .. ``h + run``, payload offsets) were found nowhere within ``lo`` ..
-        ``hi`` bytes of it, and the response did not say by how much the run is off (a
-        power cut, or a break, came before its end). A run shorter than twice one
-        record's reach (``rx_size``) leaves shifts beyond that window untested: a lost
-        length digit moves the bytes by thousands. Probe each side alone, as far as one
-        record's reach or the run allow: the file's 16 bytes at the run's last place
-        (found before it: the bytes sit too early), then at its first (found after it:
-        too late). Found exactly once on a side, the run moves there
-        (``SlotWriter.shift_ahead``) and this returns ``"moved"``; None when neither
-        side holds them (or a move cannot be done); else the attempt's failure (an int
-        HTTP status, a reason string, or ``"more"`` when the server ignored Range). At
-        most two bounded requests of 16 bytes, only on this recovery path."""
-        w = self.writer
-        reach = min(self.rx_size, run - _OVERLAP)
-        # (each side's search takes in the first window too: bytes that also occur at a
-        # shift inside it are not taken for a shift beyond it)
-        for m, a, b, wider in (
-            (h + run - _OVERLAP, -reach, hi, -reach < lo),
-            (h, lo, reach, reach > hi),
-        ):
-            if not wider:
-                continue
-            v = yield from self._fetch_probe(HEADER_SIZE + m)
-            if v is not None:
-                return v
-            at = w.find_ahead(self._probe[:_OVERLAP], m + a, m + b + _OVERLAP)
-            if at is not None and w.shift_ahead(at - m):
-                self._moved(m, at)
-                return "moved"
-        return None
-
-    def _moved(self, m, at):
-        # The file's bytes at payload offset m were found at ``at`` and the run moved
-        # there: noted, and its partial last block parked again.
-        self.log.warn("bytes after the hole moved by %d B" % (m - at))
-        self.relocations += 1
-        self.writer.park_tail()
 
     def _place_ahead(self, h, run, lo, hi, s):
         # Up to 8 places m spread over the run [h, h + run) of bytes ahead, the first
