@@ -823,6 +823,9 @@ class TestCRCLog(unittest.TestCase):
         # block's entry (not moved yet) dropped together. Every flash operation of it
         # cut in turn, at a byte inside: the list read after is the old one or the new.
         old = [100, 101]
+        before = (old, [(6, [206, 207, 208])])
+        after = (old, [(5, [205]), (7, [207, 208])])
+        seen = set()
         for k in range(8):
             for byte in (0, 2):
                 log = self._fresh_log(old)
@@ -834,9 +837,9 @@ class TestCRCLog(unittest.TestCase):
                 except _Cut:
                     pass
                 got = self._read_back()
-                before = (old, [(6, [206, 207, 208])])
-                after = (old, [(5, [205]), (7, [207, 208])])
                 self.assertIn(got, (before, after), (k, byte))
+                seen.add(got == after)
+        self.assertEqual(seen, {False, True})  # cuts that kept the old list, and the new
         log = self._fresh_log([])
         ops = (log.programs, log.erases)
         self.assertTrue(log.move(3, 33, 4, 5))  # nothing to drop: one program

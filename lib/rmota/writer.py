@@ -930,19 +930,12 @@ class SlotWriter:
                 # cut, and one check would move both by the same shift.
                 t = last // bs
                 lo = t - 1 if last - bs >= h0 else t
-                if new_end == self.image_len and self.on_moved is not None:
-                    crc = crc32(self._mv[k * bs : k * bs + tail])
-                    if self.on_moved(t, crc, lo, t):
-                        self._ahead_logged = True
-                else:
+                if new_end < self.image_len:
                     if lo < t and self.on_forget is not None:
                         self.on_forget(lo, t)
-                    if new_end < self.image_len:
-                        self._parked_at(t, k, tail)
-                    elif self.on_ahead is not None:
-                        crc = crc32(self._mv[k * bs : k * bs + tail])
-                        if self.on_ahead(t, crc):
-                            self._ahead_logged = True
+                    self._parked_at(t, k, tail)
+                else:
+                    self._journal_ahead(t, crc32(self._mv[k * bs : k * bs + tail]), lo, t)
             d = last - bs
             while d >= new_h:
                 if d == new_h:
@@ -1152,17 +1145,21 @@ class SlotWriter:
         blk = dst // bs
         self._erase_one(blk)
         self._program_raw(blk, k, n)
-        crc = self._block_crc(k, self._blk[k], n)
-        if self.on_moved is not None and nxt >= 0:
-            # (both in one step: a power cut between them lost this block's entry with
-            # the next one's, two blocks fetched again instead of the one being moved)
-            if self.on_moved(blk, crc, nxt // bs, nxt // bs + 1):
-                self._ahead_logged = True
-            return
-        if self.on_forget is not None and nxt >= 0:
-            self.on_forget(nxt // bs, nxt // bs + 1)
-        cb = self.on_ahead
-        if cb is not None and cb(blk, crc):
+        lo = nxt // bs if nxt >= 0 else blk
+        self._journal_ahead(blk, self._block_crc(k, self._blk[k], n), lo, lo + (nxt >= 0))
+
+    def _journal_ahead(self, blk, crc, lo, hi):
+        # Journal the entry of block blk (written ahead, CRC-32 crc) and drop those of
+        # blocks lo..hi-1 (none when lo == hi) in one step when the journal can
+        # (on_moved: a power cut between two steps lost both, two blocks fetched again
+        # instead of one), else drop, then put.
+        if self.on_moved is not None:
+            ok = self.on_moved(blk, crc, lo, hi)
+        else:
+            if lo < hi and self.on_forget is not None:
+                self.on_forget(lo, hi)
+            ok = self.on_ahead is not None and self.on_ahead(blk, crc)
+        if ok:
             self._ahead_logged = True
 
     def drop_run(self):
