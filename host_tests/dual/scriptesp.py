@@ -132,8 +132,12 @@ class ESP:
             if self.result_hook:
                 self.result_hook(self, line)
             else:
-                self.out(b"\r\nOK\r\n")
                 st = line.split(b",")[2] if line.count(b",") >= 3 else b""
+                if st not in (b"0", b"1", b"2", b"3", b"4", b"5") or not line.endswith(b'"'):
+                    # (ESP-AT: status 0..5, and a string parameter closed by its quote)
+                    self.out(b"\r\nERROR\r\n")
+                    return
+                self.out(b"\r\nOK\r\n")
                 if st in (b"2", b"5"):
                     self.notify = None
         else:
@@ -185,8 +189,10 @@ def run(
     fresh=True,
     uart=None,
     tick=None,
+    agent_kw=None,
 ):
-    """Run the agent until idle or the time bound, with reboots. Returns dict."""
+    """Run the agent until idle or the time bound, with reboots. Returns dict.
+    ``agent_kw``: more keyword arguments for ``for_board`` (e.g. ``progress``)."""
     from fakeuart import FakeUART
 
     if fresh:
@@ -208,7 +214,9 @@ def run(
             pre_boot(boots)
         b = unix_board.Board(flash, clock=clock, settings=st)
         res["board"] = b
-        agent = for_board(b, uart=uart, clock=clock, log=Logger("rmota", sink=log))
+        agent = for_board(
+            b, uart=uart, clock=clock, log=Logger("rmota", sink=log), **(agent_kw or {})
+        )
         res["agent"] = agent
         try:
             t0 = clock.now_ms

@@ -1,16 +1,21 @@
-"""Bad input an adversarial tester found, as regressions (both runtimes): unusable
+"""Bad input adversarial testers found, as regressions (both runtimes): unusable
 journal records, a stalled download kept alive by URCs, a finished job announced
-again, a response longer than the image, a log sink that fails, hostile response lines.
-The agent runs in-process on virtual time against host_tests/dual/scriptesp.py."""
+again, a response longer than the image, a log sink that fails, hostile response lines,
+a commit record that names an image that does not run, a notification in a burst of
+other lines or longer than a line may be, job ids too long for a result, a progress
+callback that raises, <info> cut to size. The agent runs in-process on virtual time
+against host_tests/dual/scriptesp.py."""
 
 import unittest
 
 from fakeuart import FakeUART
-from rmota.agent import for_board
+from rmota.agent import clip_info, for_board, info_room
 from rmota.at import ATLink
 from rmota.compat import VirtualClock
 from rmota.log import Logger
-from scriptesp import FLASH, ESP, SHORT, fresh_flash, mkimage, payload, run
+import hashlib
+
+from scriptesp import FLASH, ESP, SHORT, URL, fresh_flash, mkimage, payload, run
 
 import board as unix_board
 
@@ -29,6 +34,10 @@ class TestJournalRecords(unittest.TestCase):
         {"stage": "committed", "job": "JOB1", "slot": 1, "version": 2, "len": "100"},
         {"stage": "download", "job": "JOB1", "url": 5, "size": 20064, "slot": 1, "hdr": "zz"},
         {"stage": [1], "job": "JOB1"},
+        # (results the ESP refuses on every cycle: they blocked the job behind them)
+        {"stage": "report", "job": "JOB1", "status": 7, "info": "x"},
+        {"stage": "report", "job": "JOB1", "status": -1, "info": "x"},
+        {"stage": "report", "job": "JOB1", "status": 3, "info": "a\r\nAT+RST"},
     )
 
     def test_an_unusable_record_is_dropped_and_the_job_still_runs(self):
@@ -44,6 +53,30 @@ class TestJournalRecords(unittest.TestCase):
             r = run(img, pre_boot=pre, max_ms=120000)
             self.assertIsNone(r["exc"], d)
             self.assertEqual(_statuses(r)[-1], 2, (d, r["esp"].results))
+            self.assertEqual(r["boot"]["slot"], 1, d)
+
+    def test_a_commit_record_for_an_image_that_does_not_run_is_never_2(self):
+        # A stale or damaged "committed" record naming the running slot (the factory
+        # v1 runs from slot 0, not on trial): 2 used to be reported at once, with v1
+        # running and nothing downloaded. Version or SHA-256 not the running image's:
+        # 3 ("commit lost"), then the job runs and ends in 2 with v2 in slot 1.
+        img = mkimage(payload(20000))
+        good = "".join("%02x" % x for x in hashlib.sha256(payload(20000)).digest())
+        for rec in (
+            {"slot": 0, "version": 2, "len": 20000, "sha": good},  # v1 runs
+            {"slot": 0, "version": 1, "len": 20000, "sha": "00" * 32},  # another v1
+        ):
+            d = dict(rec, stage="committed", job="JOB1")
+
+            def pre(boot, d=d):
+                if boot == 1:
+                    b = unix_board.Board(FLASH, clock=VirtualClock())
+                    b.journal.save(d)
+                    b.close()
+
+            r = run(img, pre_boot=pre, max_ms=120000)
+            self.assertEqual(_statuses(r), [3, 1, 2], d)
+            self.assertIn(b'"commit lost"', r["esp"].results[0])
             self.assertEqual(r["boot"]["slot"], 1, d)
 
 
@@ -249,3 +282,146 @@ class TestSettingsCheckedAtConstruction(unittest.TestCase):
                     for_board(b, uart=FakeUART(), clock=b.clock)
             finally:
                 b.close()
+
+
+class TestNotifications(unittest.TestCase):
+    def test_a_notification_in_a_burst_of_other_lines_is_kept(self):
+        # The notification, then 12 +RMRECV lines (the application's parameters) before
+        # the agent reads the UART again: the URC queue (8) dropped its oldest entry,
+        # the notification, and the job waited for good. Lines that carry no state go
+        # first now.
+        img = mkimage(payload(20000))
+
+        def setup(esp):
+            def fetch(esp):
+                esp.out(b"\r\nOK\r\n")
+                if esp.notify:
+                    rest = b"".join(
+                        b'+RMRECV:0,"Light",{"Power":%d}\r\n' % (k & 1) for k in range(12)
+                    )
+                    esp.out(esp.notify + b"\r\n" + rest)
+
+            esp.fetch_hook = fetch
+
+        r = run(img, setup=setup, max_ms=120000)
+        self.assertEqual(_statuses(r), [1, 2], r["esp"].results)
+        self.assertEqual(r["boot"]["slot"], 1)
+
+    def test_the_queue_drops_lines_without_state_before_a_notification(self):
+        u = FakeUART()
+        link = ATLink(u, clock=VirtualClock(), urc_queue=3)
+        got = []
+        link.subscribe(lambda k, line: got.append(line))
+        u.feed(b"+RMFWNOTIFY:0,99,http://h/abcdef,2,J\r\nready\r\n")
+        u.feed(b"".join(b"+RMRECV:%d\r\n" % k for k in range(4)) + b"\xfe\r\n")
+        link.poll()
+        self.assertEqual(got, [b"+RMFWNOTIFY:0,99,http://h/abcdef,2,J", b"ready", b"\xfe"])
+        self.assertEqual(link.urc_drops, 4)
+
+    def test_a_notification_longer_than_a_line_is_a_logged_error(self):
+        # A presigned URL of 2,100 B (AT+HTTPURLCFG takes up to 8,192) in a board whose
+        # line_max is 2,048: the line is dropped (DESIGN.md section 2), with an error
+        # that says why, counted; nothing is erased or fetched. It was silent.
+        url = b"http://127.0.0.1/img.bin?" + b"x" * 2075
+        img = mkimage(payload(20000))
+
+        def setup(esp):
+            esp.notify = b"+RMFWNOTIFY:0,%d,%s,2.0,JOB1" % (len(img), url)
+
+        r = run(img, setup=setup, max_ms=30000)
+        errs = [x for x in r["log"].lines if "+RMFWNOTIFY longer than line_max (2048 B)" in x]
+        self.assertGreaterEqual(len(errs), 1)
+        self.assertGreaterEqual(r["agent"].errors, 1)
+        self.assertFalse(
+            [c for c in r["esp"].cmds if c.startswith((b"AT+HTTPURLCFG", b"AT+HTTPCGET"))]
+        )
+        self.assertEqual(r["esp"].results, [])
+
+    def test_a_url_the_esp_cannot_take_is_rejected(self):
+        # AT+HTTPURLCFG takes 8..8192 bytes: a shorter URL was refused on every try and
+        # reported 3, so the cloud retried it for ever. It is permanent: 5.
+        img = mkimage(payload(2000))
+
+        def setup(esp):
+            esp.notify = b"+RMFWNOTIFY:0,%d,http:/x,2.0,JOB1" % len(img)
+
+        r = run(img, setup=setup, max_ms=30000)
+        self.assertEqual(_statuses(r), [5])
+        self.assertIn(b"URL of 7 B outside 8..8192", r["esp"].results[0])
+
+
+class TestResultsFit(unittest.TestCase):
+    def lengths(self, res):
+        # (command line with CR LF, the ESP's result JSON) of each AT+RMOTARESULT
+        out = []
+        for line in res:
+            parts = line[len(b"AT+RMOTARESULT=0,") :]
+            job = parts[1 : parts.index(b'",')]
+            info = parts[parts.rindex(b',"') + 2 : -1].replace(b"\\,", b",")
+            js = b'{"ota_job_id":"%s","status":"in-progress","additional_info":"%s"}'
+            out.append((len(line) + 2, len(js % (job, info))))
+        return out
+
+    def test_a_job_id_too_long_for_any_result_is_refused_before_the_flash(self):
+        # A 300-character job id: every AT+RMOTARESULT overran the ESP's 256-byte
+        # command line and was refused, after the image was installed. Nothing is
+        # fetched now; the error says why.
+        img = mkimage(payload(20000))
+        job = "J" * 300
+
+        def setup(esp):
+            esp.notify = b"+RMFWNOTIFY:0,%d,%s,2.0,%s" % (len(img), URL, job.encode())
+
+        r = run(img, setup=setup, max_ms=30000)
+        self.assertEqual(r["esp"].results, [])
+        self.assertFalse([c for c in r["esp"].cmds if c.startswith(b"AT+HTTPCGET")])
+        self.assertTrue([x for x in r["log"].lines if "job id of 300 B too long" in x])
+        self.assertEqual(r["boot"]["slot"], 0)
+
+    def test_a_long_job_id_gets_results_that_fit(self):
+        # A 150-character job id leaves room for a short <info>: each result is cut to
+        # fit both the 256-byte command line and the ESP's 256-byte result JSON.
+        img = mkimage(payload(20000))
+        job = "J" * 150
+        self.assertGreaterEqual(info_room(job), 20)
+
+        def setup(esp):
+            esp.notify = b"+RMFWNOTIFY:0,%d,%s,2.0,%s" % (len(img), URL, job.encode())
+
+        r = run(img, setup=setup, max_ms=120000)
+        self.assertEqual(_statuses(r), [1, 2])
+        for cmd, js in self.lengths(r["esp"].results):
+            self.assertLessEqual(cmd, 256)
+            self.assertLess(js, 256)
+
+    def test_info_is_cut_below_80_characters_at_a_word(self):
+        why = "not the announced file (30064 B, 64 expected: image for board 0xffffffffffffffff)"
+        got = clip_info(why)
+        self.assertEqual(got, "not the announced file (30064 B, 64 expected: image for board...")
+        self.assertLess(len(got), 80)
+        self.assertEqual(clip_info("short: 72 of 76 B"), "short: 72 of 76 B")
+        self.assertEqual(clip_info("x" * 79), "x" * 79)
+        self.assertEqual(clip_info("x" * 80), "x" * 76 + "...")
+        # (escaped commas count: the ESP's line holds them escaped)
+        self.assertEqual(len(clip_info("a," * 50, 40).replace(",", "\\,")), 40)
+        self.assertEqual(info_room("JOB1"), 79)
+        self.assertLess(info_room("J" * 200), 0)
+
+
+class TestProgressCallback(unittest.TestCase):
+    def test_a_progress_callback_that_raises_does_not_fail_the_download(self):
+        # An application's display callback that always raises: it ran unprotected in
+        # the record callback, so every record was cut short and every job failed 3.
+        img = mkimage(payload(30000))
+        calls = []
+
+        def progress(done, total):
+            calls.append(done)
+            raise RuntimeError("display gone")
+
+        r = run(img, max_ms=120000, agent_kw={"progress": progress})
+        self.assertEqual(_statuses(r), [1, 2])
+        self.assertEqual(r["boot"]["slot"], 1)
+        self.assertGreater(len(calls), 2)
+        errs = [x for x in r["log"].lines if "progress callback failed" in x]
+        self.assertEqual(len(errs), 1)  # logged once per job

@@ -30,7 +30,16 @@ Usage::
 import gc
 from binascii import hexlify, unhexlify
 
-from .at import URC_FWNOTIFY, URC_READY, URC_RM, URC_RMOTA, URC_UNKNOWN, URC_WIFI, quote
+from .at import (
+    URC_FRAMING,
+    URC_FWNOTIFY,
+    URC_READY,
+    URC_RM,
+    URC_RMOTA,
+    URC_UNKNOWN,
+    URC_WIFI,
+    quote,
+)
 from .errors import ImageError, LinkError, ProtocolError, describe_err_code, http_status_of
 from .image import HEADER_SIZE, ImageHeader
 from .log import Logger
@@ -61,6 +70,46 @@ _NARROW_MIN = 1024  # the narrowest window (each way, bytes) the check of the by
 # What follows a download's last record on the wire: its CRLF, then the final result.
 _FRAMING = b"\r\n\r\nOK\r\n"
 _INFO_MAX = 80  # AT+RMOTARESULT builds JSON in a 256-byte buffer: keep <info> short
+_RESULT_JSON_MAX = 256  # bytes of the result JSON buffer (see _JSON_FIXED)
+_CMD_MAX = 256  # one AT command line, CR LF included (DESIGN.md section 1, Framing)
+# AT+RMOTARESULT's JSON without the job id and <info>, with the longest status word
+# ("in-progress"); ESP-AT's at_rainmaker.c builds it in a 256-byte buffer (DESIGN.md
+# section 1, Result).
+_JSON_FIXED = len('{"ota_job_id":"","status":"in-progress","additional_info":""}')
+_INFO_MIN = 20  # <info> a job's result must have room for ("v4294967295 running": 19)
+
+
+def info_room(job_id):
+    """Bytes of ``<info>`` a result for ``job_id`` (str) can carry: fewer than
+    ``_INFO_MAX`` (80), within one 256-byte ``AT+RMOTARESULT`` command line (CR LF
+    included, the job id quoted) and the ESP's 256-byte result JSON (DESIGN.md section 1,
+    Framing and Result). Below ``_INFO_MIN`` (or negative) the job id is too long for
+    any result."""
+    j = job_id.encode()
+    cmd = _CMD_MAX - len(b"AT+RMOTARESULT=0,,3,\r\n") - len(quote(j)) - 2
+    js = _RESULT_JSON_MAX - 1 - _JSON_FIXED - len(j)
+    room = _INFO_MAX - 1
+    return min(room, cmd, js)
+
+
+def clip_info(info, room=_INFO_MAX - 1):
+    """``info`` (str) shortened so that ``quote(info)`` holds at most ``room`` bytes
+    between its quotes (default 79: fewer than ``_INFO_MAX`` characters; see
+    ``info_room()``): unchanged when it fits, else cut at a word boundary where one is
+    near and ended with ``...``."""
+    if len(quote(info)) - 2 <= room:
+        return info
+    keep = room - 3
+    while keep > 0:
+        cut = info.rfind(" ", 0, keep + 1)
+        if cut < keep // 2:
+            cut = keep
+        out = info[:cut].rstrip(" ,:;(") + "..."
+        if len(quote(out)) - 2 <= room:
+            return out
+        keep -= 1
+    return info[: max(room, 0)]
+
 
 # Modes of one download attempt.
 _M_PROBE = 0  # collecting the first bytes to decide what this response is
@@ -149,7 +198,8 @@ class HostOTA:
     docs/interfaces.md: ``inactive_slot()``, ``commit()``, ``reboot()``,
     ``boot_state()``, ``confirm()``, ``journal``, ``settings``, ``board_id``).
 
-    ``progress(done, total)`` (bytes) is called as the payload is written.
+    ``progress(done, total)`` (bytes) is called as the payload is written; an exception
+    from it is logged once per job and counted in ``progress_errors``, never a failure.
     ``on_esp_ready(link)`` is called after the agent re-initialised an ESP that rebooted
     (``ready``, or its own ``AT+RST`` after ``+RMOTA:2``/``+RMRESET``): the RainMaker
     node set-up (``AT+RMNODEINIT``, devices, ``AT+RMCONN``) is the application's and must
@@ -209,6 +259,7 @@ class HostOTA:
         self.board = board
         self.clock = link.clock
         self.progress = progress
+        self.progress_errors = 0  # exceptions the progress callback raised (logged once)
         self.log = log or Logger("rmota")
         self.rx_size = s.get("rx_size", 2048)
         self.tx_size = s.get("tx_size", 2048)
@@ -367,6 +418,14 @@ class HostOTA:
             self._on_rmota(line)
         elif kind == URC_UNKNOWN:
             self.log.debug("unhandled line", line[:60])
+        elif kind == URC_FRAMING and line == b"notification too long":
+            # (DESIGN.md section 2: a line over the cap is dropped, counted and logged;
+            # the job id is at its end, past what the link keeps: nothing to report to)
+            self.errors += 1
+            self.log.error(
+                "+RMFWNOTIFY longer than line_max (%d B) dropped: its URL is too long for"
+                " this board's settings" % self.link.parser._cap
+            )
 
     def _on_rmota(self, line):
         # Wi-Fi MCU OTA (the ESP updates itself). esp-at's at_rainmaker.c prints 2 on
@@ -659,7 +718,7 @@ class HostOTA:
         cloud is down or when no host job is pending in its RAM (lost on an ESP reboot):
         then wait for the cloud / fetch the job again and retry. Returns True when
         ``OK``."""
-        info = info[:_INFO_MAX]
+        info = clip_info(info, info_room(job_id))
         cmd = b"AT+RMOTARESULT=0," + quote(job_id) + b",%d," % status + quote(info)
         for i in range(tries):
             if self.esp_reset:
@@ -738,9 +797,20 @@ class HostOTA:
     def _deliver_saved_result(self):
         j = self.board.journal.load()
         if j and j.get("stage") == "report":
+            st, info, job = j["status"], j["info"], j["job"]
+            if (
+                st not in (OTA_SUCCEEDED, OTA_FAILED, OTA_REJECTED)
+                or not isinstance(info, str)
+                or not isinstance(job, str)
+                or "\r" in info
+                or "\n" in info
+            ):
+                # Not a result this agent records (damage that still parses): the ESP
+                # would refuse it on every cycle and block the job behind it.
+                raise ValueError("result record")
             self.state = "report"
-            self.result = (j["status"], j["info"])
-            ok = yield from self._report(j["job"], j["status"], j["info"])
+            self.result = (st, info)
+            ok = yield from self._report(job, st, info)
             if ok:
                 self._after_report(self.board.journal, j.get("download"))
 
@@ -762,11 +832,30 @@ class HostOTA:
             if bs.get("trial"):
                 self.board.confirm()
                 self.log.info("confirmed the trial image v%d" % j["version"])
-            status, info = OTA_SUCCEEDED, "v%d running" % j["version"]
+            if self._runs(j):
+                status, info = OTA_SUCCEEDED, "v%d running" % j["version"]
+            else:
+                # A stale or damaged record: the slot it names runs, but not its image.
+                # Never 2 for an image that does not run; the job stays pending.
+                self.log.warn("journalled commit does not match the running image")
+                status, info = OTA_FAILED, "commit lost"
         else:
             status, info = OTA_FAILED, "rolled back: v%d did not confirm" % j["version"]
         self.log.info("boot after commit:", info)
         yield from self._finish_job(j["job"], status, info)
+
+    def _runs(self, j):
+        # The running image is the one the commit record ``j`` names: its version (after
+        # confirm(), which is when an ESP32 board records it), and its SHA-256 when the
+        # board knows it (``running_sha256()``, optional).
+        try:
+            if self.board.running_version() != j["version"]:
+                return False
+            get = getattr(self.board, "running_sha256", None)
+            sha = get() if get is not None else None
+            return sha is None or sha == unhexlify(j["sha"])
+        except (KeyError, ValueError, TypeError):
+            return False
 
     def _recommit(self, j):
         slot = self.board.inactive_slot()
@@ -806,6 +895,14 @@ class HostOTA:
         self.note = note
         self.state = "job"
         self.log.info("job", note.job_id, "size", note.size, "version", note.fw_version)
+        if info_room(note.job_id) < _INFO_MIN:
+            # No result for it would fit the ESP's command line or its result JSON:
+            # the job could never be finished. Nothing is erased or downloaded.
+            self.errors += 1
+            self.log.error(
+                "job id of %d B too long for AT+RMOTARESULT: ignored" % len(note.job_id)
+            )
+            return
         saved = self.board.journal.load()
         if saved and saved.get("job") == note.job_id and saved.get("stage") == "report":
             yield from self._deliver_saved_result()
@@ -815,6 +912,12 @@ class HostOTA:
             return
         if note.size < HEADER_SIZE:
             yield from self._finish_job(note.job_id, OTA_REJECTED, "size %d < header" % note.size)
+            return
+        if not 8 <= len(note.url) <= 8192:
+            # AT+HTTPURLCFG takes 8..8192 bytes (DESIGN.md section 1): the ESP would
+            # refuse this URL on every try.
+            why = "URL of %d B outside 8..8192" % len(note.url)
+            yield from self._finish_job(note.job_id, OTA_REJECTED, why)
             return
         self.header = None
         self._ahead_check = None
@@ -1062,8 +1165,8 @@ class HostOTA:
         if isinstance(verdict, int):
             return "HTTP %d" % verdict if verdict else "HTTP connection failed"
         if isinstance(verdict, ImageError):
-            return verdict.reason[:_INFO_MAX]
-        return str(verdict)[:_INFO_MAX]
+            return clip_info(verdict.reason)
+        return clip_info(str(verdict))
 
     def _set_url(self, url):
         """Set the URL with ``AT+HTTPURLCFG`` and read it back with ``AT+HTTPURLCFG?``
@@ -1398,9 +1501,15 @@ class HostOTA:
             # after: they went wrong further back (a record lost unseen, everything
             # after it written off by its length), where nothing tells: start over.
             self._overlap_fails += 1
-            if self._overlap_fails >= 2:
+            if self._overlap_fails >= 2 or w.offset < att.overlap:
+                # (the header too: the overlap reaches into it when little or nothing of
+                # the payload is held, so the header may be what came altered, e.g. in
+                # its digest field, or the file was replaced by one of the same size;
+                # the journal forgets it, and the next download takes it afresh)
                 self.log.warn("overlap differs again: dropping everything held")
                 w.rewind(0)
+                self.header = None
+                self.board.journal.clear()
                 self._overlap_fails = 0
             else:
                 self.log.warn("overlap differs: dropping the last block held")
@@ -1829,7 +1938,7 @@ class HostOTA:
         if lost is None:
             return  # a line too long inside a dropped record's bytes: already counted
         att.frame_errors += 1
-        if lost < 0 and att.junk_ok and reason == "line too long":
+        if lost < 0 and att.junk_ok and reason in ("line too long", "notification too long"):
             return  # the rest of a record that paused past the stall bound, as lines
         stall = reason == "record stalled"
         att.stall_seen = att.stall_seen or stall
@@ -1952,7 +2061,12 @@ class HostOTA:
             i += k
             p += k
         if self.progress:
-            self.progress(w.offset, w.image_len)
+            try:
+                self.progress(w.offset, w.image_len)
+            except Exception as e:  # the application's: never the download's failure
+                self.progress_errors += 1
+                if self.progress_errors == 1:
+                    self.log.error("progress callback failed:", repr(e))
 
     def _decide(self, att):
         """Decide what this response is from its first bytes (``self._probe``, up to 64):

@@ -133,7 +133,8 @@ class ATParser:
       its closing ``\\r\\n`` was seen (a memoryview of the record buffer, valid only
       during the call);
     - ``on_frame_error(reason)``: a malformed record (bad length, missing ``\\r\\n``,
-      aborted) or a line over ``line_max`` (reason ``"line too long"``); nothing of
+      aborted) or a line over ``line_max`` (reason ``"line too long"``, or
+      ``"notification too long"`` for a ``+RMFWNOTIFY`` line); nothing of
       the bad record is delivered. During the call ``parser.lost`` says what the error
       did to the position in the response: an int ``L >= 0`` when a record whose
       header was well formed and claimed ``L`` payload bytes was dropped (its bytes
@@ -497,7 +498,10 @@ class ATParser:
                 self.overflows += 1
                 self._n = 0
                 if not self._damage(True):
-                    self._frame_error("line too long", None if self._replaying else -1)
+                    why = "line too long"
+                    if self._line[:12] == b"+RMFWNOTIFY:":
+                        why = "notification too long"  # (a URL longer than line_max)
+                    self._frame_error(why, None if self._replaying else -1)
                 self._state = _SKIP
                 i = e
                 continue
@@ -682,6 +686,9 @@ URC_RECV = "recv"
 URC_UNKNOWN = "unknown"
 URC_FRAMING = "framing"
 
+# Kinds a full URC queue drops first (ATLink._queue): they change no state of the link's.
+_EXPENDABLE = (URC_RECV, URC_UNKNOWN, URC_BUSY, URC_FRAMING)
+
 _URC_TABLE = (
     (b"+RMFWNOTIFY:", URC_FWNOTIFY),
     (b"+RMOTA:", URC_RMOTA),
@@ -761,8 +768,10 @@ class ATLink:
     nothing is waiting, ``n``, or 0 when closed; ``write``). ``clock``: an object with
     ``ticks_ms``/``ticks_diff``/``sleep_ms`` (default: the real clock). ``line_max``,
     ``record_max``: see ``ATParser`` (bytes). ``rxbuf_size``: bytes read from the UART
-    per ``poll()``. ``urc_queue``: URCs kept between two polls; beyond it the oldest is
-    dropped and counted in ``urc_drops``. All buffers are allocated here.
+    per ``poll()``. ``urc_queue``: URCs kept between two polls; beyond it the oldest
+    that carries no state (``+RMRECV``, unknown lines, ``busy``, framing errors) is
+    dropped, else the oldest, and counted in ``urc_drops``. All buffers are allocated
+    here.
 
     ``record_idle_ms``: the payload-mode inactivity timeout. ESP-AT writes each
     ``+HTTPCGET`` record in one piece (DESIGN.md section 1, from esp-at's source), so a
@@ -966,10 +975,17 @@ class ATLink:
             self._data_len = c.prompt if c.prompt is not True else 0
 
     def _queue(self, kind, mv):
-        if len(self._q) >= self._qmax:
-            self._q.pop(0)
+        q = self._q
+        if len(q) >= self._qmax:
+            # Full: drop the oldest line that carries no state (application data, noise,
+            # busy, framing), so a notification, a reboot or a link change is not lost
+            # to a burst of other lines; only a queue full of those drops one of them.
+            i = 0
+            while i < len(q) and q[i][0] not in _EXPENDABLE:
+                i += 1
+            q.pop(i if i < len(q) else 0)
             self.urc_drops += 1
-        self._q.append((kind, bytes(mv)))
+        q.append((kind, bytes(mv)))
 
     # --- public API -----------------------------------------------------------------
     def subscribe(self, fn):
