@@ -670,6 +670,81 @@ class FaultKinds(unittest.TestCase):
             r = faultrun.Scenario(sc, self.flash).run()
             self.assertEqual((r["violations"], r["final"]), ([], 2), g)
 
+    def test_a_run_too_short_for_its_shift_is_probed_on_each_side(self):
+        # A record's header claims 4,000 B fewer than it holds (a lost length digit) and
+        # a byte is lost further on: two holes, so the response's end tells only the sum
+        # of the two shifts, and the first run (12,288..19,317) is too short for a window
+        # of 4,000 B each way: the check looked within 3,506 B, found nothing and dropped
+        # the run, and the hole was fetched up to the second run (24,380 B; 12,206 B per
+        # interruption). The run's last 16 bytes, fetched alone, are now looked for
+        # before it: found 4,000 B early, the run moves, and the hole is fetched up to it
+        # (7,996 B). A header that claims 4,000 B more: the run's first 16 bytes are
+        # found 4,000 B late (14,310 B per interruption before, 10,916 B now). With a
+        # power cut while the response still runs (before it told anything) the same
+        # check finds both runs' places after the resume.
+        for lie, most in ((-4000, 9000), (4000, 11000)):
+            sc = {
+                "seed": 22529,
+                "size": 60000,
+                "kinds": ["drop", "short_record"],
+                "faults": {"drop_body_at": [30011], "short_record": [2, lie]},
+                "sim_seed": 535800806,
+                "settings": {},
+                "expect": 2,
+            }
+            for cuts in ([], [["t", 4000, 500]]):
+                why = (lie, cuts)
+                r, sn = self.scenario_run(dict(sc, cuts=cuts))
+                moved = "bytes after the hole moved by %d B" % -lie
+                self.assertEqual(len([x for x in sn.log if moved in x]), 2, why)  # both runs
+                self.assertFalse(any("not found in place" in x for x in sn.log), why)
+                self.assertEqual(r["full_restarts"], 0)
+                self.assertTrue(max(r["refetch"]) < most, (why, r["refetch"]))
+                q = r["refetch_requests"]
+                self.assertTrue(max(q) < 10240, (why, q))  # no hole past the first run
+
+    def test_a_look_alike_of_the_probed_bytes_does_not_move_a_run(self):
+        # A side probe found 16 bytes once at a wrong shift: the image held them twice
+        # (16 bytes, or a 3 KB chunk, copied elsewhere), and the run moved there; the
+        # SHA-256 failed and the download started over. A shift found by one probe is
+        # now tested at the run's other end first: a look-alike does not hold there, and
+        # the run stays, or moves where it belongs.
+        cases = (
+            (
+                {"seed": 86775, "size": 100000, "faults": {"short_record": [[4, -1511]]}},
+                {"drop_body_at": [12335]},
+                {"rx_size": 2048},
+                (8192, 8192 + 1884, 16),  # 16 bytes at 8,192 again 1,884 B on
+                ["1511"],
+            ),
+            (
+                {"seed": 64063, "size": 60000, "faults": {"short_record": [[4, 5834]]}},
+                {"drop_body_at": [31328]},
+                {"flash_mode": "pre_erase"},
+                (27525, 27525 - 3878, 3153),  # a 3,153 B chunk copied 3,878 B back
+                ["-5834"],
+            ),
+        )
+        orig = faultrun.payload_bytes
+        for base, drop, st, (src, dst, n), moves in cases:
+
+            def planted(size, seed, src=src, dst=dst, n=n):
+                b = bytearray(orig(size, seed))
+                b[dst : dst + n] = b[src : src + n]
+                return bytes(b)
+
+            sc = dict(base, kinds=["short_record", "drop"], settings=st, cuts=[], expect=2)
+            sc["faults"] = dict(base["faults"], **drop)
+            sc["sim_seed"] = 228732065 if base["seed"] == 86775 else 261748328
+            faultrun.payload_bytes = planted
+            try:
+                r, sn = self.scenario_run(sc)
+            finally:
+                faultrun.payload_bytes = orig
+            got = [x.split("moved by ")[1].split(" ")[0] for x in sn.log if "moved by" in x]
+            self.assertEqual(got, moves, st)
+            self.assertEqual(r["full_restarts"], 0, st)
+
     def test_a_run_with_repeating_bytes_where_the_window_fits_is_checked_at_its_edge(self):
         # Three records lost, then a power cut before the check: the run kept ahead of
         # the first hole is a block and a parked block (8,192..16,224), 4 KB of it the
