@@ -707,8 +707,8 @@ class FaultKinds(unittest.TestCase):
         # A side probe found 16 bytes once at a wrong shift: the image held them twice
         # (16 bytes, or a 3 KB chunk, copied elsewhere), and the run moved there; the
         # SHA-256 failed and the download started over. A shift found by one probe is
-        # now tested at the run's other end first: a look-alike does not hold there, and
-        # the run stays, or moves where it belongs.
+        # now tested at both ends of the run first: a look-alike does not hold there, and
+        # the run moves where it belongs, or is dropped.
         cases = (
             (
                 {"seed": 86775, "size": 100000, "faults": {"short_record": [[4, -1511]]}},
@@ -724,6 +724,15 @@ class FaultKinds(unittest.TestCase):
                 (27525, 27525 - 3878, 3153),  # a 3,153 B chunk copied 3,878 B back
                 ["-5834"],
             ),
+            (
+                # (a 2,752 B chunk copied 4,700 B on holds the probed bytes and the run's
+                # last 16 at the wrong shift, but not its first 16: the run is dropped)
+                {"seed": 61747, "size": 60000, "faults": {"short_record": [[4, -6783]]}},
+                {"drop_body_at": [27483]},
+                {},
+                (28396, 28396 + 4700, 2752),
+                [],
+            ),
         )
         orig = faultrun.payload_bytes
         for base, drop, st, (src, dst, n), moves in cases:
@@ -735,7 +744,9 @@ class FaultKinds(unittest.TestCase):
 
             sc = dict(base, kinds=["short_record", "drop"], settings=st, cuts=[], expect=2)
             sc["faults"] = dict(base["faults"], **drop)
-            sc["sim_seed"] = 228732065 if base["seed"] == 86775 else 261748328
+            sc["sim_seed"] = {86775: 228732065, 64063: 261748328, 61747: 420020365}[base["seed"]]
+            if base["seed"] == 61747:
+                sc["cuts"] = [["t", 4123, 1055]]  # (a power cut before the response ended)
             faultrun.payload_bytes = planted
             try:
                 r, sn = self.scenario_run(sc)

@@ -1749,13 +1749,13 @@ class HostOTA:
         length digit moves the bytes by thousands. Probe each side alone, as far as one
         record's reach or the run allow: the file's 16 bytes at the run's last place
         (found before it: the bytes sit too early), then at its first (found after it:
-        too late). Found exactly once on a side, the shift is tested at the run's other
-        end (``_confirm_shift``: a copy of 16 bytes, or of a chunk, elsewhere in the
+        too late). Found exactly once on a side, the shift is tested at both ends of
+        the run (``_confirm_shift``: a copy of 16 bytes, or of a chunk, elsewhere in the
         image must not move the run to the wrong place, which costs the whole image);
-        when that holds too, the run moves there (``SlotWriter.shift_ahead``) and this
+        when it holds there too, the run moves (``SlotWriter.shift_ahead``) and this
         returns ``"moved"``; None when neither side holds them (or a move cannot be
         done); else the attempt's failure (an int HTTP status, a reason string, or
-        ``"more"`` when the server ignored Range). At most four bounded requests of 16
+        ``"more"`` when the server ignored Range). At most six bounded requests of 16
         bytes, only on this recovery path."""
         w = self.writer
         reach = min(self.rx_size, run - _OVERLAP)
@@ -1784,29 +1784,32 @@ class HostOTA:
     def _confirm_shift(self, h, run, at, d):
         # The run [h, h + run) of bytes ahead seems off by d (the slot's bytes at x are
         # the file's at x - d), from one 16-byte match at slot offset ``at``. Fetch the
-        # file's 16 bytes for the place in the run farthest from ``at`` (its first, last
-        # or middle 16, not all one byte value) and compare. A look-alike (16 bytes or a
-        # chunk that occur twice) rarely holds at both places; where a copy spans the
-        # whole run its bytes are right at either place. Returns True when they match,
-        # None when not (or nothing to test), else the attempt's failure.
+        # file's 16 bytes for each end of the run (its first and last 16, unless the
+        # match is there) and compare: the shift must hold over the whole run. A
+        # look-alike (16 bytes or a chunk that occur twice) rarely spans it; where a copy
+        # does, the run's bytes are right at either place. An end that is all one byte
+        # value says nothing: with no end tested the shift is not taken. Returns True
+        # when every end tested matches, None when one does not (or none could be
+        # tested), else the attempt's failure.
         w = self.writer
-        best = None
-        for x in (h, h + run - _OVERLAP, h + (run - _OVERLAP) // 2):
+        tested = False
+        for x in (h, h + run - _OVERLAP):
+            if -_OVERLAP < x - at < _OVERLAP:
+                continue  # the match itself
             f = x - d
             if f < 0 or f > w.image_len - _OVERLAP:
-                continue
+                return None
             w.read_at(x, self._ovl)
             if min(self._ovl) == max(self._ovl):
                 continue
-            if best is None or abs(x - at) > abs(best - at):
-                best = x
-        if best is None:
-            return None
-        v = yield from self._fetch_probe(HEADER_SIZE + best - d)
-        if v is not None:
-            return v
-        w.read_at(best, self._ovl)
-        return True if self._probe[:_OVERLAP] == self._ovl else None
+            v = yield from self._fetch_probe(HEADER_SIZE + f)
+            if v is not None:
+                return v
+            w.read_at(x, self._ovl)
+            if self._probe[:_OVERLAP] != self._ovl:
+                return None
+            tested = True
+        return True if tested else None
 
     def _moved(self, m, at):
         # The file's bytes at payload offset m were found at ``at`` and the run moved
