@@ -1690,7 +1690,6 @@ class HostOTA:
             hi = -lo
             m = self._place_ahead(h, run, lo, hi, None)
         r = hi // 2
-        narrowed = False
         while m is None and s is None and r >= _NARROW_MIN:
             # None there (bytes that repeat where the whole window fits, e.g. a short
             # run): a narrower window leaves room for more places, still whole inside
@@ -1703,7 +1702,6 @@ class HostOTA:
                 if self._once_within(k, -r, r):
                     m = k
                     lo, hi = -r, r
-                    narrowed = True
                     break
             r //= 2
         if m is None:
@@ -1727,96 +1725,16 @@ class HostOTA:
                 # nothing after it told its length). Look within one record's reach.
                 r = self.rx_size
                 at = w.find_ahead(want, m - r, m + r + _OVERLAP)
-            if at is None and s is None and not narrowed:
-                v = yield from self._check_sides(h, run, lo, hi)
-                if v != "moved":
-                    return v if v is not None else self._drop_run("not found in place")
-            elif at is not None and at != m and w.shift_ahead(at - m):
-                self._moved(m, at)
+            if at is not None and at != m and w.shift_ahead(at - m):
+                self.log.warn("bytes after the hole moved by %d B" % (m - at))
+                self.relocations += 1
+                w.park_tail()
             else:
                 return self._drop_run("not found in place")
         if w.hole_end and w.holes_after:
             self._ahead_next = w.hole_end  # the runs after the next holes: checked later
         self._placed(w.hole_end)
         return "more"
-
-    def _check_sides(self, h, run, lo, hi):
-        """The file's 16 bytes fetched at a place inside the run of bytes ahead of the
-        hole (``h`` .. ``h + run``, payload offsets) were found nowhere within ``lo`` ..
-        ``hi`` bytes of it, and the response did not say by how much the run is off (a
-        power cut, or a break, came before its end). A run shorter than twice one
-        record's reach (``rx_size``) leaves shifts beyond that window untested: a lost
-        length digit moves the bytes by thousands. Probe each side alone, as far as one
-        record's reach or the run allow: the file's 16 bytes at the run's last place
-        (found before it: the bytes sit too early), then at its first (found after it:
-        too late). Found exactly once on a side, the shift is tested at both ends of
-        the run (``_confirm_shift``: a copy of 16 bytes, or of a chunk, elsewhere in the
-        image must not move the run to the wrong place, which costs the whole image);
-        when it holds there too, the run moves (``SlotWriter.shift_ahead``) and this
-        returns ``"moved"``; None when neither side holds them (or a move cannot be
-        done); else the attempt's failure (an int HTTP status, a reason string, or
-        ``"more"`` when the server ignored Range). At most six bounded requests of 16
-        bytes, only on this recovery path."""
-        w = self.writer
-        reach = min(self.rx_size, run - _OVERLAP)
-        # (each side's search takes in the first window too: bytes that also occur at a
-        # shift inside it are not taken for a shift beyond it)
-        for m, a, b, wider in (
-            (h + run - _OVERLAP, -reach, hi, -reach < lo),
-            (h, lo, reach, reach > hi),
-        ):
-            if not wider:
-                continue
-            v = yield from self._fetch_probe(HEADER_SIZE + m)
-            if v is not None:
-                return v
-            at = w.find_ahead(self._probe[:_OVERLAP], m + a, m + b + _OVERLAP)
-            if at is None:
-                continue
-            v = yield from self._confirm_shift(h, run, at, at - m)
-            if v is not True:
-                return v
-            if w.shift_ahead(at - m):
-                self._moved(m, at)
-                return "moved"
-        return None
-
-    def _confirm_shift(self, h, run, at, d):
-        # The run [h, h + run) of bytes ahead seems off by d (the slot's bytes at x are
-        # the file's at x - d), from one 16-byte match at slot offset ``at``. Fetch the
-        # file's 16 bytes for each end of the run (its first and last 16, unless the
-        # match is there) and compare: the shift must hold over the whole run. A
-        # look-alike (16 bytes or a chunk that occur twice) rarely spans it; where a copy
-        # does, the run's bytes are right at either place. An end that is all one byte
-        # value says nothing: with no end tested the shift is not taken. Returns True
-        # when every end tested matches, None when one does not (or none could be
-        # tested), else the attempt's failure.
-        w = self.writer
-        tested = False
-        for x in (h, h + run - _OVERLAP):
-            if -_OVERLAP < x - at < _OVERLAP:
-                continue  # the match itself
-            f = x - d
-            if f < 0 or f > w.image_len - _OVERLAP:
-                return None
-            w.read_at(x, self._ovl)
-            if min(self._ovl) == max(self._ovl):
-                continue
-            v = yield from self._fetch_probe(HEADER_SIZE + f)
-            if v is not None:
-                return v
-            w.read_at(x, self._ovl)
-            if self._probe[:_OVERLAP] != self._ovl:
-                return None
-            tested = True
-        return True if tested else None
-
-    def _moved(self, m, at):
-        # The file's bytes at payload offset m were found at ``at`` and the run moved
-        # there: noted, and its partial last block parked again.
-        self.log.warn("bytes after the hole moved by %d B" % (m - at))
-        self.relocations += 1
-        self.writer.park_tail()
 
     def _place_ahead(self, h, run, lo, hi, s):
         # Up to 8 places m spread over the run [h, h + run) of bytes ahead, the first
