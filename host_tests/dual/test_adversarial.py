@@ -38,6 +38,9 @@ class TestJournalRecords(unittest.TestCase):
         {"stage": "report", "job": "JOB1", "status": 7, "info": "x"},
         {"stage": "report", "job": "JOB1", "status": -1, "info": "x"},
         {"stage": "report", "job": "JOB1", "status": 3, "info": "a\r\nAT+RST"},
+        # (a result of 2 kept from before, while the factory image runs: it was sent)
+        {"stage": "report", "job": "JOB1", "status": 2, "info": "v2 running"},
+        {"stage": "report", "job": "JOB1", "status": 2.0, "info": "v2 running", "version": 2},
     )
 
     def test_an_unusable_record_is_dropped_and_the_job_still_runs(self):
@@ -78,6 +81,41 @@ class TestJournalRecords(unittest.TestCase):
             self.assertEqual(_statuses(r), [3, 1, 2], d)
             self.assertIn(b'"commit lost"', r["esp"].results[0])
             self.assertEqual(r["boot"]["slot"], 1, d)
+
+    def test_a_commit_record_with_a_version_the_boot_record_cannot_hold_is_dropped(self):
+        # The verified image in slot 1 and a "committed" record for it whose version is
+        # not a 32-bit unsigned int (the power was cut before the boot record changed):
+        # the commit was made again with it. On CPython the boot record raised every
+        # cycle, for ever; on MicroPython -1 became v4294967295 and every later image
+        # was refused as a downgrade. Such a record is dropped: the job runs again and
+        # ends in 2 with v2 recorded.
+        pl = payload(20000)
+        img = mkimage(pl)
+        good = "".join("%02x" % x for x in hashlib.sha256(pl).digest())
+        for v in (-1, "2", 2.5, 1 << 32, True, None):
+            d = {"stage": "committed", "job": "JOB1", "slot": 1, "version": v}
+            d.update({"len": len(pl), "sha": good})
+
+            def pre(boot, d=d):
+                if boot == 1:
+                    b = unix_board.Board(FLASH, clock=VirtualClock())
+                    bd = b.slots[1]
+                    bs = bd.ioctl(5, 0)
+                    for k in range((len(pl) + bs - 1) // bs):
+                        bd.ioctl(6, k)
+                        blk = bytearray(b"\xff" * bs)
+                        c = pl[k * bs : (k + 1) * bs]
+                        blk[: len(c)] = c
+                        bd.writeblocks(k, blk, 0)
+                    b.journal.save(d)
+                    b.close()
+
+            r = run(img, pre_boot=pre, max_ms=120000)
+            self.assertIsNone(r["exc"], v)
+            self.assertEqual(_statuses(r)[-1], 2, (v, r["esp"].results))
+            self.assertEqual(r["boot"]["slot"], 1, v)
+            self.assertEqual(r["rec"].versions[1], 2, v)
+            self.assertLess(r["agent"].errors, 3, v)
 
 
 class TestBoundedWaits(unittest.TestCase):
@@ -317,6 +355,28 @@ class TestNotifications(unittest.TestCase):
         link.poll()
         self.assertEqual(got, [b"+RMFWNOTIFY:0,99,http://h/abcdef,2,J", b"ready", b"\xfe"])
         self.assertEqual(link.urc_drops, 4)
+        # Lines that carry link state (a Wi-Fi or cloud flap) go before a notification
+        # or ready: the latest of them still comes through.
+        got[:] = []
+        u.feed(b"+RMFWNOTIFY:0,99,http://h/abcdef,2,K\r\nready\r\n")
+        u.feed(b"WIFI DISCONNECT\r\n+RMDISCONNECTED\r\nWIFI GOT IP\r\n+RMCONNECTED\r\n")
+        link.poll()
+        self.assertEqual(got, [b"+RMFWNOTIFY:0,99,http://h/abcdef,2,K", b"ready", b"+RMCONNECTED"])
+        self.assertEqual(link.urc_drops, 7)
+
+    def test_a_line_of_exactly_line_max_bytes_is_taken(self):
+        # line_max counts the line without its CR LF: the CR used to take a byte of it.
+        for lm in (64, 2048):
+            u = FakeUART()
+            link = ATLink(u, clock=VirtualClock(), line_max=lm)
+            got = []
+            link.subscribe(lambda k, line: got.append(line))
+            fit = b"+RMRECV:" + b"x" * (lm - 8)
+            u.feed(fit + b"\r\n" + fit + b"y\r\n+RMCONNECTED\r\n")
+            for _ in range(20):
+                link.poll()
+            self.assertEqual(got, [fit, b"line too long", b"+RMCONNECTED"], lm)
+            self.assertEqual(link.parser.overflows, 1, lm)
 
     def test_a_notification_longer_than_a_line_is_a_logged_error(self):
         # A presigned URL of 2,100 B (AT+HTTPURLCFG takes up to 8,192) in a board whose

@@ -46,6 +46,7 @@ from .log import Logger
 from .urc import (
     STATUS_NAMES,
     FWNotify,
+    OTA_DELAYED,
     OTA_FAILED,
     OTA_IN_PROGRESS,
     OTA_REJECTED,
@@ -109,6 +110,22 @@ def clip_info(info, room=_INFO_MAX - 1):
             return out
         keep -= 1
     return info[: max(room, 0)]
+
+
+def _is_int(v, lo, hi):
+    # v is an int (not a bool) within lo..hi: a journal field that JSON may have
+    # brought back as anything.
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_hex(v, n):
+    # v is a str of n hex digits.
+    if not isinstance(v, str) or len(v) != n:
+        return False
+    for c in v:
+        if c not in "0123456789abcdefABCDEF":
+            return False
+    return True
 
 
 # Modes of one download attempt.
@@ -259,7 +276,8 @@ class HostOTA:
         self.board = board
         self.clock = link.clock
         self.progress = progress
-        self.progress_errors = 0  # exceptions the progress callback raised (logged once)
+        self.progress_errors = 0  # exceptions the progress callback raised
+        self._progress_logged = False  # (the first of each job is logged)
         self.log = log or Logger("rmota")
         self.rx_size = s.get("rx_size", 2048)
         self.tx_size = s.get("tx_size", 2048)
@@ -424,7 +442,7 @@ class HostOTA:
             self.errors += 1
             self.log.error(
                 "+RMFWNOTIFY longer than line_max (%d B) dropped: its URL is too long for"
-                " this board's settings" % self.link.parser._cap
+                " this board's settings" % (self.link.parser._cap - 1)
             )
 
     def _on_rmota(self, line):
@@ -781,6 +799,12 @@ class HostOTA:
         rec = {"stage": "report", "job": job_id, "status": status, "info": info}
         if download:
             rec["download"] = download
+        if status == OTA_SUCCEEDED:
+            # (what runs now: a result of 2 kept for later is delivered only while it
+            # still runs, _deliver_saved_result)
+            rec["version"] = self.board.running_version()
+            sha = self._running_sha()
+            rec["sha"] = hexlify(sha).decode() if sha is not None else None
         j.save(rec)
         ok = yield from self._report(job_id, status, info)
         if ok:
@@ -799,11 +823,13 @@ class HostOTA:
         if j and j.get("stage") == "report":
             st, info, job = j["status"], j["info"], j["job"]
             if (
-                st not in (OTA_SUCCEEDED, OTA_FAILED, OTA_REJECTED)
+                not _is_int(st, 2, 5)
+                or st == OTA_DELAYED
                 or not isinstance(info, str)
                 or not isinstance(job, str)
                 or "\r" in info
                 or "\n" in info
+                or (st == OTA_SUCCEEDED and not self._runs(j))
             ):
                 # Not a result this agent records (damage that still parses): the ESP
                 # would refuse it on every cycle and block the job behind it.
@@ -821,6 +847,16 @@ class HostOTA:
         j = self.board.journal.load()
         if not j or j.get("stage") != "committed":
             return
+        if not (
+            _is_int(j.get("slot"), 0, 255)
+            and _is_int(j.get("version"), 0, 0xFFFFFFFF)
+            and _is_int(j.get("len"), 1, 0xFFFFFFFF)
+            and isinstance(j.get("job"), str)
+            and _is_hex(j.get("sha"), 64)
+        ):
+            # Damage that still parses (a version the boot record cannot hold would
+            # be committed, or refused as a permanent 5): dropped by the caller.
+            raise ValueError("commit record")
         self.state = "confirm"
         bs = self.board.boot_state()
         if bs.get("slot") != j["slot"] and not bs.get("rolled_back"):
@@ -845,17 +881,22 @@ class HostOTA:
         yield from self._finish_job(j["job"], status, info)
 
     def _runs(self, j):
-        # The running image is the one the commit record ``j`` names: its version (after
-        # confirm(), which is when an ESP32 board records it), and its SHA-256 when the
-        # board knows it (``running_sha256()``, optional).
+        # The running image is the one the record ``j`` (a commit, or a result of 2)
+        # names: its version (after confirm(), which is when an ESP32 board records it),
+        # and its SHA-256 when the board knows it (``running_sha256()``, optional).
         try:
-            if self.board.running_version() != j["version"]:
+            v = j["version"]
+            if not _is_int(v, 0, 0xFFFFFFFF) or self.board.running_version() != v:
                 return False
-            get = getattr(self.board, "running_sha256", None)
-            sha = get() if get is not None else None
+            sha = self._running_sha()
             return sha is None or sha == unhexlify(j["sha"])
         except (KeyError, ValueError, TypeError):
             return False
+
+    def _running_sha(self):
+        # The running image's SHA-256 (32 bytes), or None when the board cannot tell.
+        get = getattr(self.board, "running_sha256", None)
+        return get() if get is not None else None
 
     def _recommit(self, j):
         slot = self.board.inactive_slot()
@@ -893,6 +934,7 @@ class HostOTA:
     # --- the job ----------------------------------------------------------------------
     def _job(self, note):
         self.note = note
+        self._progress_logged = False
         self.state = "job"
         self.log.info("job", note.job_id, "size", note.size, "version", note.fw_version)
         if info_room(note.job_id) < _INFO_MIN:
@@ -2065,7 +2107,8 @@ class HostOTA:
                 self.progress(w.offset, w.image_len)
             except Exception as e:  # the application's: never the download's failure
                 self.progress_errors += 1
-                if self.progress_errors == 1:
+                if not self._progress_logged:
+                    self._progress_logged = True
                     self.log.error("progress callback failed:", repr(e))
 
     def _decide(self, att):

@@ -186,14 +186,14 @@ class ATParser:
         if line_max < 16 or record_max < 16:
             raise ValueError("line_max and record_max must be >= 16")
         self.handler = handler
-        self._line = bytearray(line_max)
+        self._line = bytearray(line_max + 1)  # (a line of line_max bytes and its CR)
         self._lmv = memoryview(self._line)
         # (two bytes more: a CR taken as a lost record's trailer, and the byte after it,
         # are replayed with it)
         self._rec = bytearray(record_max + 2)
         self._rmax = record_max
         self._rmv = memoryview(self._rec)
-        self._cap = line_max
+        self._cap = line_max + 1
         self._n = 0  # bytes in the line buffer
         self._need = 0  # payload bytes still to come in the current record
         self._have = 0  # payload bytes already in the record buffer
@@ -686,8 +686,20 @@ URC_RECV = "recv"
 URC_UNKNOWN = "unknown"
 URC_FRAMING = "framing"
 
-# Kinds a full URC queue drops first (ATLink._queue): they change no state of the link's.
+# Kinds a full URC queue drops first (ATLink._queue): they change no state of the link's;
+# and the kinds it drops last: a job to run, an ESP that rebooted.
 _EXPENDABLE = (URC_RECV, URC_UNKNOWN, URC_BUSY, URC_FRAMING)
+_PRECIOUS = (URC_FWNOTIFY, URC_READY)
+
+
+def _oldest(q, kinds, member):
+    # Index of the oldest (kind, line) in q whose kind is (member) or is not in kinds;
+    # -1 when none.
+    for i in range(len(q)):
+        if (q[i][0] in kinds) == member:
+            return i
+    return -1
+
 
 _URC_TABLE = (
     (b"+RMFWNOTIFY:", URC_FWNOTIFY),
@@ -770,7 +782,8 @@ class ATLink:
     ``record_max``: see ``ATParser`` (bytes). ``rxbuf_size``: bytes read from the UART
     per ``poll()``. ``urc_queue``: URCs kept between two polls; beyond it the oldest
     that carries no state (``+RMRECV``, unknown lines, ``busy``, framing errors) is
-    dropped, else the oldest, and counted in ``urc_drops``. All buffers are allocated
+    dropped, else the oldest that is not a notification or ``ready``, else the oldest,
+    and counted in ``urc_drops``. All buffers are allocated
     here.
 
     ``record_idle_ms``: the payload-mode inactivity timeout. ESP-AT writes each
@@ -978,12 +991,13 @@ class ATLink:
         q = self._q
         if len(q) >= self._qmax:
             # Full: drop the oldest line that carries no state (application data, noise,
-            # busy, framing), so a notification, a reboot or a link change is not lost
-            # to a burst of other lines; only a queue full of those drops one of them.
-            i = 0
-            while i < len(q) and q[i][0] not in _EXPENDABLE:
-                i += 1
-            q.pop(i if i < len(q) else 0)
+            # busy, framing); else the oldest that is not a notification or ``ready``
+            # (a link or OTA state line: a later one says the state now); only a queue
+            # full of notifications and ``ready`` drops one of them.
+            i = _oldest(q, _EXPENDABLE, True)
+            if i < 0:
+                i = _oldest(q, _PRECIOUS, False)
+            q.pop(i if i >= 0 else 0)
             self.urc_drops += 1
         q.append((kind, bytes(mv)))
 
