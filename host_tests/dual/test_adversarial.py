@@ -397,6 +397,56 @@ class TestNotifications(unittest.TestCase):
         )
         self.assertEqual(r["esp"].results, [])
 
+    def test_a_notification_malformed_every_time_is_rejected_with_its_reason(self):
+        # A job whose notification the parser refuses (a size of 0, a URL that is not
+        # ASCII) was only logged: the cloud kept it pending for ever. It is fetched
+        # again; the same line three times is the job's own: 5, with the reason.
+        img = mkimage(payload(2000))
+        for bad, why in (
+            (b"+RMFWNOTIFY:0,0,%s,2.0,JOB1" % URL, b"size 0"),
+            (b"+RMFWNOTIFY:0,%d,http://h/\xc3\xa9,2.0,JOB1" % len(img), b"bad url"),
+            (b"+RMFWNOTIFY:0,+2064,%s,2.0,JOB1" % URL, b"bad size"),
+        ):
+
+            def setup(esp, bad=bad):
+                esp.notify = bad
+
+            r = run(img, setup=setup, max_ms=60000)
+            fetches = [c for c in r["esp"].cmds if c == b"AT+RMOTAFETCH"]
+            self.assertEqual(len(fetches), 3, bad)
+            self.assertEqual(
+                r["esp"].results, [b'AT+RMOTARESULT=0,"JOB1",5,"bad notification: ' + why + b'"']
+            )
+            self.assertFalse([c for c in r["esp"].cmds if c.startswith(b"AT+HTTPCGET")])
+            self.assertEqual(r["boot"]["slot"], 0)
+
+    def test_a_notification_altered_once_is_fetched_again_not_rejected(self):
+        # A byte altered on the wire in the notification: the next fetch brings the
+        # right line, and the job runs (no 5 for a transient fault).
+        img = mkimage(payload(20000))
+
+        def setup(esp):
+            good = esp.notify
+            esp.sent = 0
+
+            def fetch(esp):
+                esp.out(b"\r\nOK\r\n")
+                if esp.notify:
+                    esp.sent += 1
+                    line = (
+                        esp.notify.replace(b",%d," % len(img), b",2O064,")
+                        if esp.sent == 1
+                        else esp.notify
+                    )
+                    esp.out(line + b"\r\n")
+
+            esp.fetch_hook = fetch
+            esp.notify = good
+
+        r = run(img, setup=setup, max_ms=120000)
+        self.assertEqual(_statuses(r), [1, 2])
+        self.assertEqual(r["boot"]["slot"], 1)
+
     def test_a_url_the_esp_cannot_take_is_rejected(self):
         # AT+HTTPURLCFG takes 8..8192 bytes: a shorter URL was refused on every try and
         # reported 3, so the cloud retried it for ever. It is permanent: 5.

@@ -4,7 +4,7 @@ import unittest
 
 import tracefmt
 from rmota.errors import ProtocolError, describe_err_code, http_status_of
-from rmota.urc import parse_fwnotify, parse_rmota
+from rmota.urc import fwnotify_job_id, parse_fwnotify, parse_rmota
 
 
 def _seed_line():
@@ -47,6 +47,19 @@ class TestFWNotify(unittest.TestCase):
         ):
             with self.assertRaises(ProtocolError):
                 parse_fwnotify(bad)
+
+    def test_job_id_of_a_refused_line(self):
+        # (the job id of a line refused for another field, to report it 5)
+        self.assertEqual(fwnotify_job_id(b"+RMFWNOTIFY:0,0,https://h/a,b,1.0,JOB-7"), "JOB-7")
+        self.assertEqual(fwnotify_job_id(b"+RMFWNOTIFY:0,9,https://h/\xc3\xa9,1.0,J1"), "J1")
+        for line in (
+            b"+RMFWNOTIFY:0,0,u,1.0,",  # empty
+            b'+RMFWNOTIFY:0,0,u,1.0,J"1',  # a quote
+            b"+RMFWNOTIFY:0,0,u,1.0,J\xc3\xa9",  # not ASCII
+            b"+RMFWNOTIFY:0,0,J1",  # too few fields to tell
+            b"+RMOTA:0,0,u,1.0,J1",
+        ):
+            self.assertIsNone(fwnotify_job_id(line), line)
 
 
 class TestRMOTA(unittest.TestCase):

@@ -51,6 +51,7 @@ from .urc import (
     OTA_IN_PROGRESS,
     OTA_REJECTED,
     OTA_SUCCEEDED,
+    fwnotify_job_id,
     parse_fwnotify,
     parse_rmota,
 )
@@ -77,6 +78,7 @@ _CMD_MAX = 256  # one AT command line, CR LF included (DESIGN.md section 1, Fram
 # ("in-progress"); ESP-AT's at_rainmaker.c builds it in a 256-byte buffer (DESIGN.md
 # section 1, Result).
 _JSON_FIXED = len('{"ota_job_id":"","status":"in-progress","additional_info":""}')
+_FETCH_TRIES = 3  # AT+RMOTAFETCH for a notification the parser refuses (_fetch)
 _INFO_MIN = 20  # <info> a job's result must have room for ("v4294967295 running": 19)
 
 
@@ -347,6 +349,12 @@ class HostOTA:
         self.writer = None
         self.note = None  # the job being worked on (FWNotify)
         self._notified = None  # the newest notification not yet taken
+        # A +RMFWNOTIFY the parser refused: the line, its reason, how many times in a
+        # row the same line came, and whether one came since the last fetch.
+        self._bad_line = None
+        self._bad_why = ""
+        self._bad_seen = 0
+        self._bad_new = False
         self.wifi_up = True
         self.cloud_up = True
         self.esp_reset = False
@@ -402,6 +410,12 @@ class HostOTA:
             except ProtocolError as e:
                 self.errors += 1
                 self.log.warn("bad +RMFWNOTIFY:", e.reason)
+                line = bytes(line)
+                if line == self._bad_line:
+                    self._bad_seen += 1
+                else:
+                    self._bad_line, self._bad_why, self._bad_seen = line, e.reason, 1
+                self._bad_new = True
                 return
             run = self._running_job
             if run is not None and not self._refetching:
@@ -536,6 +550,8 @@ class HostOTA:
         # not be delivered (retried every ``report_retry_ms``).
         if self._notified is not None or self.esp_reset or self.esp_restart_wanted:
             return True
+        if self._bad_new:
+            return True  # a malformed notification: fetch it again (_fetch)
         if self._cloud_back and self.cloud_up:
             # The cloud came back (+RMCONNECTED): a fetch that failed, or a result that
             # could not be delivered, can go through now.
@@ -592,12 +608,7 @@ class HostOTA:
             self.log.error("journal record unusable, dropped:", repr(e))
             self.board.journal.clear()
         self.state = "fetch"
-        self._notified = None
-        c = yield from self._cmd(b"AT+RMOTAFETCH", 5000)
-        # Without the cloud ESP-AT answers ERROR: fetch again when +RMCONNECTED comes.
-        self._fetch_failed = not c.ok
-        if c.ok:
-            yield from self._wait(self.fetch_wait_ms, lambda: self._notified is not None)
+        yield from self._fetch()
         if self._notified is None:
             # A download the journal knows, cut by a power loss: carry on with its URL
             # even if no notification came (the ESP may not have reported it again yet).
@@ -618,6 +629,46 @@ class HostOTA:
         else:
             self._report_retry_at = None
         self.state = "idle"
+
+    def _fetch(self):
+        """``AT+RMOTAFETCH`` (ESP-AT RainMaker: the pending job's ``+RMFWNOTIFY`` again)
+        and wait up to ``fetch_wait_ms`` for a notification. One the parser refuses is
+        fetched again, up to three times in all: a byte altered on the wire gives a
+        different line, or the good one, next time; the same malformed line three
+        times is the job's own (a size of 0, a URL that is not ASCII), reported 5 with
+        its reason when its job id can be read, so the cloud does not keep it pending
+        for ever."""
+        self._notified = None
+        for _ in range(_FETCH_TRIES):
+            self._bad_new = False
+            c = yield from self._cmd(b"AT+RMOTAFETCH", 5000)
+            # Without the cloud ESP-AT answers ERROR: fetch again when +RMCONNECTED
+            # comes.
+            self._fetch_failed = not c.ok
+            if not c.ok:
+                break
+            yield from self._wait(
+                self.fetch_wait_ms, lambda: self._notified is not None or self._bad_new
+            )
+            if self._notified is not None or not self._bad_new:
+                break
+            if self._bad_seen >= _FETCH_TRIES:
+                break
+        self._bad_new = False
+        if self._notified is not None or self._bad_seen < _FETCH_TRIES:
+            return
+        job = fwnotify_job_id(self._bad_line)
+        why = self._bad_why
+        self._bad_line, self._bad_seen = None, 0
+        if job is None or info_room(job) < _INFO_MIN:
+            self.log.error("+RMFWNOTIFY malformed every time (%s): no job id to report" % why)
+            return
+        d = self.board.journal.load()
+        if d and d.get("stage") != "download":
+            return  # a result still to deliver: this one waits for the next fetch
+        self.log.error("+RMFWNOTIFY of job", job, "malformed every time:", why)
+        keep = d if d and d.get("job") != job else None
+        yield from self._finish_job(job, OTA_REJECTED, "bad notification: " + why, keep)
 
     # --- small generator helpers ------------------------------------------------------
     def _cmd(self, cmd, timeout_ms=2000, prompt=False, busy_tries=4):

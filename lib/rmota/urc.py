@@ -105,6 +105,24 @@ def parse_fwnotify(line):
     return FWNotify(typ, size, url, fw_version, job.decode())
 
 
+def fwnotify_job_id(line):
+    """The job id of a ``+RMFWNOTIFY`` line (bytes-like) that ``parse_fwnotify`` refused
+    for another field: its last comma-separated field, when that is a job id
+    ``parse_fwnotify`` would take (printable ASCII, no quote or backslash); else None.
+    Lets a notification that is malformed every time be reported (``AT+RMOTARESULT``
+    needs the job id)."""
+    line = bytes(line)
+    if not line.startswith(_FW_PREFIX):
+        return None
+    job = line[line.rfind(b",") + 1 :]
+    if line.count(b",") < 4 or not job:
+        return None
+    for c in job:
+        if c < 33 or c > 126 or c == 34 or c == 92:
+            return None
+    return job.decode()
+
+
 def parse_rmota(line):
     """Parse ``+RMOTA:<status>`` → int status (any non-negative number: callers decide
     what they know). Raises ``ProtocolError`` on a malformed line."""
