@@ -657,15 +657,15 @@ class HostOTA:
         self._bad_new = False
         if self._notified is not None or self._bad_seen < _FETCH_TRIES:
             return
+        d = self.board.journal.load()
+        if d and d.get("stage") != "download":
+            return  # a result still to deliver first: this one goes on the next fetch
         job = fwnotify_job_id(self._bad_line)
         why = self._bad_why
         self._bad_line, self._bad_seen = None, 0
         if job is None or info_room(job) < _INFO_MIN:
             self.log.error("+RMFWNOTIFY malformed every time (%s): no job id to report" % why)
             return
-        d = self.board.journal.load()
-        if d and d.get("stage") != "download":
-            return  # a result still to deliver: this one waits for the next fetch
         self.log.error("+RMFWNOTIFY of job", job, "malformed every time:", why)
         keep = d if d and d.get("job") != job else None
         yield from self._finish_job(job, OTA_REJECTED, "bad notification: " + why, keep)
