@@ -14,10 +14,33 @@ from rmota.at import ATLink
 from rmota.compat import VirtualClock
 from rmota.log import Logger
 import hashlib
+from binascii import hexlify
 
 from scriptesp import FLASH, ESP, SHORT, URL, fresh_flash, mkimage, payload, run
 
 import board as unix_board
+
+
+def _record_at_boot(d, slot1=None):
+    # A pre_boot hook for run(): before the first boot, the journal holds record d (and
+    # slot 1 the payload slot1, programmed block by block, when given).
+    def pre(boot):
+        if boot != 1:
+            return
+        b = unix_board.Board(FLASH, clock=VirtualClock())
+        if slot1 is not None:
+            bd = b.slots[1]
+            bs = bd.ioctl(5, 0)
+            for k in range((len(slot1) + bs - 1) // bs):
+                bd.ioctl(6, k)
+                blk = bytearray(b"\xff" * bs)
+                c = slot1[k * bs : (k + 1) * bs]
+                blk[: len(c)] = c
+                bd.writeblocks(k, blk, 0)
+        b.journal.save(d)
+        b.close()
+
+    return pre
 
 
 def _statuses(res):
@@ -38,6 +61,15 @@ class TestJournalRecords(unittest.TestCase):
         {"stage": "report", "job": "JOB1", "status": 7, "info": "x"},
         {"stage": "report", "job": "JOB1", "status": -1, "info": "x"},
         {"stage": "report", "job": "JOB1", "status": 3, "info": "a\r\nAT+RST"},
+        # (a SHA-256 of 64 characters that are not hex digits)
+        {
+            "stage": "committed",
+            "job": "JOB1",
+            "slot": 1,
+            "version": 2,
+            "len": 20000,
+            "sha": "zz" * 32,
+        },
         # (a result of 2 kept from before, while the factory image runs: it was sent)
         {"stage": "report", "job": "JOB1", "status": 2, "info": "v2 running"},
         {"stage": "report", "job": "JOB1", "status": 2.0, "info": "v2 running", "version": 2},
@@ -46,14 +78,7 @@ class TestJournalRecords(unittest.TestCase):
     def test_an_unusable_record_is_dropped_and_the_job_still_runs(self):
         img = mkimage(payload(20000))
         for d in self.CASES:
-
-            def pre(boot, d=d):
-                if boot == 1:
-                    b = unix_board.Board(FLASH, clock=VirtualClock())
-                    b.journal.save(d)
-                    b.close()
-
-            r = run(img, pre_boot=pre, max_ms=120000)
+            r = run(img, pre_boot=_record_at_boot(d), max_ms=120000)
             self.assertIsNone(r["exc"], d)
             self.assertEqual(_statuses(r)[-1], 2, (d, r["esp"].results))
             self.assertEqual(r["boot"]["slot"], 1, d)
@@ -64,20 +89,13 @@ class TestJournalRecords(unittest.TestCase):
         # running and nothing downloaded. Version or SHA-256 not the running image's:
         # 3 ("commit lost"), then the job runs and ends in 2 with v2 in slot 1.
         img = mkimage(payload(20000))
-        good = "".join("%02x" % x for x in hashlib.sha256(payload(20000)).digest())
+        good = hexlify(hashlib.sha256(payload(20000)).digest()).decode()
         for rec in (
             {"slot": 0, "version": 2, "len": 20000, "sha": good},  # v1 runs
             {"slot": 0, "version": 1, "len": 20000, "sha": "00" * 32},  # another v1
         ):
             d = dict(rec, stage="committed", job="JOB1")
-
-            def pre(boot, d=d):
-                if boot == 1:
-                    b = unix_board.Board(FLASH, clock=VirtualClock())
-                    b.journal.save(d)
-                    b.close()
-
-            r = run(img, pre_boot=pre, max_ms=120000)
+            r = run(img, pre_boot=_record_at_boot(d), max_ms=120000)
             self.assertEqual(_statuses(r), [3, 1, 2], d)
             self.assertIn(b'"commit lost"', r["esp"].results[0])
             self.assertEqual(r["boot"]["slot"], 1, d)
@@ -91,26 +109,11 @@ class TestJournalRecords(unittest.TestCase):
         # ends in 2 with v2 recorded.
         pl = payload(20000)
         img = mkimage(pl)
-        good = "".join("%02x" % x for x in hashlib.sha256(pl).digest())
+        good = hexlify(hashlib.sha256(pl).digest()).decode()
         for v in (-1, "2", 2.5, 1 << 32, True, None):
             d = {"stage": "committed", "job": "JOB1", "slot": 1, "version": v}
             d.update({"len": len(pl), "sha": good})
-
-            def pre(boot, d=d):
-                if boot == 1:
-                    b = unix_board.Board(FLASH, clock=VirtualClock())
-                    bd = b.slots[1]
-                    bs = bd.ioctl(5, 0)
-                    for k in range((len(pl) + bs - 1) // bs):
-                        bd.ioctl(6, k)
-                        blk = bytearray(b"\xff" * bs)
-                        c = pl[k * bs : (k + 1) * bs]
-                        blk[: len(c)] = c
-                        bd.writeblocks(k, blk, 0)
-                    b.journal.save(d)
-                    b.close()
-
-            r = run(img, pre_boot=pre, max_ms=120000)
+            r = run(img, pre_boot=_record_at_boot(d, pl), max_ms=120000)
             self.assertIsNone(r["exc"], v)
             self.assertEqual(_statuses(r)[-1], 2, (v, r["esp"].results))
             self.assertEqual(r["boot"]["slot"], 1, v)

@@ -120,16 +120,6 @@ def _is_int(v, lo, hi):
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
-def _is_hex(v, n):
-    # v is a str of n hex digits.
-    if not isinstance(v, str) or len(v) != n:
-        return False
-    for c in v:
-        if c not in "0123456789abcdefABCDEF":
-            return False
-    return True
-
-
 # Modes of one download attempt.
 _M_PROBE = 0  # collecting the first bytes to decide what this response is
 _M_WRITE = 1  # bytes go to the slot
@@ -903,7 +893,8 @@ class HostOTA:
             and _is_int(j.get("version"), 0, 0xFFFFFFFF)
             and _is_int(j.get("len"), 1, 0xFFFFFFFF)
             and isinstance(j.get("job"), str)
-            and _is_hex(j.get("sha"), 64)
+            and isinstance(j.get("sha"), str)
+            and len(j["sha"]) == 64  # (not hex: unhexlify's ValueError, caught where used)
         ):
             # Damage that still parses (a version the boot record cannot hold would
             # be committed, or refused as a permanent 5): dropped by the caller.
@@ -1600,9 +1591,7 @@ class HostOTA:
                 # its digest field, or the file was replaced by one of the same size;
                 # the journal forgets it, and the next download takes it afresh)
                 self.log.warn("overlap differs again: dropping everything held")
-                w.rewind(0)
-                self.header = None
-                self.board.journal.clear()
+                self._start_over()
                 self._overlap_fails = 0
             else:
                 self.log.warn("overlap differs: dropping the last block held")
@@ -1666,8 +1655,7 @@ class HostOTA:
             # A whole response that carries another header: the file changed (or its
             # header came altered). Start over. An error page ends in ERROR: never here.
             self.log.warn("header differs from the one we started with: starting over")
-            self.header = None
-            self.writer.rewind(0)
+            self._start_over()
             return "image header changed"
         if att.reject is not None:
             return self._judge_reject(att, note)
@@ -1972,15 +1960,21 @@ class HostOTA:
             # The payload or the header's own digest field came altered (issue 4 case
             # 2): start over, and take the header afresh from the next download (the
             # journal forgets it too, so a power cut now does not bring it back).
-            w.rewind(0)
-            self.header = None
-            self.board.journal.clear()
+            self._start_over()
             return ImageError("SHA-256 mismatch", OTA_FAILED)
         self.state = "verify"
         if w.readback_digest() != h.sha256:
             w.rewind(0)
             return ImageError("read-back mismatch", OTA_FAILED)
         return "done"
+
+    def _start_over(self):
+        # Nothing held can be trusted, the header included: drop the slot's bytes, the
+        # header, and the journal's record and CRCs (so a power cut now does not bring
+        # them back); the next download takes the header afresh.
+        self.writer.rewind(0)
+        self.header = None
+        self.board.journal.clear()
 
     def _read_tail(self, k):
         """Copy the last ``k`` accepted bytes into the overlap buffer: payload, or the
