@@ -569,9 +569,14 @@ class TestHole(unittest.TestCase):
             elif case == "inside":
                 parks.append((4096 * 5 + 10, crc32(img[4096 * 5 : 4096 * 5 + 10])))
             w2 = SlotWriter(dev, buffer_blocks=3)
+            forgot = []
+            w2.on_park = lambda t, c: forgot.append((t, c))
             w2.begin(len(img))
             self.assertEqual(w2.resume(crcs[:3]), 3 * 4096)
             kept = w2.resume_ahead(runs, [], parks)
+            # the parks not taken are forgotten (a later resume would not take them)
+            gone = {"altered": [(p1, None)], "inside": [(4096 * 5 + 10, None)]}
+            self.assertEqual(forgot, gone.get(case, []), case)
             first = 3 * 4096 if case != "altered" else 3 * 4096 - 1000
             second = {"alone": 2000}.get(case, 4096 + 2000)
             self.assertEqual(kept, first + 1000 + second, case)
@@ -619,11 +624,14 @@ class TestHole(unittest.TestCase):
             if case == "altered":
                 dev.mem[4096 * 3 + 7] ^= 1
             w2 = SlotWriter(dev, buffer_blocks=3)
+            forgot = []
+            w2.on_park = lambda t, c: forgot.append((t, c))
             w2.begin(len(img))
             prefix = 2 if case == "prefix torn" else 3
             self.assertEqual(w2.resume(crcs[:prefix]), prefix * 4096)
             w2.resume_ahead([], [], parks)
             self.assertEqual(w2.offset, t if case == "kept" else prefix * 4096, case)
+            self.assertEqual(forgot, [] if case == "kept" else [(t | IN_ORDER, None)], case)
             self.assertEqual(w2.hole_end, 0)
             _complete(self, w2, img)
 

@@ -1222,7 +1222,8 @@ class SlotWriter:
         flash ends the run kept that ends where its block begins, or is a run of its
         own between them (past ``offset``, in a block no run kept covers). The latest
         reported with ``IN_ORDER`` whose block is the one ``offset`` is in and whose
-        bytes match is taken back into the buffer (``offset`` moves past them).
+        bytes match is taken back into the buffer (``offset`` moves past them). Those
+        not taken are forgotten (``on_park(t, None)``), as the joints are.
 
         Returns the bytes kept ahead, the joint's and the parked ones included (0: no
         hole)."""
@@ -1242,7 +1243,17 @@ class SlotWriter:
             else:
                 ahead.append((t, crc))
         total = self._resume_ahead(runs, joints, ahead)
-        if wp and self.nblocks > 1 and not self._fill:
+        if self.nblocks < 2 or self._fill:
+            wp = 0
+        if self.on_park is not None:
+            # The parks not taken describe nothing kept, and a later resume would not
+            # take them either: forgotten, like the joints (their entries are few).
+            keep = [wp | IN_ORDER] if wp else []
+            keep += self._parked
+            for t, _crc in parks:
+                if t not in keep:
+                    self.on_park(t, None)
+        if wp:
             # (ring block 0; the scratch block for the checks ahead is the next one)
             self.bdev.readblocks(b // bs, self._mv[: wp - b], 0)
             self._head = 0
