@@ -462,6 +462,34 @@ class TestNotifications(unittest.TestCase):
         self.assertEqual(_statuses(r), [5])
         self.assertIn(b"URL of 7 B outside 8..8192", r["esp"].results[0])
 
+    def test_an_image_of_another_size_is_rejected_with_or_without_header_first(self):
+        # The URL serves a whole rmota image whose header declares another size than
+        # the notification's: with header_first (a 64-byte request) that was 5; without
+        # it the whole response, not of the announced size, passed for a page and gave
+        # 3 on every cycle. Either way it is the same file: 5, and nothing is installed.
+        # A page that is no image (the size neither the announced one nor its own)
+        # stays a failed attempt (3).
+        img = mkimage(payload(20000))
+        cases = [(payload(n, 7), hf) for n in (9000, 30000) for hf in (True, False)]
+        cases.append((b"<html>captive portal</html>" * 300, False))
+        for served, hf in cases:
+            other = mkimage(served) if served[:1] != b"<" else served
+
+            def setup(esp, other=other):
+                esp.notify = b"+RMFWNOTIFY:0,%d,%s,2.0,JOB1" % (len(img), URL)
+                esp.image = other
+
+            r = run(img, setup=setup, settings={"header_first": hf}, max_ms=60000)
+            case = (len(other), hf)
+            self.assertEqual(r["board"].running_slot(), 0, case)
+            if served[:1] == b"<":
+                self.assertEqual(_statuses(r)[-1], 3, case)
+                self.assertIn(b"not the announced file (8100 B", r["esp"].results[-1])
+                continue
+            self.assertEqual(_statuses(r), [1, 5], case)
+            self.assertIn(b'5,"size 20064 disagrees with header"', r["esp"].results[-1])
+            self.assertEqual(r["esp"].cgets, 2, case)  # the same header twice
+
 
 class TestResultsFit(unittest.TestCase):
     def lengths(self, res):

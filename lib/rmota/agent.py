@@ -82,6 +82,16 @@ _FETCH_TRIES = 3  # AT+RMOTAFETCH for a notification the parser refuses (_fetch)
 _INFO_MIN = 20  # <info> a job's result must have room for ("v4294967295 running": 19)
 
 
+def _declared_len(raw):
+    """The file size (bytes) an image header ``raw`` (64 bytes) declares, or -1 when
+    ``raw`` is no header (``ImageHeader.parse`` refuses it)."""
+    try:
+        h = ImageHeader.parse(raw)
+    except ImageError:
+        return -1
+    return h.header_len + h.payload_len
+
+
 def info_room(job_id):
     """Bytes of ``<info>`` a result for ``job_id`` (str) can carry: fewer than
     ``_INFO_MAX`` (80), within one 256-byte ``AT+RMOTARESULT`` command line (CR LF
@@ -1935,15 +1945,17 @@ class HostOTA:
         as rejected). Otherwise the attempt failed: returns a reason string."""
         e = att.reject
         want = note.size if att.want is None else att.want
+        raw = bytes(self._probe[:HEADER_SIZE])
         # The size asked for (the header alone), or the whole file (a server that
         # ignores Range answers a header request with it): either way, not a page.
-        whole = att.received == want or att.received == note.size
+        # Nor is a whole image of another size (the header's own): an image file
+        # that the notification does not describe, as a header request would show.
+        whole = att.received in (want, note.size) or att.received == _declared_len(raw)
         if e.status == OTA_SUCCEEDED and whole:
             return e  # the running image itself: version and digest match, no doubt
         if not whole:
             why = (att.received, want, e.reason)
             return "not the announced file (%d B, %d expected: %s)" % why
-        raw = bytes(self._probe[:HEADER_SIZE])
         if raw == self._rejected_hdr:
             return e
         self._rejected_hdr = raw
