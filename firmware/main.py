@@ -35,13 +35,19 @@ class _Progress:
 
 
 def main():
-    b = board_profile.open()
-    bs = b.boot_state()
-    print(
-        "[main] booted slot %d version %d%s"
-        % (bs["slot"], b.running_version(), " (trial)" if bs["trial"] else "")
-    )
-    agent = for_board(b, progress=_Progress())
+    try:
+        b = board_profile.open()
+        bs = b.boot_state()
+        print(
+            "[main] booted slot %d version %d%s"
+            % (bs["slot"], b.running_version(), " (trial)" if bs["trial"] else "")
+        )
+        agent = for_board(b, progress=_Progress())
+    except Exception as e:
+        # (a UART the profile cannot open, settings the agent refuses): said, and the
+        # application after this file still runs; no OTA until it is fixed.
+        print("[main] rmota cannot start:", repr(e))
+        return 1
     # An error that comes back every time (too little heap, a broken board) ends the
     # run with exit code 1 instead of retrying forever; a real device would reset.
     state = agent.run(until_idle=True, max_errors=MAX_ERRORS)

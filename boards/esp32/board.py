@@ -80,7 +80,11 @@ _SUBTYPE_OTA_END = const(0x20)
 # OSError argument of mark_app_valid_cancel_rollback() on firmware built without app
 # rollback (MicroPython docs, esp32.Partition.mark_app_valid_cancel_rollback).
 _ERR_NO_ROLLBACK = const(-261)
+# OSError argument of set_boot() for a slot that holds no valid app image
+# (-ESP_ERR_OTA_VALIDATE_FAILED, 0x1503; ESP-IDF esp_ota_set_boot_partition).
+_ERR_VALIDATE_FAILED = const(-5379)
 _INFO_SIZE = const(3)
+_MAX_RECORD = const(16384)  # bytes: a JSON record longer than this is damage, not read
 _INFO_LABEL = const(4)
 
 DEFAULT_SETTINGS = {
@@ -129,6 +133,7 @@ class JSONFile:
         self.path = path
         self._tmp = path + ".tmp"
         self._closed = False
+        self.damaged = False  # the last load() found a file it could not read
 
     def close(self):
         """Refuse every later ``save``/``clear`` with ``OSError``: after
@@ -138,21 +143,25 @@ class JSONFile:
     def _read(self, path):
         try:
             with _open_file(path, "rb") as f:
-                raw = f.read()
+                raw = f.read(_MAX_RECORD + 1)
         except OSError:
             return None, False
+        if len(raw) > _MAX_RECORD:
+            return None, True  # no record of ours is this long: damage
         try:
             d = json.loads(raw)
-        except ValueError:
+        except (ValueError, MemoryError):
             return None, True
         return (d if isinstance(d, dict) else None), True
 
     def load(self):
         """The saved dict, or None when there is none or the file is unreadable (corrupt,
-        partial, not a dict). Never raises for a bad file."""
+        partial, not a dict, longer than any record). Never raises for a bad file;
+        ``damaged`` then becomes True."""
         d, exists = self._read(self.path)
         if not exists:
-            d, _ = self._read(self._tmp)  # a cut between remove and rename (FAT only)
+            d, exists = self._read(self._tmp)  # a cut between remove and rename (FAT)
+        self.damaged = exists and d is None
         return d
 
     def save(self, d):
@@ -221,6 +230,18 @@ def _check_json(x):
             _check_json(x[k])
         return
     raise TypeError("not a JSON type: %s" % type(x).__name__)
+
+
+def _is_pending(p):
+    # A commit record as commit() writes it (the fields _boot() and confirm() use).
+    return (
+        isinstance(p, dict)
+        and isinstance(p.get("slot"), str)
+        and isinstance(p.get("version"), int)
+        and not isinstance(p.get("version"), bool)
+        and 0 <= p["version"] <= 0xFFFFFFFF
+        and isinstance(p.get("sha256"), str)
+    )
 
 
 def _slot_index(part):
@@ -312,21 +333,34 @@ class Board:
         self._st = st
         self.trial = False
         pend = st.get("pending")
+        if self.state.damaged or (pend is not None and not _is_pending(pend)):
+            # A record damaged (or another version's): whether the running image is on
+            # trial cannot be told. Taken as on trial: confirming a valid image is
+            # harmless, while one left unconfirmed would let the next download write
+            # the slot the bootloader falls back to.
+            self.trial = True
+            pend = None
         if pend:
-            if pend.get("slot") == self.label:
+            if pend["slot"] == self.label:
                 self.trial = True  # the committed image runs: on trial until confirm()
             else:
-                # A commit was made but another slot runs: the bootloader fell back
-                # (the trial reset before confirm(), or the image did not start).
                 st.pop("pending")
-                st["rolled_back"] = pend.get("slot")
-                self.state.save(st)
+                if pend.get("set", True):
+                    # A commit was made but another slot runs: the bootloader fell back
+                    # (the trial reset before confirm(), or the image did not start).
+                    st["rolled_back"] = pend["slot"]
+                # else: the power went before set_boot() returned: nothing was
+                # committed, and the agent's journal commits again (no rollback).
+                try:
+                    self.state.save(st)
+                except OSError:
+                    pass  # (worked out again from the same record at the next boot)
         self.rolled_back = bool(st.get("rolled_back"))
 
-    def _versions(self):
-        v = self._st.get("versions")
+    def _versions(self, key="versions"):
+        v = self._st.get(key)
         if not isinstance(v, dict):
-            v = self._st["versions"] = {}
+            v = self._st[key] = {}
         return v
 
     # -- the board interface (docs/interfaces.md) ---------------------------------------
@@ -337,9 +371,14 @@ class Board:
 
     def inactive_slot(self):
         """The ``Slot`` the next update goes to: ``Partition(RUNNING).get_next_update()``.
-        The only partition an update may write."""
+        The only partition an update may write. Raises ``OSError`` when there is none:
+        no OTA partition (``OSError(ENOENT)`` from MicroPython), or only one and it
+        runs (ESP-IDF's ``esp_ota_get_next_update_partition`` then hands out the
+        running partition itself, which ``esp_ota_begin`` would refuse)."""
         nxt = self.running.get_next_update()
         info = nxt.info()
+        if info[_INFO_LABEL] == self.label:
+            raise OSError(2, "no OTA slot but the running %s" % self.label)
         return Slot(_slot_index(nxt), info[_INFO_SIZE], nxt, info[_INFO_LABEL])
 
     def running_version(self):
@@ -347,6 +386,16 @@ class Board:
         recorded at its commit, else ``factory_version``."""
         v = self._versions().get(self.label)
         return v if isinstance(v, int) else self.factory_version
+
+    def running_sha256(self):
+        """SHA-256 (32 bytes) of the running image as recorded when it was confirmed,
+        or None (an image flashed with esptool, or no record). Lets the agent tell the
+        job it installed, announced again, from another image of the same version."""
+        h = self._versions("sha256").get(self.label)
+        try:
+            return bytes.fromhex(h) if isinstance(h, str) and len(h) == 64 else None
+        except ValueError:
+            return None
 
     def commit(self, index, image_len, sha256, image_version):
         """Make the inactive slot (``index``) boot next, on trial: record the commit in
@@ -367,22 +416,30 @@ class Board:
             raise ValueError("bad image version")
         st = self._st
         old_rb = st.pop("rolled_back", None)
-        st["pending"] = {
+        pend = st["pending"] = {
             "slot": slot.label,
             "from": self.label,
             "version": image_version,
             "len": image_len,
             "sha256": _hex(sha256),
+            "set": False,  # until set_boot() returned (a power cut: no rollback, _boot)
         }
         self.state.save(st)
         try:
             slot.bdev.set_boot()
-        except OSError:
+        except OSError as e:
             st.pop("pending")
             if old_rb:
                 st["rolled_back"] = old_rb
             self.state.save(st)
+            if e.args and e.args[0] == _ERR_VALIDATE_FAILED:
+                raise ValueError("ESP-IDF refused the app image (%d)" % e.args[0])
             raise
+        pend["set"] = True
+        try:
+            self.state.save(st)
+        except OSError:
+            pass  # committed all the same: the trial is told by the running slot
         self.rolled_back = False
 
     def reboot(self):
@@ -415,8 +472,10 @@ class Board:
                 raise
             self.rollback_supported = False
         st = self._st
-        pend = st.pop("pending")
-        self._versions()[self.label] = pend["version"]
+        pend = st.pop("pending", None)
+        if _is_pending(pend) and pend["slot"] == self.label:
+            self._versions()[self.label] = pend["version"]
+            self._versions("sha256")[self.label] = pend["sha256"]
         st.pop("rolled_back", None)
         self.state.save(st)
         self.trial = False

@@ -16,7 +16,7 @@ from rmota.log import Logger
 import hashlib
 from binascii import hexlify
 
-from scriptesp import FLASH, ESP, SHORT, URL, fresh_flash, mkimage, payload, run
+from scriptesp import FLASH, ESP, SHORT, URL, Logsink, fresh_flash, mkimage, payload, run
 
 import board as unix_board
 
@@ -566,3 +566,108 @@ class TestProgressCallback(unittest.TestCase):
         self.assertGreater(len(calls), 2)
         errs = [x for x in r["log"].lines if "progress callback failed" in x]
         self.assertEqual(len(errs), 1)  # logged once per job
+
+
+class TestESPRestart(unittest.TestCase):
+    """The ESP's own update (``+RMOTA:2``): the host restarts it with ``AT+RST`` at a
+    safe moment, and ESP-AT does not print the same status twice."""
+
+    def _agent(self, esp_setup):
+        fresh_flash(FLASH)
+        clock = VirtualClock()
+        b = unix_board.Board(FLASH, clock=clock, settings=dict(SHORT))
+        uart = FakeUART()
+        esp = ESP(uart, mkimage(payload(2000)))
+        esp.notify = None  # no host job
+        esp_setup(esp)
+        log = Logsink()
+        agent = for_board(b, uart=uart, clock=clock, log=Logger("rmota", sink=log))
+        return b, clock, esp, log, agent
+
+    def _poll(self, agent, clock, ms):
+        t = clock.now_ms + ms
+        while clock.now_ms < t:
+            if not agent.poll():
+                clock.sleep_ms(5)
+
+    def test_a_refused_restart_is_tried_again_until_the_esp_restarts(self):
+        # AT+RST answered ERROR twice: the request used to be dropped, and the new ESP
+        # firmware never ran. It is kept, tried again after a back-off, until ready.
+        def setup(esp):
+            esp.rst = 0
+
+            def cmd(esp, line):
+                if line != b"AT+RST":
+                    return False
+                esp.rst += 1
+                esp.out(b"\r\nERROR\r\n" if esp.rst < 3 else b"\r\nOK\r\n\r\nready\r\n")
+                return True
+
+            esp.cmd_hook = cmd
+
+        b, clock, esp, log, agent = self._agent(setup)
+        esp.out(b"+RMOTA:1\r\n+RMOTA:2\r\n")
+        self._poll(agent, clock, 120000)
+        b.close()
+        self.assertEqual(esp.rst, 3)
+        self.assertFalse(agent.esp_restart_wanted)
+        self.assertTrue(agent.idle)
+        failed = [x for x in log.lines if "ESP restart failed (AT+RST: ERROR)" in x]
+        self.assertEqual(len(failed), 2, log.lines)
+        self.assertEqual(agent.errors, 0)
+
+    def test_the_application_command_in_flight_is_not_abandoned_by_a_wake(self):
+        # The application sent a command while the agent was idle (busy() False); a
+        # URC woke the agent before the answer came. The agent sent AT over it: the
+        # application got a timeout and its response line went to the URC handlers.
+        b, clock, esp, log, agent = self._agent(lambda esp: None)
+        self._poll(agent, clock, 10000)
+        self.assertTrue(agent.idle)
+        esp.cmd_hook = lambda esp, line: line == b"AT+RMPARAM?"  # answered later
+        c = agent.link.send(b"AT+RMPARAM?", 3000)
+        n = len(esp.cmds)
+        esp.out(b"+RMOTA:2\r\n")  # wakes the agent (a restart is wanted)
+        self._poll(agent, clock, 500)
+        self.assertEqual(len(esp.cmds), n)  # the agent waits for the answer
+        esp.cmd_hook = None
+        esp.out(b"+RMPARAM:light,power,1\r\n\r\nOK\r\n")
+        self._poll(agent, clock, 30000)
+        b.close()
+        self.assertEqual((c.final, c.lines), (b"OK", [b"+RMPARAM:light,power,1"]))
+        self.assertIn(b"AT+RST", esp.cmds[n:])
+
+    def test_the_esp_is_restarted_before_the_host_reboots_to_commit_again(self):
+        # A power cut between the journal's commit record and the boot record: the
+        # next start commits again and reboots. A +RMOTA:2 that came meanwhile is in
+        # RAM only, so AT+RST goes before that reboot too.
+        pl = payload(20000)
+        img = mkimage(pl)
+        d = {
+            "stage": "committed",
+            "job": "JOB1",
+            "slot": 1,
+            "version": 2,
+            "len": len(pl),
+            "sha": hexlify(hashlib.sha256(pl).digest()).decode(),
+        }
+
+        def setup(esp):
+            esp.told = False
+
+            def cmd(esp, line):
+                if line == b"ATE0" and not esp.told:
+                    esp.told = True
+                    esp.out(b"\r\nOK\r\n+RMOTA:1\r\n+RMOTA:2\r\n")
+                    return True
+                if line == b"AT+RST":
+                    esp.out(b"\r\nOK\r\n\r\nready\r\n")
+                    return True
+                return False
+
+            esp.cmd_hook = cmd
+
+        r = run(img, setup=setup, pre_boot=_record_at_boot(d, slot1=pl), max_ms=120000)
+        self.assertEqual(r["esp"].cmds.count(b"AT+RST"), 1)
+        self.assertEqual(r["boots"], 2)
+        self.assertEqual(_statuses(r), [2])
+        self.assertEqual(r["boot"]["slot"], 1)

@@ -399,9 +399,11 @@ class TestCommitConfirm(_Base):
         b = self.board()
         s = b.inactive_slot()
         _write_slot(s, b"\x00not an app image")
-        with self.assertRaises(OSError) as cm:
+        # (ValueError: the agent's 5, the image is refused; an OSError is a failure
+        # to retry, like a full filesystem)
+        with self.assertRaises(ValueError) as cm:
             b.commit(1, 17, hashlib.sha256(b"").digest(), 3)
-        self.assertEqual(cm.exception.args[0], fake_esp32.ERR_VALIDATE_FAILED)
+        self.assertIn(str(fake_esp32.ERR_VALIDATE_FAILED), str(cm.exception))
         self.assertEqual(self.chip.boot, "ota_0")
         st = b.state.load() or {}
         self.assertNotIn("pending", st)  # the record was undone
@@ -580,6 +582,248 @@ class TestAgentEndToEnd(_Base):
         self.assertEqual(esp.results[-1][1], 5, "\n".join(self.log_lines))
         self.assertEqual(self.chip.set_boots, 0)
         self.assertEqual(self.chip.resets, 0)
+
+
+class TestBadBootRecords(_Base):
+    """Damaged or odd boot records, a partition table with one OTA slot, a full
+    filesystem, power cuts inside commit(): found by an adversarial run."""
+
+    def _write(self, text):
+        with open(self.data_dir + "/boot.json", "wb") as f:
+            f.write(text)
+
+    def test_a_boot_record_that_parses_wrong_never_stops_the_board(self):
+        # Damage (or another version's record) cannot tell whether the running image
+        # is on trial: it is taken as on trial (confirming a valid image is harmless;
+        # one left unconfirmed lets the next download write the fallback slot).
+        b0 = self.board()
+        for text in (
+            b'{"pending": "ota_1"}',
+            b'{"pending": 1}',
+            b'{"pending": {"slot": "ota_0"}}',
+            b'{"pending": {"slot": ["ota_0"], "version": 2, "sha256": "00"}}',
+            b"{not json",
+            b"[1, 2]" + b" " * 20000,  # longer than any record
+        ):
+            self._write(text)
+            b = self.board()
+            self.assertEqual(b.boot_state()["trial"], True, text)
+            b.confirm()  # never raises for the damage; the running image is marked good
+            self.assertEqual(b.boot_state(), {"slot": 0, "trial": False, "rolled_back": False})
+            self.assertEqual(b.running_version(), 0)
+        for text in (b'{"versions": {"ota_0": "5"}}', b'{"versions": [1, 2]}', b""):
+            self._write(text)
+            self.assertEqual(self.board().running_version(), 0, text)
+        self.assertIsNone(b0.running_sha256())
+
+    def test_one_ota_slot_is_never_handed_out_while_it_runs(self):
+        # factory + ota_0: once ota_0 runs, ESP-IDF's next update partition is ota_0
+        # itself. inactive_slot() refuses it; from factory it is ota_0.
+        chip = Chip(slot_blocks=8, factory=True)
+        chip.entries = [e for e in chip.entries if e.label != "ota_1"]
+        fake_esp32.use(chip)
+        self.assertEqual(self.board().inactive_slot().label, "ota_0")
+        chip.running = chip.boot = "ota_0"
+        with self.assertRaises(OSError):
+            self.board().inactive_slot()
+
+    def test_a_power_cut_before_set_boot_returned_is_no_rollback(self):
+        # commit() records the commit, then set_boot(): the power went in between.
+        b = self.board()
+        s = b.inactive_slot()
+        data = _app(6000, 3)
+        _write_slot(s, data)
+        real = fake_esp32.Partition.set_boot
+
+        class Cut(Exception):
+            pass
+
+        def cut(part):
+            raise Cut()
+
+        fake_esp32.Partition.set_boot = cut
+        try:
+            with self.assertRaises(Cut):
+                b.commit(1, len(data), hashlib.sha256(data).digest(), 4)
+        finally:
+            fake_esp32.Partition.set_boot = real
+        self.chip.power_on()
+        self.assertEqual(
+            self.board().boot_state(), {"slot": 0, "trial": False, "rolled_back": False}
+        )
+
+    def test_a_full_filesystem_at_commit_is_an_oserror_not_a_refusal(self):
+        b = self.board()
+        s = b.inactive_slot()
+        data = _app(6000, 3)
+        _write_slot(s, data)
+
+        def full(d):
+            raise OSError(28)
+
+        b.state.save = full
+        with self.assertRaises(OSError):
+            b.commit(1, len(data), hashlib.sha256(data).digest(), 4)
+        self.assertEqual(self.chip.set_boots, 0)
+
+    def test_the_confirmed_image_digest_is_recorded(self):
+        b = self.board()
+        data = _app(6000, 3)
+        s = b.inactive_slot()
+        _write_slot(s, data)
+        b.commit(1, len(data), hashlib.sha256(data).digest(), 4)
+        self.chip.power_on()
+        b = self.board()
+        self.assertIsNone(b.running_sha256())  # not confirmed yet
+        b.confirm()
+        self.assertEqual(b.running_sha256(), hashlib.sha256(data).digest())
+        self.assertEqual(self.board().running_sha256(), hashlib.sha256(data).digest())
+
+
+class TestAgentBadBoot(_Base):
+    """The agent on the esp32 profile when the boot record, the journal or the
+    partition table is not what a normal update leaves."""
+
+    def _agent(self, esp):
+        self.chip.on_uart = esp.attach
+        b = self.board()
+        return b, for_board(b, log=Logger("t", sink=self.log_lines.append))
+
+    def _image(self, version, seed=7):
+        payload = _app(11000, seed)
+        return payload, build_header(payload, b"esp32s3", version) + payload
+
+    def _update(self, esp):
+        b, agent = self._agent(esp)
+        with self.assertRaises(ResetCalled):
+            agent.run(until_idle=True, timeout_ms=120000)
+        self.chip.power_on()
+
+    def test_a_trial_with_no_usable_commit_record_is_confirmed_before_any_download(self):
+        # The journal's commit record is lost (damaged, another version's): the board
+        # still says trial. Left so, the next job wrote the slot the bootloader falls
+        # back to, and a power cut in it left nothing to boot.
+        for how in ("journal", "boot record"):
+            self.chip = Chip(slot_blocks=8)
+            fake_esp32.use(self.chip)
+            self.chip.flash("ota_0", self.factory)
+            self.data_dir = _tmp("dir")
+            payload, image = self._image(2)
+            esp = TinyESP(image)
+            self._update(esp)
+            b = self.board()
+            if how == "journal":
+                b.journal.save({"stage": "committed", "job": "J1", "slot": "x"})
+            else:
+                with open(self.data_dir + "/boot.json", "wb") as f:
+                    f.write(b"\x00garbage")
+            p3, img3 = self._image(3, seed=11)
+            esp.image, esp.job, esp.pending = img3, "J2", True
+            b, agent = self._agent(esp)
+            self.assertTrue(b.boot_state()["trial"], how)
+            with self.assertRaises(ResetCalled):
+                agent.run(until_idle=True, timeout_ms=120000)
+            log = "\n".join(self.log_lines)
+            self.assertIn("on trial with no commit record: confirming", log)
+            self.assertEqual(self.chip.boot_state, "new", how)  # v3 committed after...
+            self.assertEqual(self.chip.aborted, [], how)
+            self.assertEqual(self.chip.read("ota_1", len(payload)), payload, how)  # ...v2 ran
+            self.assertEqual(self.chip.read("ota_0", len(p3)), p3, how)
+
+    def test_a_trial_that_cannot_be_confirmed_gets_no_download(self):
+        payload, image = self._image(2)
+        esp = TinyESP(image)
+        self._update(esp)
+        b = self.board()
+        b.journal.clear()
+        esp.image, esp.job, esp.pending = self._image(3, seed=11)[1], "J2", True
+        gets = b"".join(esp.commands).count(b"AT+HTTPCGET")
+
+        def broken():
+            raise OSError(-1)
+
+        saved = fake_esp32.Partition.mark_app_valid_cancel_rollback
+        fake_esp32.Partition.mark_app_valid_cancel_rollback = staticmethod(broken)
+        try:
+            b, agent = self._agent(esp)
+            agent.run(timeout_ms=20000)
+        finally:
+            fake_esp32.Partition.mark_app_valid_cancel_rollback = saved
+        self.assertGreater(agent.errors, 0)
+        self.assertEqual(self.chip.read("ota_0", len(self.factory)), self.factory)
+        self.assertEqual(b"".join(esp.commands).count(b"AT+HTTPCGET"), gets)
+        self.assertEqual(self.chip.boot_state, "pending_verify")  # v2 still on trial
+
+    def test_with_one_ota_slot_running_it_a_job_is_refused_and_nothing_written(self):
+        chip = self.chip = Chip(slot_blocks=8, factory=True)
+        chip.entries = [e for e in chip.entries if e.label != "ota_1"]
+        fake_esp32.use(chip)
+        chip.flash("factory", self.factory)
+        payload, image = self._image(2)
+        esp = TinyESP(image)
+        self._update(esp)  # factory -> ota_0
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=120000)
+        self.assertEqual(esp.results[-1][1], 2)
+        p3, img3 = self._image(3, seed=11)
+        esp.image, esp.job, esp.pending = img3, "J2", True
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=120000)
+        log = "\n".join(self.log_lines)
+        self.assertEqual(esp.results[-1][:2], ("J2", 5), log)
+        self.assertIn("no inactive slot", esp.results[-1][2])
+        self.assertEqual(chip.read("ota_0", len(payload)), payload)  # the running image
+        self.assertEqual(chip.running, "ota_0")
+
+    def test_a_full_filesystem_at_commit_reports_3_and_commits_from_the_slot_later(self):
+        payload, image = self._image(2)
+        esp = TinyESP(image)
+        b, agent = self._agent(esp)
+        real = b.state.save
+        calls = []
+
+        def full(d):
+            if d.get("pending"):
+                calls.append(1)
+                raise OSError(28)
+            real(d)
+
+        b.state.save = full
+        agent.run(until_idle=True, timeout_ms=120000)
+        log = "\n".join(self.log_lines)
+        self.assertEqual([r[1] for r in esp.results], [1, 3], log)
+        self.assertIn("commit failed", esp.results[-1][2])
+        self.assertEqual(self.chip.set_boots, 0)
+        # Room again (and a power cycle): the next cycle commits what the slot holds,
+        # checked against the journal's SHA-256, without a download.
+        gets = b"".join(esp.commands).count(b"AT+HTTPCGET")
+        b, agent = self._agent(esp)
+        with self.assertRaises(ResetCalled):
+            agent.run(until_idle=True, timeout_ms=120000)
+        self.assertEqual(self.chip.set_boots, 1)
+        self.assertIn("committing again", "\n".join(self.log_lines))
+        self.assertEqual(b"".join(esp.commands).count(b"AT+HTTPCGET"), gets)
+        self.chip.power_on()
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=120000)
+        self.assertEqual(esp.results[-1][1], 2)
+        self.assertEqual(b.running_sha256(), hashlib.sha256(payload).digest())
+
+    def test_the_installed_job_announced_again_is_2(self):
+        # The ESP rebooted before result 2 reached the cloud: the job is announced
+        # again with the image that runs. Its version and SHA-256 match: 2, not 5.
+        payload, image = self._image(2)
+        esp = TinyESP(image)
+        self._update(esp)
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=120000)
+        self.assertEqual(esp.results[-1][1], 2)
+        esp.pending = True  # announced again
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=120000)
+        log = "\n".join(self.log_lines)
+        self.assertEqual(esp.results[-1][1], 2, log)
+        self.assertEqual(self.chip.set_boots, 1)
 
 
 if __name__ == "__main__":

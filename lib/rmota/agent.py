@@ -308,7 +308,10 @@ class HostOTA:
         self._max_data = s.get("line_max", 2048)
         # Checked here, not at the first job: a bad value must not fail every job.
         slot = getattr(board, "inactive_slot", None)
-        bs = slot().bdev.ioctl(5, 0) if slot is not None else 4096
+        try:
+            bs = slot().bdev.ioctl(5, 0) if slot is not None else 4096
+        except OSError:
+            bs = 4096  # no slot to update now: each job says so (_target_slot)
         if self.erase_unit < 0 or self.erase_unit % bs:
             raise ValueError("erase_unit must be a multiple of the block size (%d)" % bs)
         pc = self.prog_chunk
@@ -359,6 +362,9 @@ class HostOTA:
         self.cloud_up = True
         self.esp_reset = False
         self.esp_restart_wanted = False
+        self._restart_at = None  # a refused AT+RST is tried again from then (ticks ms)
+        self._restart_fails = 0
+        self._mine = None  # the agent's last command (others are the application's)
         self.esp_ota_status = None
         self.range_ok = True
         self.att = None
@@ -548,7 +554,7 @@ class HostOTA:
         # An idle agent starts a new cycle only when there is something to do: a
         # notification, an ESP that rebooted or wants a restart, or a result that could
         # not be delivered (retried every ``report_retry_ms``).
-        if self._notified is not None or self.esp_reset or self.esp_restart_wanted:
+        if self._notified is not None or self.esp_reset or self._restart_due():
             return True
         if self._bad_new:
             return True  # a malformed notification: fetch it again (_fetch)
@@ -607,6 +613,13 @@ class HostOTA:
             self.errors += 1
             self.log.error("journal record unusable, dropped:", repr(e))
             self.board.journal.clear()
+        if self._on_trial():
+            # On trial with no commit record to finish (damaged, or another version's):
+            # the image booted and the link to the ESP works, the self-test a commit
+            # record would have led to. Left unconfirmed, the next download would write
+            # the slot the bootloader falls back to.
+            self.log.warn("the running image is on trial with no commit record: confirming")
+            self.board.confirm()
         self.state = "fetch"
         yield from self._fetch()
         if self._notified is None:
@@ -621,7 +634,7 @@ class HostOTA:
                 yield from self._job(note)
             finally:
                 self._running_job = None
-        if self.esp_restart_wanted:
+        if self._restart_due():
             yield from self._restart_esp()
         j = self.board.journal.load()
         if j and j.get("stage") == "report":
@@ -675,8 +688,9 @@ class HostOTA:
         # ``busy p...`` means ESP-AT dropped the command (ESP-AT "AT Messages"): send it
         # again after a back-off, up to ``busy_tries`` times in all. A prompt command is
         # not re-sent here: its ``>`` may still come (the link waits for it).
+        yield from self._wait_app_cmd()
         for i in range(busy_tries):
-            c = self.link.send(cmd, timeout_ms, prompt)
+            c = self._mine = self.link.send(cmd, timeout_ms, prompt)
             while not c.done:
                 yield
             if prompt or c.reset or c.final is not None or not c.busy:
@@ -684,8 +698,17 @@ class HostOTA:
             yield from self._sleep(self._backoff(i))
         return c
 
+    def _wait_app_cmd(self):
+        # One command is in flight on an AT link, and sending abandons it: the
+        # application's (sent while busy() was False) finishes first, its own
+        # timeout bounding the wait (DESIGN.md section 2: the link is shared).
+        c = self.link.cmd
+        if c is not None and c is not self._mine:
+            while not c.done:
+                yield
+
     def _data(self, data, timeout_ms=2000):
-        c = self.link.send_data(data, timeout_ms)
+        c = self._mine = self.link.send_data(data, timeout_ms)
         while not c.done:
             yield
         return c
@@ -772,14 +795,45 @@ class HostOTA:
             self._need_refetch = True
 
     def _restart_esp(self):
-        """``AT+RST`` at a safe moment (no host job running), then wait for ``ready``."""
+        """``AT+RST`` at a safe moment (no host job running), then wait for ``ready``.
+        The request (``+RMOTA:2``, ``+RMRESET``: the new ESP firmware runs only after a
+        restart, and ESP-AT does not print the same status twice) is kept until the ESP
+        restarted: an ``AT+RST`` refused (``ERROR``, ``busy p...``, no answer) or not
+        followed by ``ready`` is tried again after a back-off that doubles, up to
+        ``backoff_max_ms``."""
         self.state = "esp-restart"
         self.esp_reset = False
         c = yield from self._cmd(b"AT+RST", 2000)
         if c.ok or c.reset:
             yield from self._wait(10000, lambda: self.esp_reset)
-        self.esp_restart_wanted = False
+        if self.esp_reset:
+            self.esp_restart_wanted = False
+            self._restart_at = None
+            self._restart_fails = 0
+        else:
+            ms = self._backoff(self._restart_fails)
+            self._restart_fails += 1
+            self._restart_at = self.clock.ticks_ms() + ms
+            self.log.warn(
+                "ESP restart failed (AT+RST: %s): again in %d ms"
+                % ((c.final or b"no answer").decode(), ms)
+            )
         yield from self._init_esp()
+
+    def _restart_due(self):
+        # A restart is wanted and not waiting for its back-off (_restart_esp).
+        t = self._restart_at
+        return self.esp_restart_wanted and (
+            t is None or self.clock.ticks_diff(self.clock.ticks_ms(), t) >= 0
+        )
+
+    def _reboot(self):
+        # The host reboots (after a commit): a restart the ESP waits for goes first,
+        # since the request is in RAM only and would be lost with ours.
+        if self.esp_restart_wanted:
+            yield from self._restart_esp()
+        self.state = "reboot"
+        self.board.reboot()
 
     # --- results ----------------------------------------------------------------------
     def _report(self, job_id, status, info, tries=4):
@@ -968,20 +1022,59 @@ class HostOTA:
         )
         if not ok:
             return
-        self.state = "reboot"
-        self.board.reboot()
+        yield from self._reboot()
 
     def _commit(self, job_id, index, length, sha256, version):
-        """``board.commit``. A board that refuses the image (``OSError``: e.g. ESP-IDF's
+        """``board.commit``. A board that refuses the image (``ValueError``: e.g. ESP-IDF's
         ``set_boot`` rejects a slot that holds no valid app) ends the job with status 5:
-        the same image would be refused again. Returns True when committed."""
+        the same image would be refused again. Any other failure (``OSError``: the
+        board could not write its boot record, a full filesystem) is 3, and the
+        journal's commit record is kept, so the next cycle checks the slot again and
+        commits (``_recommit``). Returns True when committed."""
         try:
             self.board.commit(index, length, sha256, version)
-        except (OSError, ValueError) as e:
+        except ValueError as e:
             self.log.error("the board refused the commit:", repr(e))
             yield from self._finish_job(job_id, OTA_REJECTED, "slot refused image: %s" % e)
             return False
+        except Exception as e:
+            self.log.error("commit failed:", repr(e))
+            keep = self.board.journal.load()
+            if not keep or keep.get("stage") != "committed":
+                keep = None
+            yield from self._finish_job(job_id, OTA_FAILED, "commit failed: %s" % e, keep)
+            return False
         return True
+
+    def _on_trial(self):
+        # The running image is on trial, not confirmed (a board without boot_state()
+        # has no trial).
+        bs = getattr(self.board, "boot_state", None)
+        return bool(bs is not None and bs().get("trial"))
+
+    def _target_slot(self, job_id):
+        """The slot a job may write: ``board.inactive_slot()``, never the running one
+        (DESIGN.md section 2). None when there is none (a board raising ``OSError``:
+        one OTA partition, and it runs; or the running slot handed out), reported 5:
+        this device cannot take an update while it runs this slot. None, and nothing
+        reported, while the running image is on trial and not confirmed: the inactive
+        slot is then the bootloader's way back (ESP-IDF's ``esp_ota_begin`` refuses
+        too), so writing it could leave nothing to boot."""
+        if self._on_trial():
+            self.errors += 1
+            self.log.error("the running image is on trial, not confirmed: no download")
+            return None
+        try:
+            slot = self.board.inactive_slot()
+            run = getattr(self.board, "running_slot", None)
+            why = "the running slot" if run is not None and slot.index == run() else None
+        except OSError as e:
+            slot, why = None, repr(e)
+        if why is None:
+            return slot
+        self.log.error("no slot to update:", why)
+        yield from self._finish_job(job_id, OTA_REJECTED, "no inactive slot: %s" % why)
+        return None
 
     # --- the job ----------------------------------------------------------------------
     def _job(self, note):
@@ -1013,12 +1106,14 @@ class HostOTA:
             why = "URL of %d B outside 8..8192" % len(note.url)
             yield from self._finish_job(note.job_id, OTA_REJECTED, why)
             return
+        slot = yield from self._target_slot(note.job_id)
+        if slot is None:
+            return
         self.header = None
         self._ahead_check = None
         self._ahead_shift = None
         self._ahead_next = None
         self._overlap_fails = 0  # overlap checks failed in a row (_attempt)
-        slot = self.board.inactive_slot()
         self.writer = None  # the last job's ring is garbage now: collect it first, so
         gc.collect()  # the new one finds room in one piece on a small heap
         self.writer = self._new_writer(slot.bdev)
@@ -1115,12 +1210,7 @@ class HostOTA:
         if not ok:
             return
         self.log.info("committed v%d to slot %d; rebooting" % (h.image_version, slot.index))
-        if self.esp_restart_wanted:
-            # A +RMOTA:2 (or +RMRESET) is waiting for AT+RST: the download is over, so this
-            # is a safe moment, and the request would be lost with our own reboot.
-            yield from self._restart_esp()
-        self.state = "reboot"
-        self.board.reboot()
+        yield from self._reboot()  # (the download is over: a safe moment for AT+RST too)
 
     def _journal_note(self):
         j = self.board.journal.load()
@@ -1476,6 +1566,7 @@ class HostOTA:
         self.att = att
         # The ESP's timeout is a network-idle timeout, not a bound on the transfer:
         # we watch the bytes instead (a stall is no byte for that long plus a margin).
+        yield from self._wait_app_cmd()
         att.cmd = c = self._cget(self)
         clk = self.clock
         att.last_ms = clk.ticks_ms()
@@ -1707,7 +1798,8 @@ class HostOTA:
         # ``sink`` (on_record/frame_error); returns the Command.
         self.link.sink = sink
         cmd = b'AT+HTTPCGET="",%d,%d,%d' % (self.tx_size, self.rx_size, self.http_timeout_ms)
-        return self.link.send(cmd, 1 << 29)
+        self._mine = c = self.link.send(cmd, 1 << 29)
+        return c
 
     def _cget_stop(self):
         # The download is over for us: records go nowhere, none is held, and one cut
@@ -1905,6 +1997,7 @@ class HostOTA:
                 self.range_ok = False
             return "Range not set"
         grab = _Grab(self._probe, self.clock)
+        yield from self._wait_app_cmd()
         c = self._cget(grab)
         clk = self.clock
         stall_ms = self.http_timeout_ms + 2000
