@@ -232,14 +232,16 @@ def _check_json(x):
     raise TypeError("not a JSON type: %s" % type(x).__name__)
 
 
+def _is_u32(v):
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0xFFFFFFFF
+
+
 def _is_pending(p):
     # A commit record as commit() writes it (the fields _boot() and confirm() use).
     return (
         isinstance(p, dict)
         and isinstance(p.get("slot"), str)
-        and isinstance(p.get("version"), int)
-        and not isinstance(p.get("version"), bool)
-        and 0 <= p["version"] <= 0xFFFFFFFF
+        and _is_u32(p.get("version"))
         and isinstance(p.get("sha256"), str)
     )
 
@@ -416,6 +418,7 @@ class Board:
             raise ValueError("bad image version")
         st = self._st
         old_rb = st.pop("rolled_back", None)
+        st["seq"] = self.commit_seq() + 1
         pend = st["pending"] = {
             "slot": slot.label,
             "from": self.label,
@@ -451,6 +454,12 @@ class Board:
             close()
         self.state.close()
         machine.reset()
+
+    def commit_seq(self):
+        """Commits begun (int, kept in boot.json): the agent tells a commit a power cut
+        stopped (the count has not moved) from one that rolled back."""
+        seq = self._st.get("seq")
+        return seq if _is_u32(seq) else 0
 
     def boot_state(self):
         """``{"slot": running OTA number, "trial": bool, "rolled_back": bool}``:

@@ -365,6 +365,11 @@ class Board:
         ld = self.loader
         return {"slot": ld.running, "trial": ld.trial, "rolled_back": ld.rolled_back}
 
+    def commit_seq(self):
+        """The boot record's sequence number (int): every commit advances it, so the
+        agent tells a commit a power cut stopped from one that rolled back."""
+        return self.loader.record.seq
+
     def confirm(self):
         """Mark the running trial image good (no-op when not on trial)."""
         self.loader.confirm()

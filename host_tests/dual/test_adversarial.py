@@ -671,3 +671,16 @@ class TestESPRestart(unittest.TestCase):
         self.assertEqual(r["boots"], 2)
         self.assertEqual(_statuses(r), [2])
         self.assertEqual(r["boot"]["slot"], 1)
+
+    def test_an_esp_that_restarts_by_itself_is_not_restarted_again(self):
+        # +RMOTA:2, then the ESP reboots on its own (ready): the new firmware runs.
+        # AT+RST after that was a second restart for nothing.
+        b, clock, esp, log, agent = self._agent(lambda esp: None)
+        self._poll(agent, clock, 10000)
+        esp.out(b"+RMOTA:1\r\n+RMOTA:2\r\n\r\nready\r\n")
+        self._poll(agent, clock, 60000)
+        b.close()
+        self.assertNotIn(b"AT+RST", esp.cmds)
+        self.assertFalse(agent.esp_restart_wanted)
+        self.assertTrue(agent.idle)
+        self.assertIn(b"ATE0", esp.cmds[-8:])  # (re-initialised after the ready)

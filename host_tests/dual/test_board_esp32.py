@@ -809,6 +809,72 @@ class TestAgentBadBoot(_Base):
         self.assertEqual(esp.results[-1][1], 2)
         self.assertEqual(b.running_sha256(), hashlib.sha256(payload).digest())
 
+    def test_an_image_that_never_confirms_is_refused_after_three_rollbacks(self):
+        # It was downloaded and committed again on every notification, for ever (two
+        # resets each time). A rollback may be a power cut in the trial boot: 3 twice,
+        # then 5, and the job is finished.
+        payload, image = self._image(2)
+        esp = TinyESP(image)
+        for _ in range(3):
+            b, agent = self._agent(esp)
+            with self.assertRaises(ResetCalled):
+                agent.run(until_idle=True, timeout_ms=120000)
+            self.chip.power_on()  # the trial boots and dies before it is confirmed
+            self.chip.power_on()  # the bootloader abandons it
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=120000)
+        log = "\n".join(self.log_lines)
+        self.assertEqual([r[1] for r in esp.results], [1, 3, 1, 3, 1, 5], log)
+        self.assertEqual(esp.results[-1][2], "v2 rolled back 3 times")
+        self.assertFalse(esp.pending)
+        self.assertEqual(self.chip.aborted, ["ota_1"] * 3)
+        self.assertEqual(self.chip.set_boots, 3)
+        self.assertEqual(self.chip.running, "ota_0")
+        self.assertIsNone(b.journal.load())
+        # another image for the same job starts the count again
+        esp.pending = True
+        p3, esp.image = self._image(2, seed=12)
+        b, agent = self._agent(esp)
+        with self.assertRaises(ResetCalled):
+            agent.run(until_idle=True, timeout_ms=120000)
+        self.assertEqual(self.chip.set_boots, 4)
+
+    def test_a_power_cut_before_the_commit_after_a_rollback_commits_again(self):
+        # The power went between the journal's commit record and commit(), while the
+        # boot record still said "rolled back" from the trial before. That used to be
+        # taken for a rollback of this commit: 3, and the whole image again. The
+        # commit count has not moved: the verified image is committed from the slot.
+        class PowerCut(BaseException):
+            pass
+
+        payload, image = self._image(2)
+        esp = TinyESP(image)
+        self._update(esp)
+        self.chip.power_on()  # the trial dies: rolled back
+        b, agent = self._agent(esp)
+
+        def cut(*a):
+            raise PowerCut()
+
+        b.commit = cut
+        with self.assertRaises(PowerCut):
+            agent.run(until_idle=True, timeout_ms=120000)
+        self.assertEqual([r[1] for r in esp.results], [1, 3, 1])
+        gets = b"".join(esp.commands).count(b"AT+HTTPCGET")
+        self.chip.power_on()
+        b, agent = self._agent(esp)
+        self.assertTrue(b.boot_state()["rolled_back"])  # (the earlier trial's)
+        with self.assertRaises(ResetCalled):
+            agent.run(until_idle=True, timeout_ms=120000)
+        log = "\n".join(self.log_lines)
+        self.assertIn("committing again", log)
+        self.assertEqual([r[1] for r in esp.results], [1, 3, 1], log)
+        self.assertEqual(b"".join(esp.commands).count(b"AT+HTTPCGET"), gets)
+        self.chip.power_on()
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=120000)
+        self.assertEqual(esp.results[-1][1], 2)
+
     def test_the_installed_job_announced_again_is_2(self):
         # The ESP rebooted before result 2 reached the cloud: the job is announced
         # again with the image that runs. Its version and SHA-256 match: 2, not 5.

@@ -80,6 +80,10 @@ _CMD_MAX = 256  # one AT command line, CR LF included (DESIGN.md section 1, Fram
 _JSON_FIXED = len('{"ota_job_id":"","status":"in-progress","additional_info":""}')
 _FETCH_TRIES = 3  # AT+RMOTAFETCH for a notification the parser refuses (_fetch)
 _INFO_MIN = 20  # <info> a job's result must have room for ("v4294967295 running": 19)
+# The same image of a job rolled back this many times is refused (5): one that never
+# gets to confirm would be downloaded and committed again on every notification.
+# Fewer are 3 (a power cut in the trial boot rolls back too).
+_ROLLBACKS_MAX = 3
 
 
 def _declared_len(raw):
@@ -122,6 +126,17 @@ def clip_info(info, room=_INFO_MAX - 1):
             return out
         keep -= 1
     return info[: max(room, 0)]
+
+
+def _rollbacks(rec, job_id):
+    # ``[sha256 hex, n]``: the image of job ``job_id`` that rolled back n times, as a
+    # journal record (download, commit, or the one kept after a rollback) carries it;
+    # None when it carries none (or damage).
+    rb = rec.get("rb") if rec and rec.get("job") == job_id else None
+    if isinstance(rb, list) and len(rb) == 2 and isinstance(rb[0], str):
+        if _is_int(rb[1], 1, _ROLLBACKS_MAX):
+            return rb
+    return None
 
 
 def _is_int(v, lo, hi):
@@ -365,6 +380,7 @@ class HostOTA:
         self._restart_at = None  # a refused AT+RST is tried again from then (ticks ms)
         self._restart_fails = 0
         self._mine = None  # the agent's last command (others are the application's)
+        self._rb = None  # the job's image that rolled back, and how often (_rollbacks)
         self.esp_ota_status = None
         self.range_ok = True
         self.att = None
@@ -437,6 +453,13 @@ class HostOTA:
             self._esp_forgot()
             self.esp_reset = True
             self._url_held = None  # the ESP forgot it (RAM)
+            if self.esp_restart_wanted:
+                # It restarted by itself (ESP RainMaker may, DESIGN.md section 1): the
+                # new firmware runs, no AT+RST is needed any more.
+                self.esp_restart_wanted = False
+                self._restart_at = None
+                self._restart_fails = 0
+                self.log.info("ESP restarted by itself: no AT+RST needed")
             self.log.warn("ESP rebooted (ready)")
         elif kind == URC_WIFI:
             if line == b"WIFI DISCONNECT":
@@ -671,7 +694,7 @@ class HostOTA:
         if self._notified is not None or self._bad_seen < _FETCH_TRIES:
             return
         d = self.board.journal.load()
-        if d and d.get("stage") != "download":
+        if d and d.get("stage") == "report":
             return  # a result still to deliver first: this one goes on the next fetch
         job = fwnotify_job_id(self._bad_line)
         why = self._bad_why
@@ -965,6 +988,11 @@ class HostOTA:
             raise ValueError("commit record")
         self.state = "confirm"
         bs = self.board.boot_state()
+        seq = j.get("bseq")
+        if _is_int(seq, 0, 0xFFFFFFFF) and self._boot_seq() == seq:
+            # The boot record has not changed since this commit was journalled: the
+            # power went before it was made; a rollback it shows is an earlier one's.
+            bs["rolled_back"] = False
         if bs.get("slot") != j["slot"] and not bs.get("rolled_back"):
             # Power was lost between journalling the commit and the boot record change:
             # the image is verified but not committed. Check it again, commit, reboot.
@@ -982,7 +1010,21 @@ class HostOTA:
                 self.log.warn("journalled commit does not match the running image")
                 status, info = OTA_FAILED, "commit lost"
         else:
-            status, info = OTA_FAILED, "rolled back: v%d did not confirm" % j["version"]
+            # Counted per image of the job (the journal's "rb", carried by the records
+            # of its next download and commit): the same image rolled back
+            # _ROLLBACKS_MAX times is refused.
+            rb = _rollbacks(j, j["job"])
+            n = rb[1] + 1 if rb and rb[0] == j["sha"] else 1
+            v = j["version"]
+            if n >= _ROLLBACKS_MAX:
+                status, info = OTA_REJECTED, "v%d rolled back %d times" % (v, n)
+                keep = None
+            else:
+                status, info = OTA_FAILED, "rolled back: v%d did not confirm" % v
+                keep = {"stage": "rolled_back", "job": j["job"], "rb": [j["sha"], n]}
+            self.log.info("boot after commit:", info)
+            yield from self._finish_job(j["job"], status, info, keep)
+            return
         self.log.info("boot after commit:", info)
         yield from self._finish_job(j["job"], status, info)
 
@@ -1046,6 +1088,12 @@ class HostOTA:
             return False
         return True
 
+    def _boot_seq(self):
+        # The boot record's commit sequence number (the board's optional commit_seq()).
+        get = getattr(self.board, "commit_seq", None)
+        seq = get() if get is not None else None
+        return seq if _is_int(seq, 0, 0xFFFFFFFF) else None
+
     def _on_trial(self):
         # The running image is on trial, not confirmed (a board without boot_state()
         # has no trial).
@@ -1094,6 +1142,7 @@ class HostOTA:
         if saved and saved.get("job") == note.job_id and saved.get("stage") == "report":
             yield from self._deliver_saved_result()
             return
+        self._rb = _rollbacks(saved, note.job_id)
         if note.type != 0:
             yield from self._finish_job(note.job_id, OTA_REJECTED, "type %d unknown" % note.type)
             return
@@ -1202,6 +1251,8 @@ class HostOTA:
                 "version": h.image_version,
                 "len": h.image_len,
                 "sha": hexlify(h.sha256).decode(),
+                "rb": self._rb,
+                "bseq": self._boot_seq(),
             }
         )
         ok = yield from self._commit(
@@ -1281,6 +1332,7 @@ class HostOTA:
                 "fw": note.fw_version,
                 "slot": self._slot.index,
                 "hdr": hexlify(raw_header).decode(),
+                "rb": self._rb,
             }
         )
 
