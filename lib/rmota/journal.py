@@ -31,6 +31,7 @@ import struct
 _JOB = "job.json"
 _TMP = "job.tmp"
 _CRC = "blocks.crc"
+_MAX_RECORD = 32768  # bytes: a record (URL up to 8,192 B, header) is far shorter
 JOINTS = 8  # joint entries a CRCLog keeps (SlotWriter.on_joint and on_park)
 PARK = 0x80000000  # a joint entry's offset with this bit: a parked block (on_park)
 
@@ -47,18 +48,23 @@ class Journal:
         self.writes = 0
 
     def load(self):
-        """The saved dict, or None (no record, or one that does not parse)."""
-        try:
-            f = self.fs.open(_JOB, "rb")
-        except OSError:
-            return None
-        try:
-            d = json.loads(f.read())
-        except (ValueError, OSError):
-            return None
-        finally:
-            f.close()
-        return d if isinstance(d, dict) else None
+        """The saved dict, or None (no record, or one that does not parse or is longer
+        than any record: damage). Without a record, a finished ``.tmp`` one is taken: a
+        filesystem whose rename removes the old file first (FAT) can be cut between."""
+        for name in (_JOB, _TMP):
+            try:
+                f = self.fs.open(name, "rb")
+            except OSError:
+                continue
+            try:
+                raw = f.read(_MAX_RECORD + 1)
+                d = json.loads(raw) if len(raw) <= _MAX_RECORD else None
+            except (ValueError, OSError, MemoryError):
+                d = None
+            finally:
+                f.close()
+            return d if isinstance(d, dict) else None
+        return None
 
     def save(self, d):
         """Replace the record with ``d`` (a dict of JSON types: str keys; str, int,
