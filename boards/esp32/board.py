@@ -403,8 +403,11 @@ class Board:
         """Make the inactive slot (``index``) boot next, on trial: record the commit in
         the boot record, then ``set_boot()``. ``image_len`` (bytes), 32-byte ``sha256``
         and int ``image_version`` are recorded. Raises ``ValueError`` for the running
-        slot, a slot other than ``inactive_slot()`` or a bad argument; ``OSError`` from
-        ``set_boot()`` (ESP-IDF refuses an invalid app image) after undoing the record."""
+        slot, a slot other than ``inactive_slot()``, a bad argument, or an image
+        ``set_boot()`` refuses (ESP-IDF's ``ESP_ERR_OTA_VALIDATE_FAILED``: the agent's
+        5); ``OSError`` when the boot record cannot be written (a full filesystem) or
+        ``set_boot()`` fails otherwise (the agent's 3). Nothing changes unless the
+        record was written; the record is undone when ``set_boot()`` fails."""
         slot = self.inactive_slot()
         if index == self.running_slot() or slot.label == self.label:
             raise ValueError("cannot commit the running slot")
@@ -416,8 +419,9 @@ class Board:
             raise ValueError("sha256 must be 32 bytes")
         if not isinstance(image_version, int) or image_version < 0:
             raise ValueError("bad image version")
-        st = self._st
-        old_rb = st.pop("rolled_back", None)
+        old = self._st
+        st = dict(old)
+        st.pop("rolled_back", None)
         st["seq"] = self.commit_seq() + 1
         pend = st["pending"] = {
             "slot": slot.label,
@@ -428,13 +432,14 @@ class Board:
             "set": False,  # until set_boot() returned (a power cut: no rollback, _boot)
         }
         self.state.save(st)
+        self._st = st
         try:
             slot.bdev.set_boot()
         except OSError as e:
-            st.pop("pending")
-            if old_rb:
-                st["rolled_back"] = old_rb
-            self.state.save(st)
+            back = dict(old)
+            back["seq"] = st["seq"]  # (a commit was begun)
+            self.state.save(back)
+            self._st = back
             if e.args and e.args[0] == _ERR_VALIDATE_FAILED:
                 raise ValueError("ESP-IDF refused the app image (%d)" % e.args[0])
             raise

@@ -665,6 +665,10 @@ class TestBadBootRecords(_Base):
         with self.assertRaises(OSError):
             b.commit(1, len(data), hashlib.sha256(data).digest(), 4)
         self.assertEqual(self.chip.set_boots, 0)
+        self.assertEqual(b.commit_seq(), 0)  # nothing changed, in RAM either
+        del b.state.save
+        b.commit(1, len(data), hashlib.sha256(data).digest(), 4)
+        self.assertEqual((b.commit_seq(), self.chip.set_boots), (1, 1))
 
     def test_the_confirmed_image_digest_is_recorded(self):
         b = self.board()
