@@ -436,10 +436,10 @@ class Board:
         try:
             slot.bdev.set_boot()
         except OSError as e:
-            back = dict(old)
-            back["seq"] = st["seq"]  # (a commit was begun)
-            self.state.save(back)
-            self._st = back
+            # Nothing was committed: the record as it was, the count too (so the agent
+            # commits again from the slot rather than take an old rollback for this).
+            self.state.save(old)
+            self._st = old
             if e.args and e.args[0] == _ERR_VALIDATE_FAILED:
                 raise ValueError("ESP-IDF refused the app image (%d)" % e.args[0])
             raise

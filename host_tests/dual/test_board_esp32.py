@@ -123,6 +123,7 @@ class TinyESP:
         self.url = b"https://s3.example.com/ota/fw.img?X-Amz-Expires=86400&a=1,2"
         self.chunks = chunks
         self.pending = True
+        self.fail_gets = 0  # HTTPCGETs still to answer ERROR
         self.results = []
         self.commands = []
         self.held_url = None
@@ -184,7 +185,8 @@ class TinyESP:
             u = self.held_url or b""
             self._say(b"+HTTPURLCFG:%d," % len(u) + u + b"\r\n" + ok)
         elif line.startswith(b'AT+HTTPCGET=""'):
-            if self.held_url != self.url:
+            if self.held_url != self.url or self.fail_gets:
+                self.fail_gets = max(self.fail_gets - 1, 0)
                 self._say(b"\r\nERROR\r\n")
                 return
             rx = int(_split_params(line[12:])[2]) if line.count(b",") >= 2 else 2048
@@ -878,6 +880,49 @@ class TestAgentBadBoot(_Base):
         b, agent = self._agent(esp)
         agent.run(until_idle=True, timeout_ms=120000)
         self.assertEqual(esp.results[-1][1], 2)
+
+    def test_the_rollback_count_survives_a_failed_download_and_a_failed_commit(self):
+        # Between rollbacks of the same image: a download that fails every attempt
+        # (no header kept) cleared the journal and the count with it, so the loop never
+        # ended; a commit that failed (set_boot's OSError) after an earlier rollback
+        # was taken for a rollback of its own (the old flag), and downloaded again.
+        payload, image = self._image(2)
+        esp = TinyESP(image)
+        self._update(esp)
+        self.chip.power_on()  # rollback 1
+        esp.fail_gets = 100
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=600000)
+        self.assertEqual([r[1] for r in esp.results], [1, 3, 1, 3])
+        self.assertNotIn("rolled back", esp.results[-1][2])
+        self.assertEqual(b.journal.load()["rb"][1], 1)
+        esp.fail_gets = 0
+        b, agent = self._agent(esp)
+        real = fake_esp32.Partition.set_boot
+        fake_esp32.Partition.set_boot = lambda part: (_ for _ in ()).throw(OSError(-1))
+        try:
+            agent.run(until_idle=True, timeout_ms=600000)
+        finally:
+            fake_esp32.Partition.set_boot = real
+        self.assertIn("commit failed", esp.results[-1][2])
+        gets = b"".join(esp.commands).count(b"AT+HTTPCGET")
+        self.chip.power_on()
+        b, agent = self._agent(esp)
+        with self.assertRaises(ResetCalled):  # committed from the slot, no download
+            agent.run(until_idle=True, timeout_ms=120000)
+        self.assertEqual(b"".join(esp.commands).count(b"AT+HTTPCGET"), gets)
+        self.chip.power_on()
+        self.chip.power_on()  # rollback 2
+        b, agent = self._agent(esp)
+        with self.assertRaises(ResetCalled):
+            agent.run(until_idle=True, timeout_ms=120000)
+        self.chip.power_on()
+        self.chip.power_on()  # rollback 3
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=120000)
+        log = "\n".join(self.log_lines)
+        self.assertEqual(esp.results[-1][1:], (5, "v2 rolled back 3 times"), log)
+        self.assertEqual(self.chip.aborted, ["ota_1"] * 3)
 
     def test_the_installed_job_announced_again_is_2(self):
         # The ESP rebooted before result 2 reached the cloud: the job is announced

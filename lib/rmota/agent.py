@@ -381,6 +381,8 @@ class HostOTA:
         self._restart_fails = 0
         self._mine = None  # the agent's last command (others are the application's)
         self._rb = None  # the job's image that rolled back, and how often (_rollbacks)
+        self._rb_job = None  # ... of this job
+        self._ready_seen = False  # a ready came while an ESP restart was wanted
         self.esp_ota_status = None
         self.range_ok = True
         self.att = None
@@ -450,16 +452,13 @@ class HostOTA:
                 self.log.info("another job", note.job_id, "announced while", run, "runs")
             self._notified = note
         elif kind == URC_READY:
+            if self.esp_restart_wanted and self._echo_off:
+                # It may have restarted by itself (ESP RainMaker may, DESIGN.md section
+                # 1), or image bytes passed for ready: _init_esp tells (echo on again).
+                self._ready_seen = True
             self._esp_forgot()
             self.esp_reset = True
             self._url_held = None  # the ESP forgot it (RAM)
-            if self.esp_restart_wanted:
-                # It restarted by itself (ESP RainMaker may, DESIGN.md section 1): the
-                # new firmware runs, no AT+RST is needed any more.
-                self.esp_restart_wanted = False
-                self._restart_at = None
-                self._restart_fails = 0
-                self.log.info("ESP restarted by itself: no AT+RST needed")
             self.log.warn("ESP rebooted (ready)")
         elif kind == URC_WIFI:
             if line == b"WIFI DISCONNECT":
@@ -763,11 +762,20 @@ class HostOTA:
         never answers."""
         for i in range(8):
             c = yield from self._cmd(b"AT", 1000, busy_tries=1)
-            if c.echoed and self._echo_off:
+            rebooted = c.echoed and self._echo_off
+            if c.echoed and self._ready_seen and self.esp_restart_wanted:
+                # The ESP restarted by itself after asking for it: the new firmware runs,
+                # no AT+RST is needed any more.
+                self.esp_restart_wanted = False
+                self._restart_at = None
+                self._restart_fails = 0
+                self.log.info("ESP restarted by itself: no AT+RST needed")
+            elif rebooted:
                 # Echo is on again although we turned it off: the ESP rebooted and its
                 # "ready" was lost (swallowed by a record, or by the UART).
                 self.log.warn("ESP echoes commands again: it rebooted unseen")
                 self._esp_forgot()
+            self._ready_seen = False
             if c.ok:
                 self._link_run = 0
                 break
@@ -852,9 +860,15 @@ class HostOTA:
 
     def _reboot(self):
         # The host reboots (after a commit): a restart the ESP waits for goes first,
-        # since the request is in RAM only and would be lost with ours.
+        # since the request is in RAM only and would be lost with ours. One that failed
+        # goes into the commit record, taken up again after the reboot.
         if self.esp_restart_wanted:
             yield from self._restart_esp()
+        if self.esp_restart_wanted:
+            j = self.board.journal.load()
+            if j and j.get("stage") == "committed":
+                j["esp_rst"] = True
+                self.board.journal.save(j)
         self.state = "reboot"
         self.board.reboot()
 
@@ -924,6 +938,9 @@ class HostOTA:
         log is left as it is)."""
         self.result = (status, info)
         j = self.board.journal
+        if download is None and status == OTA_FAILED and self._rb and self._rb_job == job_id:
+            # The job stays pending: its image's rollbacks are still counted.
+            download = {"stage": "rolled_back", "job": job_id, "rb": self._rb}
         rec = {"stage": "report", "job": job_id, "status": status, "info": info}
         if download:
             rec["download"] = download
@@ -987,6 +1004,8 @@ class HostOTA:
             # be committed, or refused as a permanent 5): dropped by the caller.
             raise ValueError("commit record")
         self.state = "confirm"
+        if j.get("esp_rst") is True:
+            self.esp_restart_wanted = True  # (_reboot: AT+RST had failed before it)
         bs = self.board.boot_state()
         seq = j.get("bseq")
         if _is_int(seq, 0, 0xFFFFFFFF) and self._boot_seq() == seq:
@@ -1143,6 +1162,7 @@ class HostOTA:
             yield from self._deliver_saved_result()
             return
         self._rb = _rollbacks(saved, note.job_id)
+        self._rb_job = note.job_id
         if note.type != 0:
             yield from self._finish_job(note.job_id, OTA_REJECTED, "type %d unknown" % note.type)
             return
