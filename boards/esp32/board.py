@@ -143,7 +143,10 @@ class JSONFile:
     def _read(self, path):
         try:
             with _open_file(path, "rb") as f:
-                raw = f.read(_MAX_RECORD + 1)
+                try:
+                    raw = f.read()  # (read(n) would take n bytes of heap up front)
+                except MemoryError:
+                    return None, True  # no record of ours is this long: damage
         except OSError:
             return None, False
         if len(raw) > _MAX_RECORD:

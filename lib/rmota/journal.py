@@ -57,7 +57,8 @@ class Journal:
             except OSError:
                 continue
             try:
-                raw = f.read(_MAX_RECORD + 1)
+                # (the whole file: read(n) would take n bytes of heap up front)
+                raw = f.read()
                 d = json.loads(raw) if len(raw) <= _MAX_RECORD else None
             except (ValueError, OSError, MemoryError):
                 d = None
