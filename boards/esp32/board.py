@@ -84,8 +84,8 @@ _ERR_NO_ROLLBACK = const(-261)
 # (-ESP_ERR_OTA_VALIDATE_FAILED, 0x1503; ESP-IDF esp_ota_set_boot_partition).
 _ERR_VALIDATE_FAILED = const(-5379)
 _INFO_SIZE = const(3)
-_MAX_RECORD = const(16384)  # bytes: a JSON record longer than this is damage, not read
 _INFO_LABEL = const(4)
+_MAX_RECORD = const(16384)  # bytes: a JSON record longer than this is damage, not used
 
 DEFAULT_SETTINGS = {
     "baud": BAUD,
@@ -464,8 +464,9 @@ class Board:
         machine.reset()
 
     def commit_seq(self):
-        """Commits begun (int, kept in boot.json): the agent tells a commit a power cut
-        stopped (the count has not moved) from one that rolled back."""
+        """Commits recorded (int, kept in boot.json; one ``set_boot()`` refused is
+        undone): the agent tells a commit a power cut stopped before it was recorded
+        (the count has not moved) from one that rolled back."""
         seq = self._st.get("seq")
         return seq if _is_u32(seq) else 0
 
