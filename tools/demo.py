@@ -23,7 +23,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from firmware_src import microbit_firmware, seed_sized_payload  # noqa: E402
-from scenario import run_update  # noqa: E402
+from scenario import MICROPYTHON, run_update  # noqa: E402
 
 
 def _show(line):
@@ -56,6 +56,13 @@ def scenario(title, payload, workdir):
 
 
 def main():
+    print(
+        "demo: the agent runs as firmware/main.py under the MicroPython unix port (%s),\n"
+        "      the ESP-AT emulator (tools/espat_emu.py) on a pty and an HTTP server on\n"
+        "      127.0.0.1 serve it; the image is the 64-byte header plus the payload\n"
+        % os.path.relpath(MICROPYTHON),
+        flush=True,
+    )
     base = tempfile.mkdtemp(prefix="rmota-demo-")
     try:
         fw = microbit_firmware()
