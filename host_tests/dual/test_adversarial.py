@@ -736,3 +736,45 @@ class TestESPRestart(unittest.TestCase):
         self.assertEqual(_statuses(r), [1, 2])
         self.assertFalse(r["agent"].esp_restart_wanted)
         self.assertEqual(r["boot"]["slot"], 1)
+
+    def test_the_applications_next_command_and_its_data_phase_go_first(self):
+        # The agent, woken while an application command was in flight, waited for that
+        # one only: the application's next command (sent once busy() was False again)
+        # was abandoned by the agent's AT; and after a data prompt (">") the agent's
+        # AT went into the data the ESP was reading (AT+CIPSEND's 5 bytes).
+        b, clock, esp, log, agent = self._agent(lambda esp: None)
+        self._poll(agent, clock, 10000)
+        raw = []
+        on_write = agent.link.uart.on_write
+
+        def spy(data):
+            raw.append(bytes(data))
+            on_write(data)
+
+        agent.link.uart.on_write = spy
+        held = (b"AT+RMPARAM?", b"AT+RMNODEINIT?", b"AT+CIPSEND=0,5")
+        esp.cmd_hook = lambda esp, line: line in held  # answered below
+        x = agent.link.send(b"AT+RMPARAM?", 3000)
+        esp.out(b"+RMOTA:2\r\n")  # wakes the agent
+        self._poll(agent, clock, 100)
+        esp.out(b"\r\nOK\r\n")
+        agent.link.poll()  # (the application's own poll sees X done...)
+        y = agent.link.send(b"AT+RMNODEINIT?", 3000)  # (...and sends Y)
+        self._poll(agent, clock, 100)
+        self.assertEqual(raw[-1], b"\r\n")  # nothing after Y's line
+        esp.out(b"+RMNODEINIT:1\r\n\r\nOK\r\n")
+        agent.link.poll()
+        z = agent.link.send(b"AT+CIPSEND=0,5", 3000, prompt=5)
+        self._poll(agent, clock, 100)
+        esp.out(b"\r\nOK\r\n\r\n>")
+        self._poll(agent, clock, 50)
+        n = len(raw)
+        agent.link.send_data(b"hello")
+        self.assertEqual(raw[n - 1 :], [b"\r\n", b"hello"])  # the data right after Z
+        esp.cmd_hook = None
+        esp.out(b"\r\nSEND OK\r\n")
+        self._poll(agent, clock, 30000)
+        b.close()
+        self.assertEqual((x.final, y.final, y.lines), (b"OK", b"OK", [b"+RMNODEINIT:1"]))
+        self.assertEqual(z.final, b">")
+        self.assertIn(b"AT+RST", esp.cmds)  # the agent's turn came after them

@@ -737,6 +737,10 @@ class TestAgentBadBoot(_Base):
             self.assertEqual(self.chip.read("ota_0", len(p3)), p3, how)
 
     def test_a_trial_that_cannot_be_confirmed_gets_no_download(self):
+        # confirm() raises every time: no download (the inactive slot is the way back),
+        # the job is told 3, and the cycles do not come back twice a second for ever
+        # (they did: 215 errors and as many ESP re-initialisations in two minutes,
+        # with no fetch and no result).
         payload, image = self._image(2)
         esp = TinyESP(image)
         self._update(esp)
@@ -744,6 +748,7 @@ class TestAgentBadBoot(_Base):
         b.journal.clear()
         esp.image, esp.job, esp.pending = self._image(3, seed=11)[1], "J2", True
         gets = b"".join(esp.commands).count(b"AT+HTTPCGET")
+        n0 = len(esp.commands)
 
         def broken():
             raise OSError(-1)
@@ -752,13 +757,16 @@ class TestAgentBadBoot(_Base):
         fake_esp32.Partition.mark_app_valid_cancel_rollback = staticmethod(broken)
         try:
             b, agent = self._agent(esp)
-            agent.run(timeout_ms=20000)
+            agent.run(timeout_ms=120000)
         finally:
             fake_esp32.Partition.mark_app_valid_cancel_rollback = saved
+        log = "\n".join(self.log_lines)
         self.assertGreater(agent.errors, 0)
         self.assertEqual(self.chip.read("ota_0", len(self.factory)), self.factory)
         self.assertEqual(b"".join(esp.commands).count(b"AT+HTTPCGET"), gets)
         self.assertEqual(self.chip.boot_state, "pending_verify")  # v2 still on trial
+        self.assertEqual(esp.results[-1], ("J2", 3, "running image not confirmed"), log)
+        self.assertLessEqual(esp.commands[n0:].count(b"ATE0"), 10, log)
 
     def test_with_one_ota_slot_running_it_a_job_is_refused_and_nothing_written(self):
         chip = self.chip = Chip(slot_blocks=8, factory=True)
@@ -923,6 +931,51 @@ class TestAgentBadBoot(_Base):
         log = "\n".join(self.log_lines)
         self.assertEqual(esp.results[-1][1:], (5, "v2 rolled back 3 times"), log)
         self.assertEqual(self.chip.aborted, ["ota_1"] * 3)
+
+    def test_the_rollback_count_survives_a_power_cut_after_a_digest_failure(self):
+        # A SHA-256 mismatch starts the download over and cleared the journal: a power
+        # cut before the next download's record lost the job's rollback count.
+        class PowerCut(BaseException):
+            pass
+
+        payload, image = self._image(2)
+        esp = TinyESP(image)
+        self._update(esp)
+        self.chip.power_on()  # rollback 1
+        bad = bytearray(image)
+        bad[-100] ^= 1
+        esp.image = bytes(bad)
+        b, agent = self._agent(esp)
+        real = agent._journal_download
+        calls = []
+
+        def cut(note, raw):
+            calls.append(1)
+            if len(calls) == 2:
+                raise PowerCut()
+            return real(note, raw)
+
+        agent._journal_download = cut
+        with self.assertRaises(PowerCut):
+            agent.run(until_idle=True, timeout_ms=120000)
+        self.assertIn("SHA-256 mismatch", "\n".join(self.log_lines))
+        d = b.journal.load()
+        sha = "".join("%02x" % c for c in hashlib.sha256(payload).digest())
+        self.assertEqual(d, {"stage": "rolled_back", "job": "J1", "rb": [sha, 1]})
+
+    def test_another_jobs_result_keeps_a_pending_jobs_rollback_count(self):
+        # J1's image rolled back twice (the journal's record of it); job JB, refused
+        # before any download, ended with a result that cleared the journal, and J1's
+        # next rollback counted from 1 again.
+        b = self.board()
+        d = {"stage": "rolled_back", "job": "J1", "rb": ["ab" * 32, 2]}
+        b.journal.save(d)
+        p_b = _app(3000, 8)
+        esp = TinyESP(build_header(p_b, b"unix", 3) + p_b, job="JB")
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=120000)
+        self.assertEqual(esp.results[-1][:2], ("JB", 5))
+        self.assertEqual(b.journal.load(), d)
 
     def test_the_installed_job_announced_again_is_2(self):
         # The ESP rebooted before result 2 reached the cloud: the job is announced

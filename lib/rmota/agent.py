@@ -380,6 +380,7 @@ class HostOTA:
         self._restart_at = None  # a refused AT+RST is tried again from then (ticks ms)
         self._restart_fails = 0
         self._mine = None  # the agent's last command (others are the application's)
+        self._fault_run = 0  # cycles in a row that ended on an agent error (_fault)
         self._rb = None  # the job's image that rolled back, and how often (_rollbacks)
         self._rb_job = None  # ... of this job
         self._ready_seen = False  # a ready came while an ESP restart was wanted
@@ -533,6 +534,7 @@ class HostOTA:
         except StopIteration:
             self._gen = None
             self._idle = True
+            self._fault_run = 0
         except LinkError as e:
             self._gen = None
             self._link_failed(e)
@@ -564,8 +566,12 @@ class HostOTA:
         self.state = state
 
     def _fault(self, e):
+        # The next cycle after a back-off that doubles with each such cycle in a row, up
+        # to backoff_max_ms: an error that comes back every cycle (a board call that
+        # always raises) must not re-initialise the ESP twice a second for ever.
         self.errors += 1
-        self._end_cycle(self.backoff_ms, "error")
+        self._end_cycle(self._backoff(self._fault_run), "error")
+        self._fault_run += 1
         try:  # reporting must not raise out of poll() either (a full disk, no memory)
             self.last_error = repr(e)
             self.log.error("agent error:", self.last_error)
@@ -641,7 +647,13 @@ class HostOTA:
             # record would have led to. Left unconfirmed, the next download would write
             # the slot the bootloader falls back to.
             self.log.warn("the running image is on trial with no commit record: confirming")
-            self.board.confirm()
+            try:
+                self.board.confirm()
+            except Exception as e:
+                # No download while on trial (_target_slot); the rest of the cycle (a
+                # restart the ESP waits for, results) goes on.
+                self.errors += 1
+                self.log.error("confirm failed:", repr(e))
         self.state = "fetch"
         yield from self._fetch()
         if self._notified is None:
@@ -722,12 +734,20 @@ class HostOTA:
 
     def _wait_app_cmd(self):
         # One command is in flight on an AT link, and sending abandons it: the
-        # application's (sent while busy() was False) finishes first, its own
-        # timeout bounding the wait (DESIGN.md section 2: the link is shared).
-        c = self.link.cmd
-        if c is not None and c is not self._mine:
-            while not c.done:
-                yield
+        # application's (sent while busy() was False) finishes first, and the next one
+        # it sends meanwhile too, each bounded by its own timeout (DESIGN.md section 2:
+        # the link is shared). After its data prompt (">") the ESP reads the data the
+        # application is about to send: nothing goes before it, up to that timeout.
+        clk = self.clock
+        while True:
+            c = self.link.cmd
+            if c is None or c is self._mine:
+                return
+            if c.done and not (
+                c.final == b">" and clk.ticks_diff(clk.ticks_ms(), c.t0_ms) < c.timeout_ms
+            ):
+                return
+            yield
 
     def _data(self, data, timeout_ms=2000):
         c = self._mine = self.link.send_data(data, timeout_ms)
@@ -941,6 +961,10 @@ class HostOTA:
         if download is None and status == OTA_FAILED and self._rb and self._rb_job == job_id:
             # The job stays pending: its image's rollbacks are still counted.
             download = {"stage": "rolled_back", "job": job_id, "rb": self._rb}
+        elif download is None:
+            d = j.load()
+            if d and d.get("stage") == "rolled_back" and d.get("job") != job_id:
+                download = d  # another job's rollbacks: kept past this one's result
         rec = {"stage": "report", "job": job_id, "status": status, "info": info}
         if download:
             rec["download"] = download
@@ -1123,13 +1147,15 @@ class HostOTA:
         """The slot a job may write: ``board.inactive_slot()``, never the running one
         (DESIGN.md section 2). None when there is none (a board raising ``OSError``:
         one OTA partition, and it runs; or the running slot handed out), reported 5:
-        this device cannot take an update while it runs this slot. None, and nothing
-        reported, while the running image is on trial and not confirmed: the inactive
-        slot is then the bootloader's way back (ESP-IDF's ``esp_ota_begin`` refuses
-        too), so writing it could leave nothing to boot."""
+        this device cannot take an update while it runs this slot. None, reported
+        3 while the running image is on trial and not confirmed (its confirm failed):
+        the inactive slot is then the bootloader's way back (ESP-IDF's
+        ``esp_ota_begin`` refuses too), so writing it could leave nothing to boot."""
         if self._on_trial():
             self.errors += 1
+            why = "running image not confirmed"
             self.log.error("the running image is on trial, not confirmed: no download")
+            yield from self._finish_job(job_id, OTA_FAILED, why)
             return None
         try:
             slot = self.board.inactive_slot()
@@ -2151,7 +2177,15 @@ class HostOTA:
         # them back); the next download takes the header afresh.
         self.writer.rewind(0)
         self.header = None
-        self.board.journal.clear()
+        j = self.board.journal
+        note = self.note
+        if self._rb and note is not None and self._rb_job == note.job_id:
+            # (the job's rollbacks stay counted: the record replaced in one step; CRCs
+            # without a download record describe nothing, and a download resets them)
+            j.save({"stage": "rolled_back", "job": note.job_id, "rb": self._rb})
+            j.crc_reset()
+        else:
+            j.clear()
 
     def _read_tail(self, k):
         """Copy the last ``k`` accepted bytes into the overlap buffer: payload, or the
