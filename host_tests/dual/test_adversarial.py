@@ -572,9 +572,9 @@ class TestESPRestart(unittest.TestCase):
     """The ESP's own update (``+RMOTA:2``): the host restarts it with ``AT+RST`` at a
     safe moment, and ESP-AT does not print the same status twice."""
 
-    def _agent(self, esp_setup):
+    def _agent(self, esp_setup, clock=None):
         fresh_flash(FLASH)
-        clock = VirtualClock()
+        clock = clock or VirtualClock()
         b = unix_board.Board(FLASH, clock=clock, settings=dict(SHORT))
         uart = FakeUART()
         esp = ESP(uart, mkimage(payload(2000)))
@@ -778,3 +778,81 @@ class TestESPRestart(unittest.TestCase):
         self.assertEqual((x.final, y.final, y.lines), (b"OK", b"OK", [b"+RMNODEINIT:1"]))
         self.assertEqual(z.final, b">")
         self.assertIn(b"AT+RST", esp.cmds)  # the agent's turn came after them
+
+
+class _WrapClock(VirtualClock):
+    # MicroPython's ticks: ticks_ms() wraps at 2**30, ticks_diff() is signed within it.
+    def ticks_ms(self):
+        return self.now_ms & 0x3FFFFFFF
+
+    def ticks_diff(self, a, b):
+        return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
+
+
+class TestAgentWaits(unittest.TestCase):
+    """How long the agent waits for the application's command, and after errors."""
+
+    _agent = TestESPRestart._agent
+    _poll = TestESPRestart._poll
+
+    def test_an_application_command_that_never_times_out_does_not_stop_the_agent(self):
+        # timeout_ms of 2**29 or more never expires in ticks_diff(): the agent waited
+        # for it for ever. It waits at most a minute (from when it first saw it).
+        b, clock, esp, log, agent = self._agent(lambda esp: None, _WrapClock())
+        self._poll(agent, clock, 10000)
+        esp.cmd_hook = lambda esp, line: line == b"AT+RMPARAM?"  # never answered
+        agent.link.send(b"AT+RMPARAM?", 1 << 29)
+        esp.out(b"+RMOTA:2\r\n")
+        n = len(esp.cmds)
+        self._poll(agent, clock, 59000)
+        self.assertEqual(len(esp.cmds), n)  # waiting
+        self._poll(agent, clock, 60000)
+        b.close()
+        self.assertIn(b"AT+RST", esp.cmds[n:])
+
+    def test_a_prompt_answered_days_ago_does_not_hold_the_agent(self):
+        # The application's last command was a prompt command whose data it sent
+        # otherwise (or dropped); days later the ticks have wrapped and the old
+        # command looked fresh again: the agent waited days. Now its timeout at most,
+        # from when the agent first looks at it.
+        b, clock, esp, log, agent = self._agent(lambda esp: None, _WrapClock())
+        self._poll(agent, clock, 10000)
+        esp.cmd_hook = lambda esp, line: line == b"AT+HTTPCHEAD=5"
+        agent.link.send(b"AT+HTTPCHEAD=5", 2000, prompt=5)
+        esp.out(b"\r\nOK\r\n\r\n>")
+        agent.link.poll()
+        esp.cmd_hook = None
+        clock.sleep_ms(7 * 24 * 3600 * 1000)  # a week, idle
+        n = len(esp.cmds)
+        esp.out(b"+RMOTA:2\r\n")
+        self._poll(agent, clock, 5000)
+        b.close()
+        self.assertIn(b"AT+RST", esp.cmds[n:])
+
+    def test_a_uart_glitch_of_a_few_polls_does_not_keep_a_job_waiting_long(self):
+        # Each failed read grew the agent's error back-off: ten failed polls in a row
+        # (a 50 ms glitch) kept the next notification waiting backoff_max_ms.
+        b, clock, esp, log, agent = self._agent(lambda esp: None)
+        self._poll(agent, clock, 10000)
+        uart = agent.link.uart
+        real = uart.readinto
+        fails = [10]
+
+        def glitch(*a):
+            if fails[0]:
+                fails[0] -= 1
+                raise OSError(5, "EIO")
+            return real(*a)
+
+        uart.readinto = glitch
+        for _ in range(10):
+            agent.poll()
+            clock.sleep_ms(5)
+        self.assertEqual(agent.errors, 10)
+        n = len(esp.cmds)
+        esp.out(b"+RMOTA:2\r\n")
+        self._poll(agent, clock, 100)  # backoff_ms is 50, backoff_max_ms 200
+        self.assertTrue(esp.cmds[n:])  # the agent is at work again
+        self._poll(agent, clock, 5000)
+        b.close()
+        self.assertIn(b"AT+RST", esp.cmds[n:])

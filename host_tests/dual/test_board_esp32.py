@@ -124,6 +124,7 @@ class TinyESP:
         self.chunks = chunks
         self.pending = True
         self.fail_gets = 0  # HTTPCGETs still to answer ERROR
+        self.refuse = ()  # job ids whose results are answered ERROR
         self.results = []
         self.commands = []
         self.held_url = None
@@ -201,7 +202,7 @@ class TinyESP:
         elif line.startswith(b"AT+RMOTARESULT="):
             p = _split_params(line[15:])
             status = int(p[2])
-            if not self.pending or not 0 <= status <= 5:
+            if not self.pending or not 0 <= status <= 5 or p[1].decode() in self.refuse:
                 self._say(b"\r\nERROR\r\n")
                 return
             self.results.append((p[1].decode(), status, p[3].decode()))
@@ -976,6 +977,56 @@ class TestAgentBadBoot(_Base):
         agent.run(until_idle=True, timeout_ms=120000)
         self.assertEqual(esp.results[-1][:2], ("JB", 5))
         self.assertEqual(b.journal.load(), d)
+
+    def test_a_confirm_that_fails_after_a_commit_is_3_and_the_cycle_goes_on(self):
+        # The commit record is there and the trial image runs, but confirm() raises
+        # every time: every cycle ended on it (no fetch, no ESP restart, no result).
+        payload, image = self._image(2)
+        esp = TinyESP(image)
+        self._update(esp)
+
+        def broken():
+            raise OSError(-1)
+
+        saved = fake_esp32.Partition.mark_app_valid_cancel_rollback
+        fake_esp32.Partition.mark_app_valid_cancel_rollback = staticmethod(broken)
+        try:
+            b, agent = self._agent(esp)
+            agent.run(timeout_ms=600000)
+        finally:
+            fake_esp32.Partition.mark_app_valid_cancel_rollback = saved
+        log = "\n".join(self.log_lines)
+        self.assertIn(("J1", 3, "confirm failed"), esp.results, log)
+        self.assertIn(b"AT+RMOTAFETCH", esp.commands[-40:], log)
+        self.assertEqual(b.journal.load()["stage"], "committed")  # kept for the confirm
+        self.assertLessEqual(agent.errors, 20, log)
+        b, agent = self._agent(esp)  # confirm works again
+        agent.run(until_idle=True, timeout_ms=120000)
+        self.assertEqual(esp.results[-1][:2], ("J1", 2))
+        self.assertEqual(self.chip.boot_state, "valid")
+
+    def test_the_rollback_count_behind_another_jobs_undelivered_result_is_read(self):
+        # The journal holds J2's result (the ESP refuses it) with J1's count kept
+        # behind it: J1's next download started counting from 1 again.
+        payload, image = self._image(2)
+        sha = "".join("%02x" % c for c in hashlib.sha256(payload).digest())
+        b = self.board()
+        keep = {"stage": "rolled_back", "job": "J1", "rb": [sha, 2]}
+        b.journal.save(
+            {"stage": "report", "job": "J2", "status": 3, "info": "x", "download": keep}
+        )
+        esp = TinyESP(image)
+        esp.refuse = ("J2",)
+        b, agent = self._agent(esp)
+        with self.assertRaises(ResetCalled):
+            agent.run(until_idle=True, timeout_ms=600000)
+        self.chip.power_on()
+        self.chip.power_on()  # the third rollback of J1's image
+        esp.refuse = ()
+        b, agent = self._agent(esp)
+        agent.run(until_idle=True, timeout_ms=600000)
+        log = "\n".join(self.log_lines)
+        self.assertEqual(esp.results[-1], ("J1", 5, "v2 rolled back 3 times"), log)
 
     def test_the_installed_job_announced_again_is_2(self):
         # The ESP rebooted before result 2 reached the cloud: the job is announced

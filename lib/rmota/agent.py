@@ -84,6 +84,9 @@ _INFO_MIN = 20  # <info> a job's result must have room for ("v4294967295 running
 # gets to confirm would be downloaded and committed again on every notification.
 # Fewer are 3 (a power cut in the trial boot rolls back too).
 _ROLLBACKS_MAX = 3
+# The longest the agent waits for an application command in flight (ms): ESP-AT's
+# slowest commands (AT+CWJAP, HTTP) answer well within it.
+_APP_WAIT_MS = 60000
 
 
 def _declared_len(raw):
@@ -132,6 +135,8 @@ def _rollbacks(rec, job_id):
     # ``[sha256 hex, n]``: the image of job ``job_id`` that rolled back n times, as a
     # journal record (download, commit, or the one kept after a rollback) carries it;
     # None when it carries none (or damage).
+    if rec and rec.get("stage") == "report" and isinstance(rec.get("download"), dict):
+        rec = rec["download"]  # (kept behind another job's result still to deliver)
     rb = rec.get("rb") if rec and rec.get("job") == job_id else None
     if isinstance(rb, list) and len(rb) == 2 and isinstance(rb[0], str):
         if _is_int(rb[1], 1, _ROLLBACKS_MAX):
@@ -380,6 +385,8 @@ class HostOTA:
         self._restart_at = None  # a refused AT+RST is tried again from then (ticks ms)
         self._restart_fails = 0
         self._mine = None  # the agent's last command (others are the application's)
+        self._app_cmd = None  # the application's command the agent waited for, since
+        self._app_t0 = 0  # ... then (ticks ms; _wait_app_cmd)
         self._fault_run = 0  # cycles in a row that ended on an agent error (_fault)
         self._rb = None  # the job's image that rolled back, and how often (_rollbacks)
         self._rb_job = None  # ... of this job
@@ -519,7 +526,7 @@ class HostOTA:
         try:
             n = self.link.poll()
         except Exception as e:  # the UART itself failed: report, keep the app alive
-            self._fault(e)
+            self._fault(e, False)
             return 0
         if self._gen is None:
             if self._retry_at is not None:
@@ -565,13 +572,16 @@ class HostOTA:
         self._retry_at = self.clock.ticks_ms() + ms
         self.state = state
 
-    def _fault(self, e):
-        # The next cycle after a back-off that doubles with each such cycle in a row, up
-        # to backoff_max_ms: an error that comes back every cycle (a board call that
-        # always raises) must not re-initialise the ESP twice a second for ever.
+    def _fault(self, e, cycle=True):
+        # The next cycle after a back-off that doubles with each cycle in a row that
+        # ended on an error (``cycle``), up to backoff_max_ms: an error that comes back
+        # every cycle (a board call that always raises) must not re-initialise the ESP
+        # twice a second for ever. A UART read that failed (not a cycle's end) waits
+        # backoff_ms, as a glitch of a few polls must not keep a job waiting long.
         self.errors += 1
-        self._end_cycle(self._backoff(self._fault_run), "error")
-        self._fault_run += 1
+        self._end_cycle(self._backoff(self._fault_run if cycle else 0), "error")
+        if cycle:
+            self._fault_run += 1
         try:  # reporting must not raise out of poll() either (a full disk, no memory)
             self.last_error = repr(e)
             self.log.error("agent error:", self.last_error)
@@ -738,14 +748,19 @@ class HostOTA:
         # it sends meanwhile too, each bounded by its own timeout (DESIGN.md section 2:
         # the link is shared). After its data prompt (">") the ESP reads the data the
         # application is about to send: nothing goes before it, up to that timeout.
+        # The wait is timed from when the agent first saw the command, and at most
+        # _APP_WAIT_MS (a timeout of 2^29 ms or more never expires in ticks_diff).
         clk = self.clock
         while True:
             c = self.link.cmd
             if c is None or c is self._mine:
                 return
-            if c.done and not (
-                c.final == b">" and clk.ticks_diff(clk.ticks_ms(), c.t0_ms) < c.timeout_ms
-            ):
+            if c.done and c.final != b">":
+                return
+            if c is not self._app_cmd:
+                self._app_cmd, self._app_t0 = c, clk.ticks_ms()
+            waited = clk.ticks_diff(clk.ticks_ms(), self._app_t0)
+            if waited >= c.timeout_ms or waited >= _APP_WAIT_MS:
                 return
             yield
 
@@ -1043,7 +1058,15 @@ class HostOTA:
             return
         if bs.get("slot") == j["slot"] and not bs.get("rolled_back"):
             if bs.get("trial"):
-                self.board.confirm()
+                try:
+                    self.board.confirm()
+                except Exception as e:
+                    # Not confirmed: no 2. The job is told 3 and the commit record kept,
+                    # so a later cycle confirms again; the rest of this cycle goes on.
+                    self.errors += 1
+                    self.log.error("confirm failed:", repr(e))
+                    yield from self._finish_job(j["job"], OTA_FAILED, "confirm failed", j)
+                    return
                 self.log.info("confirmed the trial image v%d" % j["version"])
             if self._runs(j):
                 status, info = OTA_SUCCEEDED, "v%d running" % j["version"]
@@ -1155,7 +1178,10 @@ class HostOTA:
             self.errors += 1
             why = "running image not confirmed"
             self.log.error("the running image is on trial, not confirmed: no download")
-            yield from self._finish_job(job_id, OTA_FAILED, why)
+            keep = self.board.journal.load()
+            if not keep or keep.get("stage") != "committed" or keep.get("job") != job_id:
+                keep = None  # (its commit record stays, for the confirm to come)
+            yield from self._finish_job(job_id, OTA_FAILED, why, keep)
             return None
         try:
             slot = self.board.inactive_slot()
