@@ -997,6 +997,7 @@ class TestAgentBadBoot(_Base):
             fake_esp32.Partition.mark_app_valid_cancel_rollback = saved
         log = "\n".join(self.log_lines)
         self.assertIn(("J1", 3, "confirm failed"), esp.results, log)
+        self.assertEqual([r[1] for r in esp.results].count(3), 1, log)  # once per boot
         self.assertIn(b"AT+RMOTAFETCH", esp.commands[-40:], log)
         self.assertEqual(b.journal.load()["stage"], "committed")  # kept for the confirm
         self.assertLessEqual(agent.errors, 20, log)

@@ -388,6 +388,7 @@ class HostOTA:
         self._app_cmd = None  # the application's command the agent waited for, since
         self._app_t0 = 0  # ... then (ticks ms; _wait_app_cmd)
         self._fault_run = 0  # cycles in a row that ended on an agent error (_fault)
+        self._unconfirmed_told = False  # a job was told 3 for a confirm that failed
         self._rb = None  # the job's image that rolled back, and how often (_rollbacks)
         self._rb_job = None  # ... of this job
         self._ready_seen = False  # a ready came while an ESP restart was wanted
@@ -1061,11 +1062,14 @@ class HostOTA:
                 try:
                     self.board.confirm()
                 except Exception as e:
-                    # Not confirmed: no 2. The job is told 3 and the commit record kept,
-                    # so a later cycle confirms again; the rest of this cycle goes on.
+                    # Not confirmed: no 2. The job is told 3 (once per boot) and the
+                    # commit record kept, so a later cycle confirms again; the rest of
+                    # this cycle goes on.
                     self.errors += 1
                     self.log.error("confirm failed:", repr(e))
-                    yield from self._finish_job(j["job"], OTA_FAILED, "confirm failed", j)
+                    if not self._unconfirmed_told:
+                        self._unconfirmed_told = True
+                        yield from self._finish_job(j["job"], OTA_FAILED, "confirm failed", j)
                     return
                 self.log.info("confirmed the trial image v%d" % j["version"])
             if self._runs(j):
@@ -1178,6 +1182,9 @@ class HostOTA:
             self.errors += 1
             why = "running image not confirmed"
             self.log.error("the running image is on trial, not confirmed: no download")
+            if self._unconfirmed_told:
+                return None  # (said once per boot)
+            self._unconfirmed_told = True
             keep = self.board.journal.load()
             if not keep or keep.get("stage") != "committed" or keep.get("job") != job_id:
                 keep = None  # (its commit record stays, for the confirm to come)
