@@ -362,7 +362,8 @@ class Board:
                     pass  # (worked out again from the same record at the next boot)
         self.rolled_back = bool(st.get("rolled_back"))
 
-    def _versions(self, key="versions"):
+    def _per_slot(self, key):
+        # The dict boot.json keeps under key ("versions", "sha256"): slot label -> value.
         v = self._st.get(key)
         if not isinstance(v, dict):
             v = self._st[key] = {}
@@ -389,14 +390,14 @@ class Board:
     def running_version(self):
         """Image version (int, header field ``image_version``) of the running image: as
         recorded at its commit, else ``factory_version``."""
-        v = self._versions().get(self.label)
+        v = self._per_slot("versions").get(self.label)
         return v if isinstance(v, int) else self.factory_version
 
     def running_sha256(self):
         """SHA-256 (32 bytes) of the running image as recorded when it was confirmed,
         or None (an image flashed with esptool, or no record). Lets the agent tell the
         job it installed, announced again, from another image of the same version."""
-        h = self._versions("sha256").get(self.label)
+        h = self._per_slot("sha256").get(self.label)
         try:
             return bytes.fromhex(h) if isinstance(h, str) and len(h) == 64 else None
         except ValueError:
@@ -492,8 +493,8 @@ class Board:
         st = self._st
         pend = st.pop("pending", None)
         if _is_pending(pend) and pend["slot"] == self.label:
-            self._versions()[self.label] = pend["version"]
-            self._versions("sha256")[self.label] = pend["sha256"]
+            self._per_slot("versions")[self.label] = pend["version"]
+            self._per_slot("sha256")[self.label] = pend["sha256"]
         st.pop("rolled_back", None)
         self.state.save(st)
         self.trial = False

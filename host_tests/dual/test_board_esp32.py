@@ -330,6 +330,21 @@ class TestProfile(_Base):
         self.assertEqual(b.inactive_slot().index, 0)
 
 
+def _confirm_failing(fn):
+    """``fn()`` while ``mark_app_valid_cancel_rollback()`` raises ``OSError(-1)``;
+    returns what ``fn`` returns (the real call is put back whatever happens)."""
+
+    def broken():
+        raise OSError(-1)
+
+    saved = fake_esp32.Partition.mark_app_valid_cancel_rollback
+    fake_esp32.Partition.mark_app_valid_cancel_rollback = staticmethod(broken)
+    try:
+        return fn()
+    finally:
+        fake_esp32.Partition.mark_app_valid_cancel_rollback = saved
+
+
 def _write_slot(slot, data):
     mv = memoryview(data)
     for blk in range((len(data) + 4095) // 4096):
@@ -437,17 +452,8 @@ class TestCommitConfirm(_Base):
         self._commit(b, _app(6000, 6), 9)
         chip.power_on()
         b = self.board()
-
-        def broken():
-            raise OSError(-1)
-
-        saved = fake_esp32.Partition.mark_app_valid_cancel_rollback
-        fake_esp32.Partition.mark_app_valid_cancel_rollback = staticmethod(broken)
-        try:
-            with self.assertRaises(OSError):
-                b.confirm()
-        finally:
-            fake_esp32.Partition.mark_app_valid_cancel_rollback = saved
+        with self.assertRaises(OSError):
+            _confirm_failing(b.confirm)
         self.assertTrue(b.boot_state()["trial"])  # still on trial: not recorded as good
 
 
@@ -750,17 +756,8 @@ class TestAgentBadBoot(_Base):
         esp.image, esp.job, esp.pending = self._image(3, seed=11)[1], "J2", True
         gets = b"".join(esp.commands).count(b"AT+HTTPCGET")
         n0 = len(esp.commands)
-
-        def broken():
-            raise OSError(-1)
-
-        saved = fake_esp32.Partition.mark_app_valid_cancel_rollback
-        fake_esp32.Partition.mark_app_valid_cancel_rollback = staticmethod(broken)
-        try:
-            b, agent = self._agent(esp)
-            agent.run(timeout_ms=120000)
-        finally:
-            fake_esp32.Partition.mark_app_valid_cancel_rollback = saved
+        b, agent = self._agent(esp)
+        _confirm_failing(lambda: agent.run(timeout_ms=120000))
         log = "\n".join(self.log_lines)
         self.assertGreater(agent.errors, 0)
         self.assertEqual(self.chip.read("ota_0", len(self.factory)), self.factory)
@@ -984,17 +981,8 @@ class TestAgentBadBoot(_Base):
         payload, image = self._image(2)
         esp = TinyESP(image)
         self._update(esp)
-
-        def broken():
-            raise OSError(-1)
-
-        saved = fake_esp32.Partition.mark_app_valid_cancel_rollback
-        fake_esp32.Partition.mark_app_valid_cancel_rollback = staticmethod(broken)
-        try:
-            b, agent = self._agent(esp)
-            agent.run(timeout_ms=600000)
-        finally:
-            fake_esp32.Partition.mark_app_valid_cancel_rollback = saved
+        b, agent = self._agent(esp)
+        _confirm_failing(lambda: agent.run(timeout_ms=600000))
         log = "\n".join(self.log_lines)
         self.assertIn(("J1", 3, "confirm failed"), esp.results, log)
         self.assertEqual([r[1] for r in esp.results].count(3), 1, log)  # once per boot

@@ -144,6 +144,12 @@ def _rollbacks(rec, job_id):
     return None
 
 
+def _rolled_back(job_id, rb):
+    # The journal record that keeps a job's rollback count ``rb`` (_rollbacks) while it
+    # has no download or commit record to carry it.
+    return {"stage": "rolled_back", "job": job_id, "rb": rb}
+
+
 def _is_int(v, lo, hi):
     # v is an int (not a bool) within lo..hi: a journal field that JSON may have
     # brought back as anything.
@@ -658,13 +664,7 @@ class HostOTA:
             # record would have led to. Left unconfirmed, the next download would write
             # the slot the bootloader falls back to.
             self.log.warn("the running image is on trial with no commit record: confirming")
-            try:
-                self.board.confirm()
-            except Exception as e:
-                # No download while on trial (_target_slot); the rest of the cycle (a
-                # restart the ESP waits for, results) goes on.
-                self.errors += 1
-                self.log.error("confirm failed:", repr(e))
+            self._confirm()  # (failed: no download while on trial, _target_slot)
         self.state = "fetch"
         yield from self._fetch()
         if self._notified is None:
@@ -976,7 +976,7 @@ class HostOTA:
         j = self.board.journal
         if download is None and status == OTA_FAILED and self._rb and self._rb_job == job_id:
             # The job stays pending: its image's rollbacks are still counted.
-            download = {"stage": "rolled_back", "job": job_id, "rb": self._rb}
+            download = _rolled_back(job_id, self._rb)
         elif download is None:
             d = j.load()
             if d and d.get("stage") == "rolled_back" and d.get("job") != job_id:
@@ -1059,14 +1059,9 @@ class HostOTA:
             return
         if bs.get("slot") == j["slot"] and not bs.get("rolled_back"):
             if bs.get("trial"):
-                try:
-                    self.board.confirm()
-                except Exception as e:
+                if not self._confirm():
                     # Not confirmed: no 2. The job is told 3 (once per boot) and the
-                    # commit record kept, so a later cycle confirms again; the rest of
-                    # this cycle goes on.
-                    self.errors += 1
-                    self.log.error("confirm failed:", repr(e))
+                    # commit record kept, so a later cycle confirms again.
                     if not self._unconfirmed_told:
                         self._unconfirmed_told = True
                         yield from self._finish_job(j["job"], OTA_FAILED, "confirm failed", j)
@@ -1091,7 +1086,7 @@ class HostOTA:
                 keep = None
             else:
                 status, info = OTA_FAILED, "rolled back: v%d did not confirm" % v
-                keep = {"stage": "rolled_back", "job": j["job"], "rb": [j["sha"], n]}
+                keep = _rolled_back(j["job"], [j["sha"], n])
             self.log.info("boot after commit:", info)
             yield from self._finish_job(j["job"], status, info, keep)
             return
@@ -1155,6 +1150,17 @@ class HostOTA:
             if not keep or keep.get("stage") != "committed":
                 keep = None
             yield from self._finish_job(job_id, OTA_FAILED, "commit failed: %s" % e, keep)
+            return False
+        return True
+
+    def _confirm(self):
+        # board.confirm(); a failure is logged and counted, and the rest of the cycle (a
+        # restart the ESP waits for, results) goes on. Returns True when confirmed.
+        try:
+            self.board.confirm()
+        except Exception as e:
+            self.errors += 1
+            self.log.error("confirm failed:", repr(e))
             return False
         return True
 
@@ -2215,7 +2221,7 @@ class HostOTA:
         if self._rb and note is not None and self._rb_job == note.job_id:
             # (the job's rollbacks stay counted: the record replaced in one step; CRCs
             # without a download record describe nothing, and a download resets them)
-            j.save({"stage": "rolled_back", "job": note.job_id, "rb": self._rb})
+            j.save(_rolled_back(note.job_id, self._rb))
             j.crc_reset()
         else:
             j.clear()
