@@ -144,12 +144,6 @@ def _rollbacks(rec, job_id):
     return None
 
 
-def _rolled_back(job_id, rb):
-    # The journal record that keeps a job's rollback count ``rb`` (_rollbacks) while it
-    # has no download or commit record to carry it.
-    return {"stage": "rolled_back", "job": job_id, "rb": rb}
-
-
 def _is_int(v, lo, hi):
     # v is an int (not a bool) within lo..hi: a journal field that JSON may have
     # brought back as anything.
@@ -976,7 +970,7 @@ class HostOTA:
         j = self.board.journal
         if download is None and status == OTA_FAILED and self._rb and self._rb_job == job_id:
             # The job stays pending: its image's rollbacks are still counted.
-            download = _rolled_back(job_id, self._rb)
+            download = {"stage": "rolled_back", "job": job_id, "rb": self._rb}
         elif download is None:
             d = j.load()
             if d and d.get("stage") == "rolled_back" and d.get("job") != job_id:
@@ -1086,7 +1080,7 @@ class HostOTA:
                 keep = None
             else:
                 status, info = OTA_FAILED, "rolled back: v%d did not confirm" % v
-                keep = _rolled_back(j["job"], [j["sha"], n])
+                keep = {"stage": "rolled_back", "job": j["job"], "rb": [j["sha"], n]}
             self.log.info("boot after commit:", info)
             yield from self._finish_job(j["job"], status, info, keep)
             return
@@ -2221,7 +2215,7 @@ class HostOTA:
         if self._rb and note is not None and self._rb_job == note.job_id:
             # (the job's rollbacks stay counted: the record replaced in one step; CRCs
             # without a download record describe nothing, and a download resets them)
-            j.save(_rolled_back(note.job_id, self._rb))
+            j.save({"stage": "rolled_back", "job": note.job_id, "rb": self._rb})
             j.crc_reset()
         else:
             j.clear()
