@@ -73,6 +73,18 @@ class TestJournalRecords(unittest.TestCase):
         # (a result of 2 kept from before, while the factory image runs: it was sent)
         {"stage": "report", "job": "JOB1", "status": 2, "info": "v2 running"},
         {"stage": "report", "job": "JOB1", "status": 2.0, "info": "v2 running", "version": 2},
+        # (job ids no notification has: a CR LF split AT+RMOTARESULT into the ESP's
+        # commands, here an AT+RST)
+        {"stage": "report", "job": "J\r\nAT+RST\r\nX", "status": 3, "info": "x"},
+        {"stage": "committed", "job": "JOB1\r\nAT+RST", "slot": 1, "version": 2, "len": 9},
+        {"stage": "download", "job": "JOB1\r\nAT+RST", "url": "x", "size": 20064, "slot": 1},
+        {
+            "stage": "report",
+            "job": "JOB9",
+            "status": 3,
+            "info": "x",
+            "download": {"stage": "rolled_back", "job": 'J"\r\nAT+RST', "rb": ["00", 1]},
+        },
     )
 
     def test_an_unusable_record_is_dropped_and_the_job_still_runs(self):
@@ -82,6 +94,50 @@ class TestJournalRecords(unittest.TestCase):
             self.assertIsNone(r["exc"], d)
             self.assertEqual(_statuses(r)[-1], 2, (d, r["esp"].results))
             self.assertEqual(r["boot"]["slot"], 1, d)
+            sent = [c for c in r["esp"].cmds if not c.startswith(b"AT")]
+            self.assertEqual(sent, [], d)  # (data after prompts is not in cmds)
+            self.assertNotIn(b"AT+RST", r["esp"].cmds, d)
+
+    def test_a_damaged_download_record_never_makes_a_good_job_5(self):
+        # A download record cut by a power loss is carried on before the cloud
+        # notifies the job again. Its size, still an int but damaged (or a bool, which
+        # JSON cannot tell from 1 on CPython), was taken as the notification's: 5
+        # "size ... disagrees with header" closed a good job. Now the record's fields
+        # must pass the notification parser and match its journalled header; when not,
+        # the agent waits for the cloud's notification (none on this boot's fetch), and
+        # the next one ends in 2. A sound record is carried on at once.
+        pl = payload(20000)
+        img = mkimage(pl)
+        hdr = hexlify(img[:64]).decode()
+        base = {"stage": "download", "job": "JOB1", "url": URL.decode(), "slot": 1}
+
+        def silent(esp):
+            esp.fetch_hook = lambda esp: esp.out(b"\r\nOK\r\n")
+
+        for bad in (
+            {},
+            {"size": -5},
+            {"size": True},
+            {"size": 10**12},
+            {"size": len(img) + 1},
+            {"url": "http://"},
+            {"url": "http://h/a b"},
+            {"fw": "1,2"},
+            {"hdr": "00" * 64},
+            {"hdr": hexlify(mkimage(payload(300))[:64]).decode()},
+        ):
+            d = dict(base, size=len(img), hdr=hdr)
+            d.update(bad)
+            r = run(img, pre_boot=_record_at_boot(d), setup=silent, max_ms=120000)
+            self.assertIsNone(r["exc"], bad)
+            if not bad:
+                self.assertEqual(_statuses(r), [1, 2], r["esp"].results)
+                continue
+            self.assertEqual(_statuses(r), [], (bad, r["esp"].results))
+            self.assertTrue([x for x in r["log"].lines if "journalled download unusable" in x])
+            r = run(img, fresh=False, max_ms=120000)  # the cloud notifies the job again
+            self.assertEqual(_statuses(r), [1, 2], (bad, r["esp"].results))
+            self.assertEqual(r["boot"]["slot"], 1, bad)
 
     def test_a_commit_record_for_an_image_that_does_not_run_is_never_2(self):
         # A stale or damaged "committed" record naming the running slot (the factory
@@ -566,6 +622,56 @@ class TestProgressCallback(unittest.TestCase):
         self.assertGreater(len(calls), 2)
         errs = [x for x in r["log"].lines if "progress callback failed" in x]
         self.assertEqual(len(errs), 1)  # logged once per job
+
+    def test_callbacks_that_pump_the_agent_or_the_link_change_nothing(self):
+        # A display callback that pumps the main loop: agent.poll() from inside it fed
+        # the parser in the middle of a record (every attempt a framing error, 3 for a
+        # good image), agent.run() from it raised AttributeErrors, and a URC subscriber
+        # that sent a command abandoned the agent's in the middle of its response. From
+        # inside the agent poll() and run() return at once; from inside the link its
+        # poll() returns 0 and sending raises LinkError.
+        img = mkimage(payload(30000))
+        agents, seen = [], []
+
+        def progress(done, total):
+            a = agents[0]
+            seen.append((a.poll(), a.run(timeout_ms=10), a.run(until_idle=True), a.link.poll()))
+
+        def sub(kind, line):
+            a = agents[0]
+            try:
+                a.link.command(b"AT+GMR")
+            except Exception as e:
+                seen.append(repr(e))
+            seen.append(a.link.poll())
+
+        import scriptesp
+
+        orig = scriptesp.for_board
+
+        def make(*args, **kw):
+            a = orig(*args, **kw)
+            agents[:] = [a]
+            a.link.subscribe(sub)
+            return a
+
+        scriptesp.for_board = make
+        try:
+            r = run(img, max_ms=120000, agent_kw={"progress": progress})
+        finally:
+            scriptesp.for_board = orig
+        self.assertEqual(_statuses(r), [1, 2], r["esp"].results)
+        self.assertEqual(r["boot"]["slot"], 1)
+        calls = [x for x in seen if isinstance(x, tuple)]
+        self.assertGreater(len(calls), 2)
+        self.assertEqual({(n, m) for n, _, _, m in calls}, {(0, 0)})
+        self.assertEqual({s for _, s, u, _ in calls} | {u for _, _, u, _ in calls}, {"download"})
+        errs = [x for x in seen if isinstance(x, str)]
+        self.assertTrue(errs)
+        self.assertEqual({x[:9] for x in errs}, {"LinkError"})
+        self.assertEqual({x for x in seen if isinstance(x, int)}, {0})
+        self.assertNotIn(b"AT+GMR", r["esp"].cmds)
+        self.assertEqual(agents[0].progress_errors, 0)
 
 
 class TestESPRestart(unittest.TestCase):

@@ -644,6 +644,34 @@ class TestJournal(unittest.TestCase):
         f.close()
         self.assertIsNone(self.j.load())
 
+    def test_damage_that_still_parses_loads_as_none(self):
+        # Nested deeper than CPython's parser goes (RecursionError, a RuntimeError: it
+        # escaped load() and every cycle ended in an agent error), not a dict, or a job
+        # id no notification has (a CR LF in it split AT+RMOTARESULT into commands of
+        # its own), itself or in the download record a result keeps.
+        fs = self.j.fs
+        for raw in (
+            b"[" * 3000,
+            b'{"a": ' * 1500,
+            b"[1, 2]",
+            b'"job"',
+            b'{"stage": "report", "job": "J\\r\\nAT+RST", "status": 3, "info": "x"}',
+            b'{"stage": "download", "job": "J K", "size": 100}',
+            b'{"stage": "download", "job": "J\\"", "size": 100}',
+            b'{"stage": "download", "job": "", "size": 100}',
+            b'{"stage": "download", "job": 7, "size": 100}',
+            b'{"stage": "download", "job": "J\\u00e9", "size": 100}',
+            b'{"stage": "report", "job": "J", "download": {"job": "J\\nX"}}',
+            b'{"stage": "report", "job": "J", "download": [1]}',
+        ):
+            f = fs.open("job.json", "wb")
+            f.write(raw)
+            f.close()
+            self.assertIsNone(self.j.load(), raw[:60])
+        d = {"stage": "report", "job": "J-1_a.b", "download": {"stage": "rolled_back", "job": "K"}}
+        self.j.save(d)
+        self.assertEqual(self.j.load(), d)
+
     def test_block_crcs_append_and_reset(self):
         for k in range(40):
             self.j.crc_append(0xDEAD0000 + k)

@@ -45,7 +45,6 @@ from .image import HEADER_SIZE, ImageHeader
 from .log import Logger
 from .urc import (
     STATUS_NAMES,
-    FWNotify,
     OTA_DELAYED,
     OTA_FAILED,
     OTA_IN_PROGRESS,
@@ -371,6 +370,7 @@ class HostOTA:
         self.header = None
         self.writer = None
         self.note = None  # the job being worked on (FWNotify)
+        self._in_poll = False  # inside poll(): a callback's poll() or run() returns at once
         self._notified = None  # the newest notification not yet taken
         # A +RMFWNOTIFY the parser refused: the line, its reason, how many times in a
         # row the same line came, and whether one came since the last fetch.
@@ -523,7 +523,18 @@ class HostOTA:
         """Do a bounded amount of work: one UART read and one step of the agent.
         Returns the number of bytes read. Never raises: an unexpected error is logged,
         counted in ``errors`` and the agent restarts its cycle after a back-off (the
-        application that embeds the agent keeps running)."""
+        application that embeds the agent keeps running). Called from inside the agent
+        (a ``progress`` or ``on_esp_ready`` callback, a URC subscriber) it does nothing
+        and returns 0: the agent is in the middle of a step there."""
+        if self._in_poll:
+            return 0
+        self._in_poll = True
+        try:
+            return self._poll()
+        finally:
+            self._in_poll = False
+
+    def _poll(self):
         try:
             n = self.link.poll()
         except Exception as e:  # the UART itself failed: report, keep the app alive
@@ -623,7 +634,10 @@ class HostOTA:
         bounds the whole run (then returns); ``max_errors``: returns once that many
         agent errors (exceptions ``poll()`` caught, e.g. ``MemoryError``) happened in
         this run. Returns the agent's ``state``. A board reboot (after a commit) does
-        not return."""
+        not return. Called from inside the agent (a callback, as for ``poll()``) it
+        returns at once."""
+        if self._in_poll:
+            return self.state
         clk = self.clock
         t0 = clk.ticks_ms()
         e0 = self.errors
@@ -1343,16 +1357,30 @@ class HostOTA:
         yield from self._reboot()  # (the download is over: a safe moment for AT+RST too)
 
     def _journal_note(self):
+        # The journal's download as a notification (a download a power cut stopped,
+        # carried on before the cloud notifies it again), or None. Its fields must pass
+        # the notification parser as a line, its URL AT+HTTPURLCFG's 8..8192 bytes, and
+        # its size must be its journalled header's: damage that still parses must not
+        # make a good job's 5 (the cloud notifies it again, with the right fields).
         j = self.board.journal.load()
         if not j or j.get("stage") != "download":
             return None
         try:
-            size, url, job = j["size"], j["url"], j["job"]
-            if not (isinstance(size, int) and isinstance(url, str) and isinstance(job, str)):
-                return None
-            return FWNotify(0, size, url.encode(), j.get("fw"), job)
-        except (KeyError, AttributeError):
-            return None
+            size, url, job, fw = j["size"], j["url"], j["job"], j.get("fw")
+            line = "+RMFWNOTIFY:0,%d,%s,%s,%s" % (size, url, "null" if fw is None else fw, job)
+            note = parse_fwnotify(line.encode())
+            h = ImageHeader.parse(unhexlify(j["hdr"]))
+            if (
+                note.size == size == h.header_len + h.payload_len
+                and note.url == url.encode()
+                and note.job_id == job
+                and 8 <= len(url) <= 8192
+            ):
+                return note
+        except (KeyError, AttributeError, TypeError, ValueError, ProtocolError, ImageError):
+            pass
+        self.log.warn("journalled download unusable: waiting for the notification")
+        return None
 
     def _on_erase(self, index):
         # The writer is about to erase block ``index`` (and maybe the blocks of an erase

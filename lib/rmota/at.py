@@ -25,7 +25,7 @@ Usage::
 """
 
 from .compat import Clock
-from .errors import CommandError, ESPBusy, ESPReset, LinkTimeout
+from .errors import CommandError, ESPBusy, ESPReset, LinkError, LinkTimeout
 
 try:
     from micropython import const
@@ -830,6 +830,7 @@ class ATLink:
         self.parser = ATParser(self, line_max, record_max)
         self._rx = bytearray(rxbuf_size)
         self._subs = []
+        self._in_poll = False  # inside poll() (see poll)
         self._q = []
         self._qmax = urc_queue
         self.log = log
@@ -1037,7 +1038,11 @@ class ATLink:
         the command is answered by ESP-AT's ``>`` data prompt (``AT+HTTPURLCFG=<len>``,
         ``AT+HTTPCHEAD=<len>``); pass the data length (int) so that a prompt that comes
         after we gave up can be neutralised. A command still in flight is abandoned
-        (its late final result is ignored)."""
+        (its late final result is ignored). Raises ``LinkError`` when called from inside
+        ``poll()`` (a subscriber or callback): the link cannot collect an answer there,
+        and the command in flight would be abandoned in the middle of its response."""
+        if self._in_poll:
+            raise LinkError("send() from inside ATLink.poll()")
         c = self.cmd
         if c and not c.done:
             self._finish(c, None)
@@ -1062,7 +1067,10 @@ class ATLink:
     def send_data(self, data, timeout_ms=2000):
         """After a prompt: write ``data`` raw (not escaped: ESP-AT reads exactly the
         announced length) and return a ``Command`` that completes on the next final
-        result (``SET OK`` for HTTPURLCFG, ``OK`` for HTTPCHEAD, or ``ERROR``)."""
+        result (``SET OK`` for HTTPURLCFG, ``OK`` for HTTPCHEAD, or ``ERROR``). Raises
+        ``LinkError`` from inside ``poll()``, as ``send()`` does."""
+        if self._in_poll:
+            raise LinkError("send_data() from inside ATLink.poll()")
         c = Command(b"<data>", None, self.clock.ticks_ms(), timeout_ms, False)
         self.cmd = c
         self.write(data)
@@ -1072,7 +1080,18 @@ class ATLink:
         """Read what the UART holds (at most one receive buffer), parse it, end a record
         that stalled for ``record_idle_ms``, time out the command in flight, and deliver
         queued URCs to subscribers. Returns the number of bytes read (0 when nothing was
-        waiting). Never blocks."""
+        waiting). Never blocks. Called again from inside itself (a subscriber, or a
+        handler's callback such as the agent's ``progress``) it returns 0 at once: the
+        parser is in the middle of the bytes it was given."""
+        if self._in_poll:
+            return 0
+        self._in_poll = True
+        try:
+            return self._poll()
+        finally:
+            self._in_poll = False
+
+    def _poll(self):
         n = self.uart.readinto(self._rx)
         clk = self.clock
         now = clk.ticks_ms()

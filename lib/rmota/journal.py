@@ -28,12 +28,19 @@ Usage::
 import json
 import struct
 
+from .urc import job_id_ok
+
 _JOB = "job.json"
 _TMP = "job.tmp"
 _CRC = "blocks.crc"
 _MAX_RECORD = 32768  # bytes: a record (URL up to 8,192 B, header) is far shorter
 JOINTS = 8  # joint entries a CRCLog keeps (SlotWriter.on_joint and on_park)
 PARK = 0x80000000  # a joint entry's offset with this bit: a parked block (on_park)
+
+
+def _usable(d):
+    # A record (dict) whose job id, when it has one, could have come from a notification.
+    return isinstance(d, dict) and ("job" not in d or job_id_ok(d["job"]))
 
 
 class Journal:
@@ -48,8 +55,10 @@ class Journal:
         self.writes = 0
 
     def load(self):
-        """The saved dict, or None (no record, or one that does not parse or is longer
-        than any record: damage). Without a record, a finished ``.tmp`` one is taken: a
+        """The saved dict, or None (no record, or damage: one that does not parse, is
+        nested too deeply for the parser, is longer than any record, or holds a job id
+        ``urc.job_id_ok`` refuses, itself or in the record it keeps under
+        ``"download"``). Without a record, a finished ``.tmp`` one is taken: a
         filesystem whose rename removes the old file first (FAT) can be cut between."""
         for name in (_JOB, _TMP):
             try:
@@ -60,11 +69,12 @@ class Journal:
                 # (the whole file: read(n) would take n bytes of heap up front)
                 raw = f.read()
                 d = json.loads(raw) if len(raw) <= _MAX_RECORD else None
-            except (ValueError, OSError, MemoryError):
+            except (ValueError, OSError, MemoryError, RuntimeError):
+                # (RuntimeError: CPython's RecursionError on deep nesting)
                 d = None
             finally:
                 f.close()
-            return d if isinstance(d, dict) else None
+            return d if _usable(d) and _usable(d.get("download") or {}) else None
         return None
 
     def save(self, d):

@@ -90,9 +90,8 @@ def parse_fwnotify(line):
     job = body[z + 1 :]
     if not url or not job:
         raise ProtocolError("empty url or job id", line)
-    for c in job:
-        if c < 33 or c > 126 or c == 34 or c == 92:
-            raise ProtocolError("bad job id", line)
+    if not job_id_ok(job):
+        raise ProtocolError("bad job id", line)
     # A URL is printable ASCII (S3 percent-encodes the rest); anything else is a
     # corrupted line, and the URL goes back to the ESP and into the journal as text.
     for c in url:
@@ -115,12 +114,27 @@ def fwnotify_job_id(line):
     if not line.startswith(_FW_PREFIX):
         return None
     job = line[line.rfind(b",") + 1 :]
-    if line.count(b",") < 4 or not job:
+    if line.count(b",") < 4 or not job_id_ok(job):
         return None
+    return job.decode()
+
+
+def job_id_ok(job):
+    """True when ``job`` (str or bytes-like) is a job id the agent can send back in
+    ``AT+RMOTARESULT``: non-empty printable ASCII without a space, quote or backslash
+    (a CR LF in it would end the command line early and send the rest as commands of
+    its own). ``parse_fwnotify`` takes no other; a journal record's job id is checked
+    again on loading (``Journal.load``), as damage can make any string of one."""
+    if isinstance(job, str):
+        job = job.encode()
+    elif not isinstance(job, (bytes, bytearray, memoryview)):
+        return False
+    if not job:
+        return False
     for c in job:
         if c < 33 or c > 126 or c == 34 or c == 92:
-            return None
-    return job.decode()
+            return False
+    return True
 
 
 def parse_rmota(line):
