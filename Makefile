@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench faults clean
+.PHONY: venv demo test bench faults mpy clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tools/bench.py
+
+# The package compiled for a board (build/mpy/rmota/*.mpy and its package.json for
+# `mpremote mip install ./build/mpy/package.json`, docs/real-board.md).
+mpy: $(STAMP)
+	$(PY) tools/mkmpy.py
 
 # Fault campaign (issue 3): `make faults SEEDS=2000`, `make faults EXHAUSTIVE=1`,
 # `RUNTIME=micropython|cpython` (default both), `SEED=n` replays one seed verbosely,

@@ -148,6 +148,42 @@ def test_documented_install(device):
     device.mpremote("mip", "install", "./package.json")
 
 
+def test_compiled_install(device):
+    # docs/real-board.md, "Install the compiled package": `make mpy` (tools/mkmpy.py),
+    # then mip from build/mpy. Every module lands as .mpy in /lib/rmota (no source), and
+    # the package, the profile and the agent import and build from it on the board.
+    repo = device.cwd
+    p = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "mkmpy.py"),
+            os.path.join(repo, "build", "mpy"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "11 modules compiled" in p.stdout, p.stdout
+    device.mpremote("mip", "install", "./build/mpy/package.json")
+    device.mpremote("cp", "boards/esp32/board.py", ":board.py")
+    want = ["board.py"] + ["lib/rmota/" + f[:-3] + ".mpy" for f in _lib_modules(repo)]
+    assert device.tree() == sorted(want)
+    for f in ("fake_esp32.py", "fakeuart.py", "ramnor.py"):
+        device.mpremote("cp", "host_tests/dual/" + f, ":" + f)
+    code = (
+        "import fake_esp32\n"
+        "fake_esp32.install(fake_esp32.Chip(slot_blocks=4))\n"
+        "import board, rmota\n"
+        "from rmota.agent import HostOTA\n"
+        "from rmota.at import ATLink\n"
+        "b = board.open()\n"
+        "HostOTA(ATLink(b.uart), b)\n"
+        "print(rmota.__file__, rmota.__version__, b.inactive_slot().label)\n"
+    )
+    p = device.mpremote("exec", code)
+    assert "__init__.mpy 0.1.0 ota_1" in p.stdout, p.stdout + p.stderr
+
+
 def test_cp_r_pitfall_without_lib(device):
     """docs/real-board.md warns: ``cp -r lib/rmota :lib/`` on a board without /lib does
     not make /lib/rmota. mpremote 1.29 copies the *contents* of the directory to the
@@ -176,3 +212,22 @@ def test_cp_r_after_mkdir(device):
     assert p.stdout.strip().endswith("0.1.0"), p.stdout
     p = device.mpremote("mkdir", ":lib", check=False)  # the document: skip it then
     assert p.returncode != 0 and "File exists" in p.stderr, p.stderr
+
+
+def test_documented_journal_commands(device):
+    # docs/real-board.md, "When an update fails on the board": read the journal and the
+    # profile's record, then forget the job, with mpremote's cat and rm.
+    os.makedirs(os.path.join(device.fs, "rmota"))
+    for name, data in (
+        ("job.json", b'{"stage": "download", "job": "J7"}'),
+        ("blocks.crc", b"\x01\x02\x03\x04"),
+        ("boot.json", b'{"seq": 3}'),
+    ):
+        with open(os.path.join(device.fs, "rmota", name), "wb") as f:
+            f.write(data)
+    p = device.mpremote("cat", ":/rmota/job.json")
+    assert '"job": "J7"' in p.stdout, p.stdout
+    p = device.mpremote("cat", ":/rmota/boot.json")
+    assert '"seq": 3' in p.stdout, p.stdout
+    device.mpremote("rm", ":/rmota/job.json", ":/rmota/blocks.crc")
+    assert device.tree() == ["rmota/boot.json"]

@@ -47,6 +47,7 @@ for _p in ("tools", "boards/unix", "lib"):
 import board as unix_board  # noqa: E402
 from firmware_src import seed_sized_payload  # noqa: E402
 from mkimage import make_image  # noqa: E402
+import mkmpy  # noqa: E402
 from scenario import Bench  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
@@ -96,24 +97,15 @@ def machine():
 
 # --- running the agent as a process --------------------------------------------------------
 def build_mpy(dest):
-    """Compile lib/rmota and the unix board's modules with mpy-cross into ``dest``."""
-    pkg = os.path.join(dest, "rmota")
-    os.makedirs(pkg)
-    srcs = [
-        (os.path.join(ROOT, "lib", "rmota", f), pkg, [])
-        for f in sorted(os.listdir(os.path.join(ROOT, "lib", "rmota")))
-        if f.endswith(".py")
-    ]
+    """Compile lib/rmota (``mkmpy.build``) and the unix board's modules with mpy-cross
+    into ``dest``."""
+    mkmpy.build(dest)
     bdir = os.path.join(ROOT, "boards", "unix")
     # nor.py holds a viper function: native code for the unix port's architecture.
-    srcs += [
-        (os.path.join(bdir, f), dest, ["-march=x64"])
-        for f in sorted(os.listdir(bdir))
-        if f.endswith(".py")
-    ]
-    for src, out, flags in srcs:
-        mpy = os.path.join(out, os.path.basename(src)[:-3] + ".mpy")
-        subprocess.run([MPY_CROSS] + flags + ["-o", mpy, src], check=True)
+    for f in sorted(os.listdir(bdir)):
+        if f.endswith(".py"):
+            mpy = os.path.join(dest, f[:-3] + ".mpy")
+            subprocess.run([MPY_CROSS, "-march=x64", "-o", mpy, os.path.join(bdir, f)], check=True)
     return dest
 
 
@@ -294,7 +286,7 @@ def table(res):
             (
                 "1 heap (.%s)" % kind,
                 "smallest -X heapsize, full 1,740,880 B update",
-                "%d KiB" % x["min_kib"],
+                "%d KiB" % x["min_kib"] if x["min_kib"] else "not searched (--quick)",
                 "peak gc.mem_alloc() while writing %.1f KiB (gc every %d KiB); of it"
                 " code %.1f KiB, board+link+agent %.1f KiB"
                 % (
@@ -518,7 +510,10 @@ def main(argv=None):
             "mpy": build_mpy(os.path.join(work, "mpy")),
         }
         for kind in ("py", "mpy"):
-            log("heap search, package from .%s ..." % kind)
+            log(
+                ("heap of one update at 512k" if a.quick else "heap search")
+                + ", package from .%s ..." % kind
+            )
             r = run_agent(
                 image,
                 os.path.join(work, "h"),
