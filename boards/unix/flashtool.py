@@ -1,13 +1,16 @@
 """Inspect and prepare the desktop board's flash file (CPython or the MicroPython unix port).
 
     flashtool.py provision FLASH IMAGE [VERSION]   factory image into slot 0, confirmed
-    flashtool.py status FLASH                      boot record and slot digests
+    flashtool.py status FLASH                      boot record, slot digests, journal
     flashtool.py boot FLASH                        run the boot logic, print the slot
+    flashtool.py forget FLASH                      clear the agent's journal (its job)
 
 ``IMAGE`` is either an rmota image (header + payload: the payload goes to the slot and
 the version comes from the header unless ``VERSION`` is given) or a raw binary (then
 ``VERSION`` is required). ``boot`` changes the record as a power-on would (trial →
-trial_booted, rollback). Exit codes: 0 ok, 2 usage, 3 bricked.
+trial_booted, rollback). ``forget`` makes the agent forget the job it was working on
+(its journal record and block CRCs; the slots and the boot record stay): run it only
+while the agent is stopped. Exit codes: 0 ok, 2 usage, 3 bricked.
 """
 
 import sys
@@ -82,6 +85,19 @@ def cmd_status(flash):
                 "verified" if ok else "empty" if not rec.lengths[i] else "BAD",
             )
         )
+    print("journal: %s, %d block CRCs" % (b.journal.load(), len(b.journal.crcs())))
+    b.close()
+    return 0
+
+
+def cmd_forget(flash):
+    try:
+        b = Board(flash, boot=False)
+    except Bricked as e:
+        print("bricked:", e.reason)
+        return 3
+    print("journal was: %s" % (b.journal.load(),))
+    b.journal.clear()
     b.close()
     return 0
 
@@ -114,6 +130,8 @@ def main(argv):
         return cmd_status(argv[1])
     if len(argv) == 2 and argv[0] == "boot":
         return cmd_boot(argv[1])
+    if len(argv) == 2 and argv[0] == "forget":
+        return cmd_forget(argv[1])
     print(__doc__)
     return 2
 
