@@ -56,6 +56,10 @@ def scenario(title, payload, workdir):
 
 
 def main():
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__.strip())
+        print("\nUsage: python tools/demo.py (or `make demo`); it takes no options.")
+        return 0
     print(
         "demo: the agent runs as firmware/main.py under the MicroPython unix port (%s),\n"
         "      the ESP-AT emulator (tools/espat_emu.py) on a pty and an HTTP server on\n"

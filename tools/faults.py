@@ -348,17 +348,36 @@ def exhaustive(runtimes, n_workers):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="rmota fault campaign (issue 3)")
-    ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS") or 200))
-    ap.add_argument("--start", type=int, default=int(os.environ.get("START") or 0))
     ap.add_argument(
-        "--runtime", default=os.environ.get("RUNTIME") or "both", choices=("both",) + RUNTIMES
+        "--seeds",
+        type=int,
+        default=int(os.environ.get("SEEDS") or 200),
+        help="random scenarios to run (env SEEDS; default 200)",
+    )
+    ap.add_argument(
+        "--start",
+        type=int,
+        default=int(os.environ.get("START") or 0),
+        help="first seed (env START; default 0)",
+    )
+    ap.add_argument(
+        "--runtime",
+        default=os.environ.get("RUNTIME") or "both",
+        choices=("both",) + RUNTIMES,
+        help="run the agent under this runtime, or both (env RUNTIME)",
     )
     ap.add_argument(
         "--exhaustive",
         action="store_true",
         default=os.environ.get("EXHAUSTIVE", "") not in ("", "0"),
+        help="cut the power at every flash operation of a small update in turn (env EXHAUSTIVE=1)",
     )
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="processes side by side (default: cores)",
+    )
     ap.add_argument("--batch", type=int, default=50, help="seeds per subprocess")
     ap.add_argument("--seed", type=int, help="run this one seed verbosely instead")
     ap.add_argument(
