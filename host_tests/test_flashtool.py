@@ -64,3 +64,42 @@ def test_status_shows_the_journal_and_forget_clears_it(tmp_path, rt):
 def test_usage(tmp_path):
     code, out = _tool("cpython", "forget")
     assert code == 2 and "forget FLASH" in out
+
+
+@pytest.mark.parametrize("rt", sorted(RUNTIMES))
+def test_bad_arguments_are_one_line_errors_and_touch_nothing(tmp_path, rt):
+    # A bad VERSION used to recreate the flash file before failing (CPython: a
+    # struct.error traceback and a bricked file; MicroPython: -1 stored as 4294967295,
+    # every later image a downgrade). Now it is refused before anything is opened.
+    flash = tmp_path / "flash.bin"
+    fac = tmp_path / "factory.bin"
+    fac.write_bytes(b"\x5a" * 5000)
+    assert _tool(rt, "provision", str(flash), str(fac), "3")[0] == 0
+    before = flash.read_bytes()
+    (tmp_path / "empty.bin").write_bytes(b"")
+    (tmp_path / "rmot.bin").write_bytes(b"RMOT")
+    (tmp_path / "small.bin").write_bytes(b"\xff" * 5000)
+    for args, code, text in (
+        (("provision", str(flash), str(fac), "-1"), 1, "VERSION must be a whole number"),
+        (("provision", str(flash), str(fac), "4294967296"), 1, "VERSION must be"),
+        (("provision", str(flash), str(fac), "1.5"), 1, "VERSION must be"),
+        (("provision", str(flash), str(fac), " 2"), 1, "VERSION must be"),
+        (("provision", str(flash), str(tmp_path / "none.bin"), "1"), 1, "flashtool: error:"),
+        (("provision", str(flash), str(tmp_path), "1"), 1, "flashtool: error:"),
+        (("provision", str(flash), str(tmp_path / "empty.bin"), "1"), 1, "factory image must"),
+        (("provision", str(flash), str(tmp_path / "rmot.bin")), 1, "shorter than its header"),
+        (("status", str(tmp_path / "none.bin")), 1, "flashtool: error:"),
+        (("boot", str(tmp_path / "small.bin")), 1, "has 5000 bytes"),
+        (("forget", str(tmp_path / "small.bin")), 1, "has 5000 bytes"),
+        (("provision", str(flash), str(fac), "1", "more"), 2, "provision FLASH IMAGE"),
+        ((), 2, "provision FLASH IMAGE"),
+    ):
+        got, out = _tool(rt, *args)
+        assert (got, text in out) == (code, True), (args, out)
+        assert "Traceback" not in out, (args, out)
+    assert flash.read_bytes() == before
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(bytes(len(before)))
+    for cmd in ("status", "boot"):
+        got, out = _tool(rt, cmd, str(garbage))
+        assert (got, out.strip()) == (3, "bricked: no valid boot record"), out

@@ -6,6 +6,7 @@ tools/data/seed_rmfwnotify.txt, a copy of ../shared/traces/seed_rmfwnotify.txt).
 
 import hashlib
 import os
+import struct
 import subprocess
 import sys
 import urllib.parse
@@ -109,8 +110,12 @@ def test_cli_errors(tmp_path, capsys):
     for board, version, why in (
         ("abcdefghijklm", "1", "13 bytes"),
         ("unix", "-1", "outside"),
+        ("unix", " 2", "not a whole number"),
+        ("unix", "1_0", "not a whole number"),
+        ("unix", "", "not a whole number"),
+        ("unix", "0x", "not a whole number"),
         ("unix", str(1 << 32), "outside"),
-        ("unix", "seven", "not an integer"),
+        ("unix", "seven", "not a whole number"),
     ):
         with pytest.raises(SystemExit) as e:
             mkimage.main([str(src), out, "--board", board, "--version", version])
@@ -119,6 +124,54 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         mkimage.main([str(src), out, "--board", "unix"])
     assert not os.path.exists(out)
+
+
+def test_info_says_what_every_agent_refuses(tmp_path, capsys):
+    # --info said "payload sha256 OK" (exit 0) for images every agent refuses 5: a flag
+    # the agent does not implement, lengths that disagree, an empty payload, a board id
+    # mkimage cannot write; a header length of 128 was a digest mismatch only.
+    body = bytes(range(256)) * 4
+
+    def img(flags=0, hlen=64, ilen=None, board=b"unix", payload=body):
+        n = len(payload)
+        h = struct.pack(
+            "<4sBBHIII12s32s",
+            b"RMOT",
+            1,
+            flags,
+            hlen,
+            n,
+            n if ilen is None else ilen,
+            2,
+            board,
+            hashlib.sha256(payload).digest(),
+        )
+        return h + payload
+
+    for data, why in (
+        (img(flags=2), "signed images not supported"),
+        (img(flags=0x80), "unknown image flags 0x80"),
+        (img(ilen=99), "payload and image length differ"),
+        (img(payload=b""), "empty image"),
+        (img(board=b"un\x01ix"), "must be printable ASCII"),
+        (img(hlen=128), "bad header length 128"),
+    ):
+        p = tmp_path / "x.img"
+        p.write_bytes(data)
+        assert mkimage.main(["--info", str(p)]) == 1
+        out = capsys.readouterr().out
+        assert "ERROR: every agent refuses it: " in out and why in out, out
+        assert "payload sha256 OK" not in out
+    p.write_bytes(img())
+    assert mkimage.main(["--info", str(p)]) == 0
+    assert "payload sha256 OK" in capsys.readouterr().out
+    # and an empty payload is not built at all
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    out = tmp_path / "e.img"
+    assert mkimage.main([str(empty), str(out), "--board", "unix", "--version", "2"]) == 1
+    assert "refuses an empty image" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_cli_as_script(tmp_path):

@@ -96,13 +96,23 @@ def inspect_image(image: bytes) -> ImageInfo:
     behind it: its length against the header's payload length, its SHA-256 against the
     header's digest (only meaningful for uncompressed images: flags bit 0 clear).
 
-    Returns an ``ImageInfo``; mismatches are listed in ``problems``, not raised. Raises
-    ``rmota.errors.ImageError`` when the header itself cannot be parsed (short, bad
-    magic, unknown format version)."""
+    Also lists what makes every agent refuse the image whatever board runs it
+    (``ImageHeader.check``: flags, header length, lengths, an empty payload; a board id
+    no ``mkimage`` could write). Returns an ``ImageInfo``; mismatches are listed in
+    ``problems``, not raised. Raises ``rmota.errors.ImageError`` when the header itself
+    cannot be parsed (short, bad magic, unknown format version)."""
     hdr = ImageHeader.parse(image)
     body = memoryview(image)[hdr.header_len :]
     digest = hashlib.sha256(body).digest()
     problems = []
+    try:
+        hdr.check(hdr.board_id, U32_MAX)  # (any board, any slot, any running version)
+    except ImageError as e:
+        problems.append("every agent refuses it: %s" % e.reason)
+    try:
+        check_board_id(hdr.board_id)
+    except ValueError as e:
+        problems.append("every agent refuses it: %s" % e)
     if len(body) != hdr.payload_len:
         problems.append("payload is %d bytes, header says %d" % (len(body), hdr.payload_len))
     if hdr.flags & 1:
@@ -173,10 +183,13 @@ def main(argv=None):
         ap.error("need IN.bin and OUT.img (or --info IMG)")
     if args.board is None or args.version is None:
         ap.error("--board and --version are required to build an image")
-    try:
-        version = int(args.version, 0)
-    except ValueError:
-        ap.error("--version %r is not an integer" % args.version)
+    v = args.version
+    hexa = v[:2] in ("0x", "0X") and len(v) > 2
+    digits = v[2:] if hexa else v[1:] if v[:1] == "-" else v
+    ok = "0123456789abcdefABCDEF" if hexa else "0123456789"
+    if not digits or not all(c in ok for c in digits):  # (no spaces, no 1_0)
+        ap.error("--version %r is not a whole number (decimal, or hex with 0x)" % v)
+    version = int(v, 16 if hexa else 10)
     try:
         board = check_board_id(args.board.encode("ascii"))
         check_version(version)
@@ -185,6 +198,12 @@ def main(argv=None):
     except ValueError as e:
         ap.error(str(e))
     payload = _read(args.input)
+    if not payload:
+        print(
+            "mkimage: error: %s is empty: every agent refuses an empty image" % args.input,
+            file=sys.stderr,
+        )
+        return 1
     image = make_image(payload, board, version)
     tmp = args.output + ".tmp"
     try:

@@ -169,8 +169,9 @@ class JSONFile:
 
     def save(self, d):
         """Replace the record with dict ``d`` atomically. Values: dict (str keys), list,
-        str, int, bool, None. Raises ``TypeError`` for anything else (MicroPython's json
-        writes bytes as a string), before anything is written."""
+        str, int, float, bool, None (a float is only ever damage read back, written as
+        it came). Raises ``TypeError`` for anything else (MicroPython's json writes
+        bytes as a string), before anything is written."""
         if self._closed:
             raise OSError(5, "closed (rebooting)")
         if not isinstance(d, dict):
@@ -220,7 +221,7 @@ def _mkdir(path):
 
 
 def _check_json(x):
-    if x is None or isinstance(x, (bool, int, str)):
+    if x is None or isinstance(x, (bool, int, float, str)):
         return
     if isinstance(x, (list, tuple)):
         for v in x:
@@ -391,7 +392,7 @@ class Board:
         """Image version (int, header field ``image_version``) of the running image: as
         recorded at its commit, else ``factory_version``."""
         v = self._per_slot("versions").get(self.label)
-        return v if isinstance(v, int) else self.factory_version
+        return v if _is_u32(v) else self.factory_version  # (damage: not a header's u32)
 
     def running_sha256(self):
         """SHA-256 (32 bytes) of the running image as recorded when it was confirmed,

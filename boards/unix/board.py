@@ -157,8 +157,12 @@ def plan_flash(s, block=SECTOR_SIZE, margin=1.25):
     of the wire time of a 256 KiB image at 115200, less for larger ones) keeps a record lost before the header
     was checked from costing the rest of the response, confirms a refused header
     without fetching the whole file again, and writes the journal's record of a new
-    download (littlefs: up to four erases) while the ESP is idle."""
-    rate = s["baud"] / 10000.0  # bytes per ms on the wire, 8N1
+    download (littlefs: up to four erases) while the ESP is idle. Raises ``ValueError``
+    when ``baud`` is not a positive int."""
+    baud = s["baud"]
+    if not isinstance(baud, int) or isinstance(baud, bool) or baud <= 0:
+        raise ValueError("baud must be a positive int, not %r" % (baud,))
+    rate = baud / 10000.0  # bytes per ms on the wire, 8N1
     ring = s.get("uart_rxbuf")
     if ring is None:
         ring = 8192 if s["baud"] <= 230400 else 24576
@@ -385,10 +389,16 @@ def provision(flash_path, image, version):
     """Create a fresh flash file at ``flash_path`` (all sectors erased) with the factory
     ``image`` (bytes-like, as it sits in the slot, at most 2 MiB) in slot 0, confirmed,
     with image version ``version``; slot 1 empty; the journal area blank (the first
-    power-on formats it). Raises ``ValueError`` for an empty or too large image."""
+    power-on formats it). Raises ``ValueError`` for an empty or too large image, or a
+    version that is not an int in 0..2**32-1 (the header's field), before the file is
+    touched."""
     n = len(image)
     if not 0 < n <= SLOT_SIZE:
         raise ValueError("factory image must be 1..%d bytes" % SLOT_SIZE)
+    if not (isinstance(version, int) and not isinstance(version, bool)):
+        raise ValueError("version must be an int")
+    if not 0 <= version <= 0xFFFFFFFF:
+        raise ValueError("version must be 0..4294967295")
     nor = NORFlash(flash_path, FLASH_SIZE, SECTOR_SIZE, create=True)
     try:
         slot = Partition(nor, SLOT_SECTOR[0], SLOT_SECTORS)

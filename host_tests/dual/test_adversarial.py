@@ -371,7 +371,13 @@ class TestRunGivesUp(unittest.TestCase):
 
 class TestSettingsCheckedAtConstruction(unittest.TestCase):
     def test_bad_erase_unit_or_prog_chunk_is_refused_before_any_job(self):
-        for st in ({"erase_unit": 5000}, {"erase_unit": -4096}, {"prog_chunk": 100}):
+        for st in (
+            {"erase_unit": 5000},
+            {"erase_unit": -4096},
+            {"erase_unit": "4096"},
+            {"prog_chunk": 100},
+            {"prog_chunk": "256"},
+        ):
             fresh_flash(FLASH)
             b = unix_board.Board(FLASH, clock=VirtualClock(), settings=st)
             try:
@@ -379,6 +385,72 @@ class TestSettingsCheckedAtConstruction(unittest.TestCase):
                     for_board(b, uart=FakeUART(), clock=b.clock)
             finally:
                 b.close()
+
+    def test_settings_of_the_wrong_type_or_range_are_refused_naming_them(self):
+        # A value the agent cannot use was taken and failed in every cycle: baud 0 a
+        # ZeroDivisionError after each "downloading", "5000" from JSON a TypeError, a
+        # crc_span or window_size of 0 a ValueError per job (1,155 agent errors in 300
+        # s, nothing reported), and values outside AT+HTTPCGET's ranges (sizes
+        # 0..10240 B, timeout 0..180000 ms) an ERROR on every job: 3 for a board's
+        # mistake. Each is a ValueError at construction that names the setting.
+        cases = (
+            ("baud", 0),
+            ("baud", "115200"),
+            ("http_timeout_ms", "5000"),
+            ("http_timeout_ms", -1),
+            ("http_timeout_ms", 200000),
+            ("rx_size", 20000),
+            ("tx_size", -5),
+            ("tx_size", 0),
+            ("crc_span", 0),
+            ("crc_span", -1),
+            ("crc_span", 5000),
+            ("window_size", 0),
+            ("fetch_wait_ms", "300"),
+            ("fetch_wait_ms", -1),
+            ("backoff_ms", 0),
+            ("record_idle_ms", -5),
+            ("report_retry_ms", 2.5),
+            ("link_wait_ms", 1 << 40),
+            ("max_attempts", True),
+        )
+        for name, v in cases:
+            fresh_flash(FLASH)
+            with self.assertRaises(ValueError) as cm:
+                # (the desktop profile plans its flash mode from the baud rate itself)
+                b = unix_board.Board(FLASH, clock=VirtualClock(), settings={name: v})
+                try:
+                    for_board(b, uart=FakeUART(), clock=b.clock)
+                finally:
+                    b.close()
+            self.assertIn(name, str(cm.exception), (name, v))
+        # the same through for_board's keyword arguments
+        fresh_flash(FLASH)
+        b = unix_board.Board(FLASH, clock=VirtualClock())
+        try:
+            for kw in ({"fetch_wait_ms": "300"}, {"quiet_ms": -2}, {"prompt_ms": 0}):
+                with self.assertRaises(ValueError):
+                    for_board(b, uart=FakeUART(), clock=b.clock, **kw)
+            # the limits themselves are taken
+            st = {"rx_size": 10240, "tx_size": 10240, "http_timeout_ms": 180000, "crc_span": 2048}
+            b.settings.update(st)
+            a = for_board(b, uart=FakeUART(), clock=b.clock, fetch_wait_ms=0)
+            self.assertEqual((a.rx_size, a.http_timeout_ms, a.fetch_wait_ms), (10240, 180000, 0))
+        finally:
+            b.close()
+
+    def test_no_uart_is_refused_at_construction(self):
+        # firmware/main.py on the desktop without RMOTA_UART: 20 AttributeErrors on a
+        # None UART, then exit 1. Now for_board() says so at once.
+        fresh_flash(FLASH)
+        b = unix_board.Board(FLASH, clock=VirtualClock())
+        try:
+            self.assertIsNone(b.uart)
+            with self.assertRaises(ValueError) as cm:
+                for_board(b, clock=b.clock)
+            self.assertIn("no UART", str(cm.exception))
+        finally:
+            b.close()
 
 
 class TestNotifications(unittest.TestCase):

@@ -625,6 +625,22 @@ class TestBadBootRecords(_Base):
             self.assertEqual(self.board().running_version(), 0, text)
         self.assertIsNone(b0.running_sha256())
 
+    def test_a_version_no_header_carries_is_damage_and_commits_still_work(self):
+        # {"ota_0": 2.5}: every commit() raised TypeError (the record kept a float it
+        # refused to write back), so each notification downloaded the whole image and
+        # reported 3; {"ota_0": 2**40}: every good image was refused 5 as a downgrade.
+        # Neither is a header's u32: the factory version runs, and commits go through.
+        self.board()  # (makes the data directory)
+        for v in (b"2.5", b"1099511627776", b"-1", b"true"):
+            self._write(b'{"versions": {"ota_0": ' + v + b'}, "seq": 2.5}')
+            b = self.board()
+            self.assertEqual(b.running_version(), 0, v)
+            s = b.inactive_slot()
+            data = _app(6000, 3)
+            _write_slot(s, data)
+            b.commit(s.index, len(data), hashlib.sha256(data).digest(), 3)
+            self.assertEqual(b.boot_state()["slot"], 0, v)  # (set on trial, not booted yet)
+
     def test_one_ota_slot_is_never_handed_out_while_it_runs(self):
         # factory + ota_0: once ota_0 runs, ESP-IDF's next update partition is ota_0
         # itself. inactive_slot() refuses it; from factory it is ota_0.
@@ -786,6 +802,26 @@ class TestAgentBadBoot(_Base):
         self.assertIn("no inactive slot", esp.results[-1][2])
         self.assertEqual(chip.read("ota_0", len(payload)), payload)  # the running image
         self.assertEqual(chip.running, "ota_0")
+
+    def test_a_commit_failure_that_says_nothing_still_says_what_failed(self):
+        # set_boot() raising OSError() (no errno, no text) or MemoryError(): the result
+        # was "commit failed: " with nothing after it.
+        for exc in (OSError(), MemoryError()):
+            payload, image = self._image(2)
+            esp = TinyESP(image)
+            b, agent = self._agent(esp)
+
+            def fail(part, exc=exc):
+                raise exc
+
+            real = fake_esp32.Partition.set_boot
+            fake_esp32.Partition.set_boot = fail
+            try:
+                agent.run(until_idle=True, timeout_ms=120000)
+            finally:
+                fake_esp32.Partition.set_boot = real
+            # (the second pass finds the first's kept commit record: 3, then again)
+            self.assertEqual(esp.results[-1][1:], (3, "commit failed: " + type(exc).__name__))
 
     def test_a_full_filesystem_at_commit_reports_3_and_commits_from_the_slot_later(self):
         payload, image = self._image(2)

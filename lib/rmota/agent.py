@@ -57,12 +57,19 @@ from .urc import (
 from .writer import SlotWriter
 
 
-def _pick(arg, settings, name, default):
-    # A wait or limit: the constructor argument, else the board setting, else default.
-    if arg is not None:
-        return arg
-    v = settings.get(name)
-    return default if v is None else v
+_WAIT_MAX = 1 << 29  # ms: the longest wait ticks_diff() measures on every port
+
+
+def _pick(arg, settings, name, default, lo=0, hi=_WAIT_MAX):
+    # A wait or limit: the constructor argument, else the board setting, else default;
+    # an int in lo..hi, else a ValueError naming it (a bad value, e.g. a string from
+    # JSON, must fail here and not in every cycle).
+    v = arg if arg is not None else settings.get(name)
+    if v is None:
+        v = default
+    if v is not None and not _is_int(v, lo, hi):
+        raise ValueError("%s must be an int in %d..%d, not %r" % (name, lo, hi, v))
+    return v
 
 
 _PROBE = 64  # bytes of each attempt checked before anything is written
@@ -300,9 +307,11 @@ class HostOTA:
         self.progress_errors = 0  # exceptions the progress callback raised
         self._progress_logged = False  # (the first of each job is logged)
         self.log = log or Logger("rmota")
-        self.rx_size = s.get("rx_size", 2048)
-        self.tx_size = s.get("tx_size", 2048)
-        self.http_timeout_ms = s.get("http_timeout_ms", 10000)
+        # AT+HTTPCGET's ranges (ESP-AT: sizes 0..10240 bytes, timeout 0..180000 ms): a
+        # value outside is an ERROR on every job, a 3 for what is a board's mistake.
+        self.rx_size = _pick(None, s, "rx_size", 2048, 1, 10240)
+        self.tx_size = _pick(None, s, "tx_size", 2048, 1, 10240)
+        self.http_timeout_ms = _pick(None, s, "http_timeout_ms", 10000, 0, 180000)
         self.allow_raw = s.get("allow_raw", False)
         # How flash writes and the download share the host (issue 3, "UART overflow";
         # numbers in tools/bench.py): "stream" erases and programs as blocks fill while
@@ -312,7 +321,7 @@ class HostOTA:
         self.flash_mode = s.get("flash_mode", "stream")
         if self.flash_mode not in ("stream", "pre_erase", "window"):
             raise ValueError("flash_mode must be stream, pre_erase or window")
-        self.window_size = s.get("window_size", 12288)
+        self.window_size = _pick(None, s, "window_size", 12288, 1, 1 << 20)
         self.prog_chunk = s.get("prog_chunk")
         # Bytes erased at once (one block-erase command where the slot's bdev has
         # ``erase_blocks``); "header_first" (default True): a new download fetches the
@@ -321,7 +330,7 @@ class HostOTA:
         # (issue 3: at most one erase block plus one record fetched twice); a refused
         # header is confirmed with another 64 bytes, not a second whole file; and the
         # journal's record of the download is written while the ESP is idle.
-        self.erase_unit = s.get("erase_unit") or 0
+        self.erase_unit = _pick(None, s, "erase_unit", 0, 0, 1 << 24)
         hf = s.get("header_first")
         self.header_first = True if hf is None else bool(hf)
         self._max_data = s.get("line_max", 2048)
@@ -331,34 +340,33 @@ class HostOTA:
             bs = slot().bdev.ioctl(5, 0) if slot is not None else 4096
         except OSError:
             bs = 4096  # no slot to update now: each job says so (_target_slot)
-        if self.erase_unit < 0 or self.erase_unit % bs:
+        if self.erase_unit % bs:
             raise ValueError("erase_unit must be a multiple of the block size (%d)" % bs)
         pc = self.prog_chunk
-        if pc is not None and (pc < 256 or pc % 256 or bs % pc):
+        if pc is not None and (not _is_int(pc, 256, bs) or pc % 256 or bs % pc):
             raise ValueError("prog_chunk must be a multiple of 256 dividing %d" % bs)
+        _pick(None, s, "crc_span", None, 1, bs // 2)  # (SlotWriter's, checked here)
         self.flow_control = s.get("flow_control", False)
-        self.baud = s.get("baud", 115200)
+        self.baud = _pick(None, s, "baud", 115200, 1, 1 << 24)
         self.windows = 0
         self._journal_due = False  # window mode: the header is journalled with the window
         self._url_held = None  # the URL the ESP holds (AT+HTTPURLCFG), None: unknown
         if self.rx_size > len(link.parser._rec):
             raise ValueError("rx_size above the link's record_max")
-        self.max_attempts = _pick(max_attempts, s, "max_attempts", 6)
-        self.backoff_ms = _pick(backoff_ms, s, "backoff_ms", 500)
+        self.max_attempts = _pick(max_attempts, s, "max_attempts", 6, 1)
+        self.backoff_ms = _pick(backoff_ms, s, "backoff_ms", 500, 1)
         self.backoff_max_ms = _pick(backoff_max_ms, s, "backoff_max_ms", 30000)
         self.fetch_wait_ms = _pick(fetch_wait_ms, s, "fetch_wait_ms", 5000)
         self.link_wait_ms = _pick(link_wait_ms, s, "link_wait_ms", 60000)
-        self.prompt_ms = _pick(prompt_ms, s, "prompt_ms", 1000)
-        self.data_ms = _pick(data_ms, s, "data_ms", 1000)
+        self.prompt_ms = _pick(prompt_ms, s, "prompt_ms", 1000, 1)
+        self.data_ms = _pick(data_ms, s, "data_ms", 1000, 1)
         self.pad_ms = _pick(pad_ms, s, "pad_ms", 200)
         self.quiet_ms = _pick(quiet_ms, s, "quiet_ms", 1500)
         self.settle_ms = _pick(settle_ms, s, "settle_ms", 1000)
-        record_idle_ms = _pick(record_idle_ms, s, "record_idle_ms", None)
+        record_idle_ms = _pick(record_idle_ms, s, "record_idle_ms", None, 1)
         if record_idle_ms:
             link.record_idle_ms = record_idle_ms
-        self._line_baud = s.get("baud", 115200)
-        if self.max_attempts < 1 or self.prompt_ms < 1 or self.data_ms < 1:
-            raise ValueError("max_attempts, prompt_ms and data_ms must be >= 1")
+        self._line_baud = self.baud
         self._echo_off = False  # we turned echo off (ATE0) since the ESP last booted
         self._need_refetch = False  # the ESP rebooted: its pending-job flag is gone
         self._refetching = False
@@ -1157,7 +1165,8 @@ class HostOTA:
             keep = self.board.journal.load()
             if not keep or keep.get("stage") != "committed":
                 keep = None
-            yield from self._finish_job(job_id, OTA_FAILED, "commit failed: %s" % e, keep)
+            why = str(e) or type(e).__name__  # (an OSError() says nothing of itself)
+            yield from self._finish_job(job_id, OTA_FAILED, "commit failed: " + why, keep)
             return False
         return True
 
@@ -2495,12 +2504,17 @@ def for_board(board, uart=None, clock=None, **kw):
     and ``read_size`` (at most ``uart_rxbuf``; bytes) and ``rx_size`` (the largest
     ``AT+HTTPCGET`` record).
     ``kw`` go to ``HostOTA`` (``progress``, ``log``, waits). The link is ``agent.link``:
-    the application sends its own commands and subscribes to URCs through it."""
+    the application sends its own commands and subscribes to URCs through it. Raises
+    ``ValueError`` when there is no UART (e.g. the desktop board without
+    ``RMOTA_UART``) or a setting is out of range."""
     from .at import ATLink
 
     s = board.settings
+    uart = uart if uart is not None else getattr(board, "uart", None)
+    if uart is None:
+        raise ValueError("no UART: the board profile opened none (desktop: RMOTA_UART unset)")
     link = ATLink(
-        uart if uart is not None else board.uart,
+        uart,
         clock=clock if clock is not None else board.clock,
         line_max=s["line_max"],
         record_max=s["rx_size"],
