@@ -1034,3 +1034,188 @@ class TestAgentWaits(unittest.TestCase):
         self._poll(agent, clock, 5000)
         b.close()
         self.assertIn(b"AT+RST", esp.cmds[n:])
+
+
+class _StrictWrapClock(_WrapClock):
+    # ... whose ticks_diff() notes what a 32-bit port cannot take: an argument outside
+    # 0..2**30-1 (a sum of ticks, which time.ticks_diff() documents as invalid: there
+    # it is a long int read as garbage).
+    def __init__(self, start_ms=0):
+        _WrapClock.__init__(self, start_ms)
+        self.bad = []
+
+    def ticks_diff(self, a, b):
+        if not (0 <= a < 1 << 30 and 0 <= b < 1 << 30):
+            self.bad.append((a, b))
+        return _WrapClock.ticks_diff(self, a, b)
+
+
+class _FailingSlot:
+    # The slot's block device, with ``op`` ("read" or "write") of block ``blk`` raising
+    # EIO every time: flash that failed for good.
+    def __init__(self, dev, op, blk):
+        self.dev, self.op, self.blk = dev, op, blk
+
+    def readblocks(self, b, buf, off=0):
+        if self.op == "read" and b == self.blk:
+            raise OSError(5, "EIO")
+        return self.dev.readblocks(b, buf, off)
+
+    def writeblocks(self, b, buf, off=0):
+        if self.op == "write" and b == self.blk:
+            raise OSError(5, "EIO")
+        return self.dev.writeblocks(b, buf, off)
+
+    def ioctl(self, op, arg):
+        return self.dev.ioctl(op, arg)
+
+
+class TestHardwareFaults(unittest.TestCase):
+    """Flash, filesystem, heap and clock faults (adversarial round 7)."""
+
+    def _run(self, img, **kw):
+        return run(img, max_ms=300000, **kw)
+
+    def test_a_slot_that_fails_for_good_ends_in_3_not_in_resumes_for_ever(self):
+        # The last (partial) block programmed in finish(), or a read-back: an OSError
+        # there ended the cycle, the next one resumed from the journal and failed at
+        # the same spot, for ever (463 "resuming" in 120 s, never a 3). The same job
+        # failing in max_attempts cycles in a row is now reported 3 with the error.
+        pl = payload(40000)
+        img = mkimage(pl)
+        real = unix_board.Board.inactive_slot
+        for op, blk in (("write", 9), ("read", 5)):
+
+            def slot(self, op=op, blk=blk):
+                s = real(self)
+                s.bdev = _FailingSlot(s.bdev, op, blk)
+                return s
+
+            unix_board.Board.inactive_slot = slot
+            try:
+                r = self._run(img)
+            finally:
+                unix_board.Board.inactive_slot = real
+            self.assertEqual(r["end"], "idle", op)
+            self.assertEqual(_statuses(r)[-1], 3, (op, r["esp"].results))
+            self.assertIn(b'"error: [Errno 5] EIO', r["esp"].results[-1])  # (MP: "EIO: EIO")
+            self.assertLessEqual(len(r["esp"].results), 4, op)  # 1, resumes, 3
+            self.assertEqual(r["boot"]["slot"], 0, op)  # nothing committed
+
+    def test_a_full_journal_filesystem_costs_no_result(self):
+        # ENOSPC on the commit record: 3 after max_attempts cycles, not resumes for
+        # ever. ENOSPC on the result record: the 2 was never sent (the result had to be
+        # journalled first); it is sent anyway.
+        from rmota.journal import Journal
+
+        pl = payload(20000)
+        img = mkimage(pl)
+        real = Journal.save
+        for stage, want in (("committed", [1, 3]), ("report", [1, 2])):
+
+            def save(self, d, stage=stage):
+                if d.get("stage") == stage:
+                    raise OSError(28, "ENOSPC")
+                return real(self, d)
+
+            Journal.save = save
+            try:
+                r = self._run(img)
+            finally:
+                Journal.save = real
+            self.assertEqual(r["end"], "idle", stage)
+            st = _statuses(r)
+            self.assertEqual((st[0], st[-1]), tuple(want), (stage, r["esp"].results))
+            if stage == "committed":
+                self.assertIn(b"ENOSPC", r["esp"].results[-1])
+                self.assertEqual(r["boot"]["slot"], 0)
+            else:
+                self.assertEqual(st.count(2), 1)
+                self.assertEqual(r["boot"]["slot"], 1)
+
+    def test_a_journal_that_cannot_forget_a_delivered_result_does_not_resend_it(self):
+        # clear() failing for good: the delivered 2 stayed in the journal and went out
+        # again every cycle (233 times in 60 s). It is sent once.
+        from rmota.journal import Journal
+
+        img = mkimage(payload(20000))
+        real = Journal.clear
+
+        def clear(self):
+            raise OSError(5, "EIO")
+
+        Journal.clear = clear
+        try:
+            r = self._run(img)
+        finally:
+            Journal.clear = real
+        self.assertEqual(r["end"], "idle")
+        self.assertEqual(_statuses(r), [1, 2], r["esp"].results)
+
+    def test_no_memory_to_parse_a_notification_fetches_it_again(self):
+        # A MemoryError parsing the 1-2 KB +RMFWNOTIFY line was swallowed by the link
+        # (a subscriber's error): nothing logged, no fetch, the job dropped for hours.
+        import rmota.agent as agent_mod
+
+        img = mkimage(payload(20000))
+        real = agent_mod.parse_fwnotify
+        left = [2]
+
+        def parse(line):
+            if left[0]:
+                left[0] -= 1
+                raise MemoryError("memory allocation failed")
+            return real(line)
+
+        agent_mod.parse_fwnotify = parse
+        try:
+            r = self._run(img)
+        finally:
+            agent_mod.parse_fwnotify = real
+        self.assertEqual(_statuses(r), [1, 2], r["esp"].results)  # (never a 5)
+        self.assertEqual(left, [0])
+        self.assertEqual(r["agent"].link.subscriber_errors, 0)
+        self.assertTrue([x for x in r["log"].lines if "+RMFWNOTIFY not parsed" in x])
+
+    def test_a_uart_read_error_during_a_download_costs_no_attempt(self):
+        # A failed read in the middle of a response ended the cycle's sink while its
+        # generator ran on: the rest of the response was dropped as stray records.
+        img = mkimage(payload(60000))
+        uart = FakeUART()
+        real = uart.readinto
+        n = [0]
+
+        def readinto(*a):
+            n[0] += 1
+            if n[0] % 7 == 0:
+                raise OSError(5, "EIO")
+            return real(*a)
+
+        uart.readinto = readinto
+        r = self._run(img, uart=uart)
+        self.assertEqual(_statuses(r), [1, 2], r["esp"].results)
+        self.assertEqual(r["esp"].cgets, 2)  # the header, then the image: no resume
+
+    def test_deadlines_across_the_ticks_wrap_are_never_sums_of_ticks(self):
+        # Back-offs were ticks_ms() + ms: past 2**30 a long int that a 32-bit port's
+        # ticks_diff() reads as garbage (a back-off ending at once or in days).
+        def setup(esp):
+            esp.rst = 0
+
+            def cmd(esp, line):
+                if line != b"AT+RST":
+                    return False
+                esp.rst += 1
+                esp.out(b"\r\nERROR\r\n" if esp.rst < 3 else b"\r\nOK\r\n\r\nready\r\n")
+                return True
+
+            esp.cmd_hook = cmd
+
+        clock = _StrictWrapClock((1 << 30) - 370)  # (the first AT+RST fails just before)
+        b, clock, esp, log, agent = TestESPRestart._agent(self, setup, clock)
+        esp.out(b"+RMOTA:1\r\n+RMOTA:2\r\n")
+        TestESPRestart._poll(self, agent, clock, 120000)
+        b.close()
+        self.assertEqual(esp.rst, 3)  # tried again after each back-off, across the wrap
+        self.assertFalse(agent.esp_restart_wanted)
+        self.assertEqual(clock.bad, [])

@@ -379,6 +379,8 @@ class HostOTA:
         self.writer = None
         self.note = None  # the job being worked on (FWNotify)
         self._in_poll = False  # inside poll(): a callback's poll() or run() returns at once
+        self._delivered = None  # (job id, status) the ESP took last (_after_report)
+        self._fault_job, self._job_faults = None, 0  # cycles in a row a job raised in
         self._notified = None  # the newest notification not yet taken
         # A +RMFWNOTIFY the parser refused: the line, its reason, how many times in a
         # row the same line came, and whether one came since the last fetch.
@@ -390,7 +392,7 @@ class HostOTA:
         self.cloud_up = True
         self.esp_reset = False
         self.esp_restart_wanted = False
-        self._restart_at = None  # a refused AT+RST is tried again from then (ticks ms)
+        self._restart_at = None  # a refused AT+RST is tried again then (_after)
         self._restart_fails = 0
         self._mine = None  # the agent's last command (others are the application's)
         self._app_cmd = None  # the application's command the agent waited for, since
@@ -448,15 +450,20 @@ class HostOTA:
         if kind == URC_FWNOTIFY:
             try:
                 note = parse_fwnotify(line)
-            except ProtocolError as e:
+            except Exception as e:
                 self.errors += 1
+                self._bad_new = True  # fetched again (_fetch)
+                if not isinstance(e, ProtocolError):
+                    # (MemoryError: a 2 KB line on a fragmented heap) not the line's
+                    # fault: fetched again, never counted toward a 5
+                    self.log.error("+RMFWNOTIFY not parsed:", repr(e))
+                    return
                 self.log.warn("bad +RMFWNOTIFY:", e.reason)
                 line = bytes(line)
                 if line == self._bad_line:
                     self._bad_seen += 1
                 else:
                     self._bad_line, self._bad_why, self._bad_seen = line, e.reason, 1
-                self._bad_new = True
                 return
             run = self._running_job
             if run is not None and not self._refetching:
@@ -550,7 +557,7 @@ class HostOTA:
             return 0
         if self._gen is None:
             if self._retry_at is not None:
-                if self.clock.ticks_diff(self.clock.ticks_ms(), self._retry_at) < 0:
+                if not self._past(self._retry_at):
                     return n
                 self._retry_at = None
             elif self._idle and not self._wake():
@@ -589,17 +596,19 @@ class HostOTA:
         # cycle starts in ``ms`` (poll()).
         self.link.sink = None
         self.link.record_hold_ms = 0
-        self._retry_at = self.clock.ticks_ms() + ms
+        self._retry_at = self._after(ms)
         self.state = state
 
     def _fault(self, e, cycle=True):
         # The next cycle after a back-off that doubles with each cycle in a row that
         # ended on an error (``cycle``), up to backoff_max_ms: an error that comes back
         # every cycle (a board call that always raises) must not re-initialise the ESP
-        # twice a second for ever. A UART read that failed (not a cycle's end) waits
-        # backoff_ms, as a glitch of a few polls must not keep a job waiting long.
+        # twice a second for ever. A UART read that failed (not a cycle's end) leaves a
+        # running cycle alone (its sink kept: framing tells what the glitch lost), and
+        # an idle agent waits backoff_ms.
         self.errors += 1
-        self._end_cycle(self._backoff(self._fault_run if cycle else 0), "error")
+        if cycle or self._gen is None:
+            self._end_cycle(self._backoff(self._fault_run if cycle else 0), "error")
         if cycle:
             self._fault_run += 1
         try:  # reporting must not raise out of poll() either (a full disk, no memory)
@@ -621,8 +630,17 @@ class HostOTA:
             # could not be delivered, can go through now.
             if self._fetch_failed or self._report_retry_at is not None:
                 return True
-        t = self._report_retry_at
-        return t is not None and self.clock.ticks_diff(self.clock.ticks_ms(), t) >= 0
+        return self._past(self._report_retry_at)
+
+    def _after(self, ms):
+        # A deadline ms from now, as (start ticks, ms): ticks wrap (at 2**30 ms on
+        # MicroPython), so a deadline is never a sum of ticks (time.ticks_diff()
+        # documents that as invalid), only measured from its start.
+        return (self.clock.ticks_ms(), ms)
+
+    def _past(self, d):
+        # Deadline d (from _after, or None: none) has passed.
+        return d is not None and self.clock.ticks_diff(self.clock.ticks_ms(), d[0]) >= d[1]
 
     @property
     def idle(self):
@@ -693,13 +711,17 @@ class HostOTA:
             self._running_job = note.job_id
             try:
                 yield from self._job(note)
+                self._job_faults = 0
+            except Exception as e:
+                if isinstance(e, LinkError) or not (yield from self._job_fault(note, e)):
+                    raise
             finally:
                 self._running_job = None
         if self._restart_due():
             yield from self._restart_esp()
         j = self.board.journal.load()
-        if j and j.get("stage") == "report":
-            self._report_retry_at = self.clock.ticks_ms() + self.report_retry_ms
+        if j and j.get("stage") == "report" and (j["job"], j.get("status")) != self._delivered:
+            self._report_retry_at = self._after(self.report_retry_ms)
         else:
             self._report_retry_at = None
         self.state = "idle"
@@ -896,7 +918,7 @@ class HostOTA:
         else:
             ms = self._backoff(self._restart_fails)
             self._restart_fails += 1
-            self._restart_at = self.clock.ticks_ms() + ms
+            self._restart_at = self._after(ms)
             self.log.warn(
                 "ESP restart failed (AT+RST: %s): again in %d ms"
                 % ((c.final or b"no answer").decode(), ms)
@@ -906,9 +928,7 @@ class HostOTA:
     def _restart_due(self):
         # A restart is wanted and not waiting for its back-off (_restart_esp).
         t = self._restart_at
-        return self.esp_restart_wanted and (
-            t is None or self.clock.ticks_diff(self.clock.ticks_ms(), t) >= 0
-        )
+        return self.esp_restart_wanted and (t is None or self._past(t))
 
     def _reboot(self):
         # The host reboots (after a commit): a restart the ESP waits for goes first,
@@ -1006,18 +1026,52 @@ class HostOTA:
             rec["version"] = self.board.running_version()
             sha = self._running_sha()
             rec["sha"] = hexlify(sha).decode() if sha is not None else None
-        j.save(rec)
+        try:
+            j.save(rec)
+        except OSError as e:
+            # (a full filesystem: the result goes out anyway; a power cut before it is
+            # delivered loses it, and the cloud notifies the job again)
+            self.log.error("result not journalled:", repr(e))
         ok = yield from self._report(job_id, status, info)
         if ok:
-            self._after_report(j, download)
+            self._after_report(j, download, job_id, status)
         else:
             self.log.warn("result kept in the journal for a later delivery")
 
-    def _after_report(self, j, download):
-        if download:
-            j.save(download)
-        else:
-            j.clear()
+    def _after_report(self, j, download, job_id, status):
+        # The ESP took the result: the journal forgets it. A journal that cannot (a
+        # filesystem that fails) would have it delivered again every report_retry_ms:
+        # the agent remembers what it delivered (RAM; after a reset, once more).
+        self._delivered = (job_id, status)
+        try:
+            if download:
+                j.save(download)
+            else:
+                j.clear()
+        except OSError as e:
+            self.log.error("delivered result not cleared:", repr(e))
+
+    def _job_fault(self, note, e):
+        # An error the job's own steps raised, ending the cycle: a slot or journal that
+        # fails for good (EIO, ENOSPC) fails the same way in every cycle, and the
+        # journal's download is carried on each time. Counted per job: failing in
+        # max_attempts cycles in a row, the job is reported 3 with the error (its
+        # download record kept: a later notification tries again). Returns True then.
+        n = self._job_faults + 1 if self._fault_job == note.job_id else 1
+        self._fault_job, self._job_faults = note.job_id, n
+        if n < self.max_attempts:
+            return False
+        self._job_faults = 0
+        self.errors += 1
+        self.log.error("job failed in %d cycles in a row: %r" % (n, e))
+        try:
+            d = self.board.journal.load()
+        except OSError:
+            d = None
+        keep = d if d and d.get("stage") == "download" and d["job"] == note.job_id else None
+        why = "error: " + (str(e) or type(e).__name__)
+        yield from self._finish_job(note.job_id, OTA_FAILED, why, keep)
+        return True
 
     def _deliver_saved_result(self):
         j = self.board.journal.load()
@@ -1037,9 +1091,11 @@ class HostOTA:
                 raise ValueError("result record")
             self.state = "report"
             self.result = (st, info)
-            ok = yield from self._report(job, st, info)
+            ok = (job, st) == self._delivered
+            if not ok:
+                ok = yield from self._report(job, st, info)
             if ok:
-                self._after_report(self.board.journal, j.get("download"))
+                self._after_report(self.board.journal, j.get("download"), job, st)
 
     def _finish_committed(self):
         """After the reboot that follows a commit: the board booted the new image on
