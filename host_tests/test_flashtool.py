@@ -64,6 +64,10 @@ def test_status_shows_the_journal_and_forget_clears_it(tmp_path, rt):
 def test_usage(tmp_path):
     code, out = _tool("cpython", "forget")
     assert code == 2 and "forget FLASH" in out
+    code, out = _tool("cpython", "forget", "--help")  # (was: no flash file '--help')
+    assert code == 0 and "forget FLASH" in out
+    code, out = _tool("cpython", "status", "--bogus", str(tmp_path / "f.bin"))
+    assert code == 2 and "status FLASH" in out
 
 
 @pytest.mark.parametrize("rt", sorted(RUNTIMES))

@@ -231,3 +231,18 @@ def test_documented_journal_commands(device):
     assert '"seq": 3' in p.stdout, p.stdout
     device.mpremote("rm", ":/rmota/job.json", ":/rmota/blocks.crc")
     assert device.tree() == ["rmota/boot.json"]
+
+
+def test_mkmpy_never_empties_a_source_directory(tmp_path):
+    # tools/mkmpy.py empties DEST/rmota before compiling: given `lib` it deleted
+    # lib/rmota/*.py and compiled nothing, with exit 0; `--help` made a directory.
+    src = tmp_path / "rmota"
+    src.mkdir()
+    (src / "agent.py").write_text("x = 1\n")
+    tool = [sys.executable, os.path.join(ROOT, "tools", "mkmpy.py")]
+    p = subprocess.run(tool + [str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 1 and "not a build directory" in p.stdout, p.stdout
+    assert (src / "agent.py").read_text() == "x = 1\n"
+    p = subprocess.run(tool + ["--help"], capture_output=True, text=True, cwd=str(tmp_path))
+    assert p.returncode == 0 and "make mpy" in p.stdout
+    assert sorted(os.listdir(tmp_path)) == ["rmota"]

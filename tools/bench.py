@@ -464,7 +464,11 @@ def plot(res, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
+    ap.add_argument(
+        "--out",
+        default=os.path.join(ROOT, "bench"),
+        help="directory for bench.json and bench.png (default bench/)",
+    )
     ap.add_argument("--quick", action="store_true", help="skip the heap search and the options")
     a = ap.parse_args(argv)
     t0 = time.monotonic()

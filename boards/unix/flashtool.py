@@ -147,6 +147,9 @@ def main(argv):
     that cannot be read or written, an image that cannot be taken; one line on stdout),
     2 (usage), 3 (bricked or the image's digest is wrong)."""
     cmds = {"status": cmd_status, "boot": cmd_boot, "forget": cmd_forget}
+    if any(a[:1] == "-" for a in argv):  # (--help, or an option this tool has not)
+        print(USAGE)
+        return 0 if "-h" in argv or "--help" in argv else 2
     try:
         if 3 <= len(argv) <= 4 and argv[0] == "provision":
             return cmd_provision(argv[1], argv[2], argv[3] if len(argv) > 3 else None)
