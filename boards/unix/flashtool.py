@@ -147,7 +147,7 @@ def main(argv):
     that cannot be read or written, an image that cannot be taken; one line on stdout),
     2 (usage), 3 (bricked or the image's digest is wrong)."""
     cmds = {"status": cmd_status, "boot": cmd_boot, "forget": cmd_forget}
-    if any(a[:1] == "-" for a in argv):  # (--help, or an option this tool has not)
+    if any(a[:1] == "-" and not "0" <= a[1:2] <= "9" for a in argv):  # (--help, ...)
         print(USAGE)
         return 0 if "-h" in argv or "--help" in argv else 2
     try:
