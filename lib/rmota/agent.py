@@ -1301,6 +1301,13 @@ class HostOTA:
             return
         self._rb = _rollbacks(saved, note.job_id)
         self._rb_job = note.job_id
+        if note.type != 0 or note.size < HEADER_SIZE:
+            # A digit altered on the wire makes either: the job's own notification,
+            # fetched again, decides (none now: the next notification does).
+            fresh = yield from self._refetch(note.job_id)
+            if fresh is None:
+                return
+            note = self.note = fresh
         if note.type != 0:
             yield from self._finish_job(note.job_id, OTA_REJECTED, "type %d unknown" % note.type)
             return
@@ -2276,6 +2283,11 @@ class HostOTA:
         if raw == self._rejected_hdr:
             return e
         self._rejected_hdr = raw
+        if e.reason.endswith("disagrees with header"):
+            # Or the notification's size came altered on the wire: the next attempt
+            # takes the job's notification afresh (AT+RMOTAFETCH) and the same header
+            # refuses only the same size again.
+            self._need_refetch = True
         return "header refused once (%s): checking again" % e.reason
 
     def _verify(self):
