@@ -1839,7 +1839,9 @@ class HostOTA:
             # ESP may have rebooted in it. Its bytes go (a sound image ending a record so
             # costs that record, never the job).
             self.log.warn("the last record ended in ready, then nothing: dropped")
-            w.rewind(att.suspect - HEADER_SIZE)
+            # (from where this attempt began writing: a Range response's first record
+            # begins with bytes already held, before the slot's part of the stream)
+            w.rewind(max(att.suspect, att.acc0) - HEADER_SIZE)
         if att.overflow and c.final is not None and not att.overflow_framing:
             # A final result came after the record that ran past the end, and what ran
             # past was not framing: the response was longer than asked (not the file).
