@@ -412,7 +412,7 @@ def plot(res, path):
     except ImportError:
         log("matplotlib missing: no plot")
         return None
-    fig, ax = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1, 2, 1]})
+    fig, ax = plt.subplots(1, 3, figsize=(16, 6.4), gridspec_kw={"width_ratios": [1, 2, 1]})
     host = res["host"]
     labels, vals = [], []
     for rx in (2048, 10240):
@@ -437,17 +437,20 @@ def plot(res, path):
     ax[1].set_xticks(xs)
     ax[1].set_xticklabels(
         [
-            "%s\n%d k\n%d KiB"
+            # (one line each, turned: three-line labels overlapped their neighbours)
+            "%s, %d k, %d KiB"
             % (
                 x["mode"]
-                .replace(" + flow control", "+fc")
-                .replace(" (irq off, fifo 32)", "\nirq off"),
+                .replace(", header first", "")  # (every default mode has it)
+                .replace(" + flow control", " +fc")
+                .replace(" (irq off, fifo 32)", " irq off"),
                 x["baud"] // 1000,
                 x["image"] // 1024,
             )
             for x in w
         ],
-        fontsize=5,
+        fontsize=6,
+        rotation=90,
     )
     ax[1].axhline(97, color="k", ls="--", lw=1)
     ax[1].set_ylim(0, 100)
