@@ -105,6 +105,12 @@ def _lib_modules(repo):
     return sorted(f for f in os.listdir(os.path.join(repo, "lib", "rmota")) if f.endswith(".py"))
 
 
+def _copy_test_doubles(device):
+    # The esp32/machine test doubles, copied to the stand-in board for a check only.
+    for f in ("fake_esp32.py", "fakeuart.py", "ramnor.py"):
+        device.mpremote("cp", "host_tests/dual/" + f, ":" + f)
+
+
 def test_documented_install(device):
     # docs/real-board.md, "Install": exactly these three commands, from the repo root.
     device.mpremote("mip", "install", "./package.json")
@@ -128,8 +134,7 @@ def test_documented_install(device):
 
     # main.py's imports resolve on the board: the profile (here over the test doubles,
     # copied to the board for this check only) and the agent.
-    for f in ("fake_esp32.py", "fakeuart.py", "ramnor.py"):
-        device.mpremote("cp", "host_tests/dual/" + f, ":" + f)
+    _copy_test_doubles(device)
     code = (
         "import fake_esp32\n"
         "fake_esp32.install(fake_esp32.Chip(slot_blocks=4))\n"
@@ -168,8 +173,7 @@ def test_compiled_install(device):
     device.mpremote("cp", "boards/esp32/board.py", ":board.py")
     want = ["board.py"] + ["lib/rmota/" + f[:-3] + ".mpy" for f in _lib_modules(repo)]
     assert device.tree() == sorted(want)
-    for f in ("fake_esp32.py", "fakeuart.py", "ramnor.py"):
-        device.mpremote("cp", "host_tests/dual/" + f, ":" + f)
+    _copy_test_doubles(device)
     code = (
         "import fake_esp32\n"
         "fake_esp32.install(fake_esp32.Chip(slot_blocks=4))\n"

@@ -75,11 +75,7 @@ def cmd_provision(flash, image_path, version=None):
 
 
 def cmd_status(flash):
-    try:
-        b = Board(flash, boot=False)
-    except Bricked as e:
-        print("bricked:", e.reason)
-        return 3
+    b = Board(flash, boot=False)  # (Bricked: main() says so)
     rec = b.loader.record
     if rec is None:
         b.close()
@@ -110,11 +106,7 @@ def cmd_status(flash):
 
 
 def cmd_forget(flash):
-    try:
-        b = Board(flash, boot=False)
-    except Bricked as e:
-        print("bricked:", e.reason)
-        return 3
+    b = Board(flash, boot=False)  # (Bricked: main() says so)
     print("journal was: %s" % (b.journal.load(),))
     b.journal.clear()
     b.close()
@@ -122,11 +114,7 @@ def cmd_forget(flash):
 
 
 def cmd_boot(flash):
-    try:
-        b = Board(flash)
-    except Bricked as e:
-        print("bricked:", e.reason)
-        return 3
+    b = Board(flash)
     st = b.boot_state()
     print(
         "booted slot %d version %d trial %s rolled_back %s%s"
@@ -155,6 +143,9 @@ def main(argv):
             return cmd_provision(argv[1], argv[2], argv[3] if len(argv) > 3 else None)
         if len(argv) == 2 and argv[0] in cmds:
             return cmds[argv[0]](argv[1])
+    except Bricked as e:
+        print("bricked:", e.reason)
+        return 3
     except (OSError, ValueError, ImageError) as e:
         print("flashtool: error: %s (%s)" % (e, " ".join(argv[1:])))
         return 1

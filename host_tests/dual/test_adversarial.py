@@ -779,6 +779,20 @@ class TestProgressCallback(unittest.TestCase):
         self.assertEqual(agents[0].progress_errors, 0)
 
 
+def _refuse_rst_twice(esp):
+    # An ESP that answers AT+RST with ERROR twice, then restarts (esp.rst counts them).
+    esp.rst = 0
+
+    def cmd(esp, line):
+        if line != b"AT+RST":
+            return False
+        esp.rst += 1
+        esp.out(b"\r\nERROR\r\n" if esp.rst < 3 else b"\r\nOK\r\n\r\nready\r\n")
+        return True
+
+    esp.cmd_hook = cmd
+
+
 class TestESPRestart(unittest.TestCase):
     """The ESP's own update (``+RMOTA:2``): the host restarts it with ``AT+RST`` at a
     safe moment, and ESP-AT does not print the same status twice."""
@@ -804,19 +818,7 @@ class TestESPRestart(unittest.TestCase):
     def test_a_refused_restart_is_tried_again_until_the_esp_restarts(self):
         # AT+RST answered ERROR twice: the request used to be dropped, and the new ESP
         # firmware never ran. It is kept, tried again after a back-off, until ready.
-        def setup(esp):
-            esp.rst = 0
-
-            def cmd(esp, line):
-                if line != b"AT+RST":
-                    return False
-                esp.rst += 1
-                esp.out(b"\r\nERROR\r\n" if esp.rst < 3 else b"\r\nOK\r\n\r\nready\r\n")
-                return True
-
-            esp.cmd_hook = cmd
-
-        b, clock, esp, log, agent = self._agent(setup)
+        b, clock, esp, log, agent = self._agent(_refuse_rst_twice)
         esp.out(b"+RMOTA:1\r\n+RMOTA:2\r\n")
         self._poll(agent, clock, 120000)
         b.close()
@@ -1232,20 +1234,8 @@ class TestHardwareFaults(unittest.TestCase):
     def test_deadlines_across_the_ticks_wrap_are_never_sums_of_ticks(self):
         # Back-offs were ticks_ms() + ms: past 2**30 a long int that a 32-bit port's
         # ticks_diff() reads as garbage (a back-off ending at once or in days).
-        def setup(esp):
-            esp.rst = 0
-
-            def cmd(esp, line):
-                if line != b"AT+RST":
-                    return False
-                esp.rst += 1
-                esp.out(b"\r\nERROR\r\n" if esp.rst < 3 else b"\r\nOK\r\n\r\nready\r\n")
-                return True
-
-            esp.cmd_hook = cmd
-
         clock = _StrictWrapClock((1 << 30) - 370)  # (the first AT+RST fails just before)
-        b, clock, esp, log, agent = TestESPRestart._agent(self, setup, clock)
+        b, clock, esp, log, agent = TestESPRestart._agent(self, _refuse_rst_twice, clock)
         esp.out(b"+RMOTA:1\r\n+RMOTA:2\r\n")
         TestESPRestart._poll(self, agent, clock, 120000)
         b.close()

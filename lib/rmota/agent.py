@@ -379,7 +379,7 @@ class HostOTA:
         self.writer = None
         self.note = None  # the job being worked on (FWNotify)
         self._in_poll = False  # inside poll(): a callback's poll() or run() returns at once
-        self._delivered = None  # (job id, status) the ESP took last (_after_report)
+        self._delivered = None  # (job id, status) of the journalled result the ESP took
         self._fault_job, self._job_faults = None, 0  # cycles in a row a job raised in
         self._notified = None  # the newest notification not yet taken
         # A +RMFWNOTIFY the parser refused: the line, its reason, how many times in a
@@ -720,7 +720,7 @@ class HostOTA:
         if self._restart_due():
             yield from self._restart_esp()
         j = self.board.journal.load()
-        if j and j.get("stage") == "report" and (j["job"], j.get("status")) != self._delivered:
+        if j and j.get("stage") == "report" and (j.get("job"), j.get("status")) != self._delivered:
             self._report_retry_at = self._after(self.report_retry_ms)
         else:
             self._report_retry_at = None
@@ -1009,6 +1009,7 @@ class HostOTA:
         once the result is delivered (a failure to retry when notified again; the CRC
         log is left as it is)."""
         self.result = (status, info)
+        self._delivered = None  # (a new result: the one the journal holds is not sent)
         j = self.board.journal
         if download is None and status == OTA_FAILED and self._rb and self._rb_job == job_id:
             # The job stays pending: its image's rollbacks are still counted.
@@ -1026,16 +1027,18 @@ class HostOTA:
             rec["version"] = self.board.running_version()
             sha = self._running_sha()
             rec["sha"] = hexlify(sha).decode() if sha is not None else None
+        kept = True
         try:
             j.save(rec)
         except OSError as e:
             # (a full filesystem: the result goes out anyway; a power cut before it is
             # delivered loses it, and the cloud notifies the job again)
+            kept = False
             self.log.error("result not journalled:", repr(e))
         ok = yield from self._report(job_id, status, info)
         if ok:
             self._after_report(j, download, job_id, status)
-        else:
+        elif kept:
             self.log.warn("result kept in the journal for a later delivery")
 
     def _after_report(self, j, download, job_id, status):
@@ -1068,7 +1071,7 @@ class HostOTA:
             d = self.board.journal.load()
         except OSError:
             d = None
-        keep = d if d and d.get("stage") == "download" and d["job"] == note.job_id else None
+        keep = d if d and d.get("stage") == "download" and d.get("job") == note.job_id else None
         why = "error: " + (str(e) or type(e).__name__)
         yield from self._finish_job(note.job_id, OTA_FAILED, why, keep)
         return True
